@@ -1,0 +1,42 @@
+//! Identities and TLS configuration for dialback.
+//!
+//! An app dials its sidecar over QUIC or TCP+TLS (TLS 1.3 only, ALPN [`ALPN`]) and the
+//! sidecar then calls the app with gRPC in reverse. This crate provides what both ends need
+//! for that connection:
+//!
+//! - [`Identity`]: a certificate chain and key, loaded from or saved to PEM files, or
+//!   generated ([`Identity::self_signed`], [`Identity::load_or_generate`]);
+//! - [`DevCa`] and [`write_dev_set`]: a development PKI minted with rcgen, with client
+//!   certificates naming an app id the way Dapr does (SPIFFE URI SAN), read back with
+//!   [`app_id_of`];
+//! - [`Fingerprint`] and [`PinnedServerVerifier`]: SHA-256 certificate pinning;
+//! - [`server_config`] and [`client_config`]: rustls configurations using the ring provider.
+
+mod appid;
+mod error;
+mod files;
+mod fingerprint;
+mod identity;
+mod pki;
+mod tls;
+mod verify;
+
+pub use appid::{app_id_of, spiffe_id};
+pub use error::{
+    ConfigError, DevSetError, FingerprintError, GenerateError, LoadError, PinMismatchError,
+    SaveError,
+};
+pub use files::load_roots;
+pub use fingerprint::Fingerprint;
+pub use identity::Identity;
+pub use pki::{DevCa, write_dev_set};
+pub use rustls::RootCertStore;
+pub use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+pub use tls::{ServerTrust, client_config, crypto_provider, server_config};
+pub use verify::PinnedServerVerifier;
+
+/// The ALPN protocol id both ends of a dialback connection negotiate.
+pub const ALPN: &[u8] = b"dialback/1";
+
+/// Server name used when the app dials by IP and pins by fingerprint.
+pub const DEFAULT_SERVER_NAME: &str = "localhost";

@@ -1,0 +1,177 @@
+//! Real TLS 1.3 handshakes between the configs, driven in memory.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::Arc;
+
+use dialback_certs::{
+    ALPN, DEFAULT_SERVER_NAME, DevCa, Fingerprint, Identity, PinMismatchError, ServerTrust,
+    app_id_of, client_config, server_config,
+};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, Connection, ServerConnection};
+
+#[derive(Debug)]
+enum Failed {
+    Client(rustls::Error),
+    Server(rustls::Error),
+}
+
+/// Moves every pending record from `from` to `to`, processing them at `to`.
+fn pump(from: &mut Connection, to: &mut Connection) -> Result<bool, rustls::Error> {
+    let mut buf = Vec::new();
+    while from.wants_write() {
+        from.write_tls(&mut buf).unwrap();
+    }
+    let mut rd = &buf[..];
+    while !rd.is_empty() {
+        to.read_tls(&mut rd).unwrap();
+        to.process_new_packets()?;
+    }
+    Ok(!buf.is_empty())
+}
+
+/// Runs a handshake to completion; returns both connections.
+fn handshake(
+    client: rustls::ClientConfig,
+    server: rustls::ServerConfig,
+    name: &str,
+) -> Result<(Connection, Connection), Failed> {
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    let mut c = Connection::from(ClientConnection::new(Arc::new(client), name).unwrap());
+    let mut s = Connection::from(ServerConnection::new(Arc::new(server)).unwrap());
+    for _ in 0..10 {
+        let sent_c = pump(&mut c, &mut s).map_err(Failed::Server)?;
+        let sent_s = pump(&mut s, &mut c).map_err(Failed::Client)?;
+        if !sent_c && !sent_s && !c.is_handshaking() && !s.is_handshaking() {
+            return Ok((c, s));
+        }
+    }
+    panic!("handshake did not finish");
+}
+
+fn local_names() -> Vec<String> {
+    vec!["localhost".into(), "127.0.0.1".into()]
+}
+
+#[test]
+fn pinned_correct_fingerprint_succeeds() {
+    let server = Identity::self_signed(&local_names()).unwrap();
+    let trust = ServerTrust::Pinned(server.fingerprint());
+    let (c, s) = handshake(
+        client_config(&trust, None).unwrap(),
+        server_config(&server, None).unwrap(),
+        DEFAULT_SERVER_NAME,
+    )
+    .unwrap();
+    assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    assert_eq!(c.alpn_protocol(), Some(ALPN));
+    assert_eq!(s.alpn_protocol(), Some(ALPN));
+    // The pin, not the name, is the identity: any name (even an IP) works.
+    handshake(
+        client_config(&trust, None).unwrap(),
+        server_config(&server, None).unwrap(),
+        "10.9.8.7",
+    )
+    .unwrap();
+}
+
+#[test]
+fn pinned_wrong_fingerprint_fails() {
+    let server = Identity::self_signed(&local_names()).unwrap();
+    let wrong = Fingerprint([0x42; 32]);
+    let err = handshake(
+        client_config(&ServerTrust::Pinned(wrong), None).unwrap(),
+        server_config(&server, None).unwrap(),
+        DEFAULT_SERVER_NAME,
+    )
+    .unwrap_err();
+    let Failed::Client(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) =
+        err
+    else {
+        panic!("unexpected error {err:?}");
+    };
+    let mismatch = other.0.downcast_ref::<PinMismatchError>().unwrap();
+    assert_eq!(mismatch.expected, wrong);
+    assert_eq!(mismatch.actual, server.fingerprint());
+}
+
+#[test]
+fn roots_with_dev_ca_succeeds_and_checks_name() {
+    let ca = DevCa::generate().unwrap();
+    let server = ca.server_identity(&local_names()).unwrap();
+    let trust = ServerTrust::Roots(Arc::new(ca.roots()));
+    let (c, _) = handshake(
+        client_config(&trust, None).unwrap(),
+        server_config(&server, None).unwrap(),
+        "localhost",
+    )
+    .unwrap();
+    assert_eq!(c.alpn_protocol(), Some(ALPN));
+    handshake(
+        client_config(&trust, None).unwrap(),
+        server_config(&server, None).unwrap(),
+        "127.0.0.1",
+    )
+    .unwrap();
+    let err = handshake(
+        client_config(&trust, None).unwrap(),
+        server_config(&server, None).unwrap(),
+        "example.com",
+    )
+    .unwrap_err();
+    assert!(matches!(err, Failed::Client(rustls::Error::InvalidCertificate(_))), "{err:?}");
+
+    // Another CA's roots do not trust this server.
+    let other = ServerTrust::Roots(Arc::new(DevCa::generate().unwrap().roots()));
+    assert!(
+        handshake(
+            client_config(&other, None).unwrap(),
+            server_config(&server, None).unwrap(),
+            "localhost",
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn mtls_names_the_app() {
+    let ca = DevCa::generate().unwrap();
+    let server = ca.server_identity(&local_names()).unwrap();
+    let client = ca.client_identity("orders").unwrap();
+    let roots = Arc::new(ca.roots());
+    let (c, s) = handshake(
+        client_config(&ServerTrust::Roots(roots.clone()), Some(&client)).unwrap(),
+        server_config(&server, Some(roots.clone())).unwrap(),
+        "localhost",
+    )
+    .unwrap();
+    let peer = s.peer_certificates().unwrap();
+    assert_eq!(app_id_of(&peer[0]).as_deref(), Some("orders"));
+    assert_eq!(s.alpn_protocol(), Some(ALPN));
+    assert_eq!(c.alpn_protocol(), Some(ALPN));
+
+    // Client certificates are optional: a token-only app still connects.
+    let (_, s) = handshake(
+        client_config(&ServerTrust::Pinned(server.fingerprint()), None).unwrap(),
+        server_config(&server, Some(roots.clone())).unwrap(),
+        "localhost",
+    )
+    .unwrap();
+    assert!(s.peer_certificates().is_none());
+
+    // A client certificate from another CA is rejected.
+    let stranger = DevCa::generate().unwrap().client_identity("orders").unwrap();
+    let err = handshake(
+        client_config(&ServerTrust::Roots(roots.clone()), Some(&stranger)).unwrap(),
+        server_config(&server, Some(roots)).unwrap(),
+        "localhost",
+    )
+    .unwrap_err();
+    assert!(matches!(err, Failed::Server(_)), "{err:?}");
+}
+
+#[test]
+fn server_config_rejects_empty_roots() {
+    let server = Identity::self_signed(&[]).unwrap();
+    assert!(server_config(&server, Some(Arc::new(rustls::RootCertStore::empty()))).is_err());
+}

@@ -1,0 +1,104 @@
+//! HTTP/2 over a channel, in reverse: the sidecar is the h2 client
+//! ([`client`]) and the app the h2 server ([`serve`]).
+//!
+//! hyper's connection-level API is used on both ends instead of tonic's
+//! `Channel`/`Server` because a channel is exactly one connection: the
+//! connection future resolving *is* the "channel gone" signal, nothing
+//! reconnects behind our back, and no extra buffer task sits on the call path.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{Request, Response, Uri};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tonic::body::Body;
+
+use crate::{Io, KeepAlive};
+
+/// Stream and connection flow-control windows: large enough that one
+/// channel carrying many calls, or a 1 MiB payload, is not window-bound.
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+const CONN_WINDOW: u32 = 16 * 1024 * 1024;
+
+/// The sidecar's handle for calling the app over a channel: clone it
+/// freely; every clone shares the one HTTP/2 connection. Works as the
+/// transport of any tonic generated client.
+#[derive(Clone, Debug)]
+pub struct H2Client {
+    send: hyper::client::conn::http2::SendRequest<Body>,
+}
+
+/// The connection task returned by [`client`]: drive it (spawn it); it
+/// resolves when the connection ends, which is when the channel is gone.
+pub type ClientConnection = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
+
+/// Starts HTTP/2 as the client on `io`, with HTTP/2 PINGs per `keep_alive`.
+/// Fails when the app does not complete the HTTP/2 preface.
+pub async fn client(io: Io, keep_alive: KeepAlive) -> Result<(H2Client, ClientConnection), hyper::Error> {
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .max_frame_size(64 * 1024)
+        .keep_alive_interval(keep_alive.interval)
+        .keep_alive_timeout(keep_alive.idle_timeout.saturating_sub(keep_alive.interval).max(keep_alive.interval))
+        .keep_alive_while_idle(true)
+        .handshake(TokioIo::new(io))
+        .await?;
+    Ok((H2Client { send }, Box::pin(conn)))
+}
+
+impl H2Client {
+    /// Whether the connection can still take requests.
+    pub fn is_ready(&self) -> bool {
+        self.send.is_ready()
+    }
+
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.send.is_closed()
+    }
+}
+
+impl tower::Service<Request<Body>> for H2Client {
+    type Response = Response<Body>;
+    type Error = hyper::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, hyper::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.send.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        // tonic's generated clients send only the path; HTTP/2 wants a
+        // scheme and an authority too.
+        if req.uri().scheme().is_none() {
+            let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            if let Ok(uri) = Uri::builder().scheme("http").authority("app").path_and_query(path).build() {
+                *req.uri_mut() = uri;
+            }
+        }
+        let fut = self.send.send_request(req);
+        Box::pin(async move { Ok(fut.await?.map(Body::new)) })
+    }
+}
+
+/// Serves `service` (e.g. tonic `Routes`) as the HTTP/2 server on `io`
+/// until the connection ends. Resolves with the error that ended it, if any.
+pub async fn serve<S>(io: Io, service: S, keep_alive: KeepAlive) -> Result<(), hyper::Error>
+where
+    S: tower::Service<Request<hyper::body::Incoming>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONN_WINDOW)
+        .max_frame_size(64 * 1024)
+        .keep_alive_interval(keep_alive.interval)
+        .keep_alive_timeout(keep_alive.idle_timeout.saturating_sub(keep_alive.interval).max(keep_alive.interval))
+        .serve_connection(TokioIo::new(io), hyper_util::service::TowerToHyperService::new(service))
+        .await
+}

@@ -1,0 +1,27 @@
+//! The app channel's transport, and the only crate that knows QUIC from
+//! TCP+TLS.
+//!
+//! The sidecar binds a [`Listener`]; the app calls [`Dialer::dial`]. Both end
+//! with a [`Channel`]: an authenticated duplex byte stream ([`Io`]) that the
+//! layers above run HTTP/2 over, the peer's identity, and a [`Connection`]
+//! handle that says when the connection is gone and can close it with a
+//! [`CloseCode`]. The versioned hello/verdict exchange that authenticates the
+//! app lives in [`handshake`].
+
+mod config;
+mod dial;
+mod error;
+pub mod h2;
+pub mod handshake;
+mod io;
+mod listener;
+mod transport;
+
+pub use config::{KeepAlive, Timeouts};
+pub use dial::{DialConfig, Dialer, Pending};
+pub use error::{AcceptError, BindError, DialError};
+pub use io::{Channel, ChannelInfo, CloseCode, Connection, Io};
+pub use listener::{Authenticator, HelloContext, Listener, ListenerConfig, Refusal};
+pub use transport::{Transport, Transports};
+
+pub use dialback_proto::handshake::{Hello, RefusalReason, Verdict, hello::Credential};

@@ -1,0 +1,403 @@
+//! The sidecar's side: accept channels over QUIC and TCP+TLS on one port
+//! number, run the handshake under a deadline, and hand up only the
+//! channels the [`Authenticator`] accepts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rustls::pki_types::CertificateDer;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::error::{AcceptError, BindError};
+use crate::handshake::{self, FrameError};
+use crate::io::{Channel, ChannelInfo, CloseCode, Connection, Io};
+use crate::{Hello, RefusalReason, Timeouts, Transport, Transports};
+
+/// How the listener is set up.
+#[derive(Clone)]
+pub struct ListenerConfig {
+    /// Where to listen; port 0 picks one free for UDP and TCP alike.
+    pub addr: SocketAddr,
+    /// Which transports to accept.
+    pub transports: Transports,
+    /// The sidecar's TLS identity (TLS 1.3, ALPN set by `dialback-certs`).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Handshake deadline and keepalive.
+    pub timeouts: Timeouts,
+    /// The QUIC stateless-reset key; persist it so that a restarted sidecar
+    /// resets the app's old connection at once. `None`: a random key.
+    pub reset_key: Option<[u8; 32]>,
+    /// Handshakes allowed in flight at once; beyond it new ones are turned away.
+    pub max_pending: usize,
+}
+
+/// What the authenticator sees of a hello.
+#[derive(Debug)]
+pub struct HelloContext<'a> {
+    /// The hello, already checked for version, app-id and a credential.
+    pub hello: &'a Hello,
+    /// The transport it came over.
+    pub transport: Transport,
+    /// Where it came from.
+    pub peer_addr: SocketAddr,
+    /// The TLS client certificate, verified against the configured client
+    /// CA, when one was presented.
+    pub client_cert: Option<&'a CertificateDer<'static>>,
+}
+
+/// A refused hello: the reason code and text the app is sent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refusal {
+    /// The machine-readable reason.
+    pub reason: RefusalReason,
+    /// The explanation for the app's logs.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with `reason` and `message`.
+    pub fn new(reason: RefusalReason, message: impl Into<String>) -> Refusal {
+        Refusal { reason, message: message.into() }
+    }
+}
+
+/// Decides whether a hello's credential proves its app-id.
+pub trait Authenticator: Send + Sync + 'static {
+    /// `Ok` accepts the channel; `Err` refuses it with the given reason.
+    fn authenticate(&self, ctx: &HelloContext<'_>) -> Result<(), Refusal>;
+}
+
+/// Accepts app channels. Dropping it stops accepting; live channels stay.
+pub struct Listener {
+    addr: SocketAddr,
+    rx: mpsc::Receiver<Channel>,
+    stop: CancellationToken,
+}
+
+struct Shared {
+    auth: Arc<dyn Authenticator>,
+    timeouts: Timeouts,
+    tx: mpsc::Sender<Channel>,
+    pending: Arc<Semaphore>,
+    next_id: AtomicU64,
+    stop: CancellationToken,
+}
+
+impl Listener {
+    /// Binds UDP (QUIC) and/or TCP on `config.addr`, the same port number
+    /// for both. Fails when a socket cannot be bound or the TLS config does
+    /// not fit QUIC.
+    pub async fn bind(config: ListenerConfig, auth: Arc<dyn Authenticator>) -> Result<Listener, BindError> {
+        if !config.transports.quic && !config.transports.tcp {
+            return Err(BindError::NoTransport);
+        }
+        // With port 0 and both transports, the TCP bind may find the UDP
+        // port's number taken; pick again a few times.
+        let mut last_err = None;
+        for _ in 0..16 {
+            match bind_sockets(&config).await {
+                Ok(bound) => return Ok(start(config, bound, auth)),
+                Err(e @ BindError::Bind { .. }) if config.addr.port() == 0 && config.transports.quic => {
+                    last_err = Some(e)
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last_err.unwrap_or(BindError::NoTransport))
+    }
+
+    /// The bound address (UDP and TCP share its port).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The next accepted channel; `None` once the listener is closed.
+    pub async fn accept(&mut self) -> Option<Channel> {
+        self.rx.recv().await
+    }
+
+    /// Stops accepting new connections; channels already handed up live on.
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+struct Bound {
+    addr: SocketAddr,
+    quic: Option<quinn::Endpoint>,
+    tcp: Option<TcpListener>,
+}
+
+async fn bind_sockets(config: &ListenerConfig) -> Result<Bound, BindError> {
+    let mut addr = config.addr;
+    let quic = if config.transports.quic {
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(config.tls.clone())
+            .map_err(|e| BindError::Tls(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(config.timeouts.keep_alive.quic_transport());
+        server.migration(true);
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        if let Some(key) = config.reset_key {
+            endpoint_config.reset_key(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key)));
+        }
+        let socket = std::net::UdpSocket::bind(addr).map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| BindError::Tls("no async runtime for quinn".to_string()))?;
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)
+            .map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
+        addr = endpoint.local_addr().map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
+        Some(endpoint)
+    } else {
+        None
+    };
+    let tcp = if config.transports.tcp {
+        let l = TcpListener::bind(addr).await.map_err(|source| BindError::Bind { transport: "tcp", addr, source })?;
+        addr = l.local_addr().map_err(|source| BindError::Bind { transport: "tcp", addr, source })?;
+        Some(l)
+    } else {
+        None
+    };
+    Ok(Bound { addr, quic, tcp })
+}
+
+fn start(config: ListenerConfig, bound: Bound, auth: Arc<dyn Authenticator>) -> Listener {
+    let (tx, rx) = mpsc::channel(16);
+    let stop = CancellationToken::new();
+    let shared = Arc::new(Shared {
+        auth,
+        timeouts: config.timeouts,
+        tx,
+        pending: Arc::new(Semaphore::new(config.max_pending.max(1))),
+        next_id: AtomicU64::new(1),
+        stop: stop.clone(),
+    });
+    if let Some(endpoint) = bound.quic {
+        tokio::spawn(accept_quic(endpoint, shared.clone()));
+    }
+    if let Some(tcp) = bound.tcp {
+        tokio::spawn(accept_tcp(tcp, Arc::new(tokio_rustls::TlsAcceptor::from(config.tls)), shared));
+    }
+    Listener { addr: bound.addr, rx, stop }
+}
+
+async fn accept_quic(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i { Some(i) => i, None => return },
+            () = shared.stop.cancelled() => return,
+        };
+        let Ok(permit) = shared.pending.clone().try_acquire_owned() else {
+            warn!(peer = %incoming.remote_address(), "too many channel handshakes in flight; refusing a QUIC connection");
+            incoming.refuse();
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let peer = incoming.remote_address();
+            if let Err(e) = quic_handshake(incoming, &shared).await {
+                warn!(%peer, transport = "quic", error = %e, "callback channel refused");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn accept_tcp(listener: TcpListener, tls: Arc<tokio_rustls::TlsAcceptor>, shared: Arc<Shared>) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly, keep serving.
+                    warn!(error = %e, "accepting a TCP connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shared.stop.cancelled() => return,
+        };
+        let Ok(permit) = shared.pending.clone().try_acquire_owned() else {
+            warn!(%peer, "too many channel handshakes in flight; dropping a TCP connection");
+            continue;
+        };
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tcp_handshake(stream, peer, &tls, &shared).await {
+                warn!(%peer, transport = "tcp", error = %e, "callback channel refused");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn quic_handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<(), AcceptError> {
+    let deadline = Instant::now() + shared.timeouts.handshake;
+    let peer = incoming.remote_address();
+    let limit = shared.timeouts.handshake;
+    let conn = tokio::time::timeout_at(deadline, incoming).await.map_err(|_| AcceptError::Timeout(limit))??;
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    let Ok(accepted) = tokio::time::timeout_at(deadline, conn.accept_bi()).await else {
+        conn.close(quinn::VarInt::from_u32(CloseCode::Refused as u32), b"no hello within the handshake timeout");
+        return Err(AcceptError::Timeout(limit));
+    };
+    let (mut send, mut recv) = accepted?;
+    let certs = conn.peer_identity().and_then(|c| c.downcast::<Vec<CertificateDer<'static>>>().ok());
+    let client_cert = certs.as_ref().and_then(|c| c.first());
+    let outcome =
+        exchange(&mut recv, &mut send, Transport::Quic, peer, alpn.as_deref(), client_cert, deadline, shared).await;
+    match outcome {
+        Ok((hello, channel_id)) => {
+            let gone = CancellationToken::new();
+            let gone_for_io = gone.clone();
+            let connection = Connection::from_quic(conn.clone(), gone.clone());
+            // When the QUIC connection dies, so does the channel.
+            let watch = connection.clone();
+            tokio::spawn(async move {
+                watch.closed().await;
+                gone.cancel();
+            });
+            let io = Io::quic(send, recv, gone_for_io);
+            deliver(shared, hello, Transport::Quic, peer, channel_id, io, connection).await;
+            Ok(())
+        }
+        Err(e) => {
+            // Let the verdict reach the app before the connection closes.
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+            let reason = e.to_string();
+            conn.close(quinn::VarInt::from_u32(CloseCode::Refused as u32), reason.as_bytes());
+            Err(e)
+        }
+    }
+}
+
+async fn tcp_handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: &tokio_rustls::TlsAcceptor,
+    shared: &Shared,
+) -> Result<(), AcceptError> {
+    let deadline = Instant::now() + shared.timeouts.handshake;
+    let limit = shared.timeouts.handshake;
+    if let Err(e) = shared.timeouts.keep_alive.apply_tcp(&stream) {
+        debug!(%peer, error = %e, "could not set TCP keepalive");
+    }
+    let mut tls_stream = tokio::time::timeout_at(deadline, tls.accept(stream))
+        .await
+        .map_err(|_| AcceptError::Timeout(limit))?
+        .map_err(AcceptError::Tls)?;
+    let (_, session) = tls_stream.get_ref();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let client_cert = session.peer_certificates().and_then(|c| c.first()).cloned();
+    let (mut r, mut w) = tokio::io::split(&mut tls_stream);
+    let outcome =
+        exchange(&mut r, &mut w, Transport::TcpTls, peer, alpn.as_deref(), client_cert.as_ref(), deadline, shared).await;
+    match outcome {
+        Ok((hello, channel_id)) => {
+            let gone = CancellationToken::new();
+            let connection = Connection::from_tcp(peer, gone.clone());
+            let io = Io::tls(tokio_rustls::TlsStream::Server(tls_stream), gone);
+            deliver(shared, hello, Transport::TcpTls, peer, channel_id, io, connection).await;
+            Ok(())
+        }
+        Err(e) => {
+            let _ = tokio::time::timeout(Duration::from_secs(1), tls_stream.shutdown()).await;
+            Err(e)
+        }
+    }
+}
+
+/// Reads the hello, decides, and writes the verdict: the part of the
+/// handshake both transports share.
+#[allow(clippy::too_many_arguments)]
+async fn exchange<R, W>(
+    r: &mut R,
+    w: &mut W,
+    transport: Transport,
+    peer: SocketAddr,
+    alpn: Option<&[u8]>,
+    client_cert: Option<&CertificateDer<'static>>,
+    deadline: Instant,
+    shared: &Shared,
+) -> Result<(Hello, u64), AcceptError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let decided = match tokio::time::timeout_at(deadline, handshake::read::<Hello, _>(r)).await {
+        Err(_) => Err(Refusal::new(
+            RefusalReason::HandshakeTimeout,
+            format!("no complete hello within {:?}", shared.timeouts.handshake),
+        )),
+        Ok(Err(FrameError::Io(e))) => return Err(AcceptError::Frame(FrameError::Io(e))),
+        Ok(Err(e)) => Err(Refusal::new(RefusalReason::Malformed, e.to_string())),
+        Ok(Ok(hello)) => decide(&hello, transport, peer, alpn, client_cert, shared).map(|()| hello),
+    };
+    match decided {
+        Ok(hello) => {
+            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            // The verdict write is bounded too: a peer that stops reading cannot pin us.
+            match tokio::time::timeout_at(deadline, handshake::write(w, &handshake::accepted(id))).await {
+                Ok(Ok(())) => Ok((hello, id)),
+                Ok(Err(e)) => Err(AcceptError::Frame(FrameError::Io(e))),
+                Err(_) => Err(AcceptError::Timeout(shared.timeouts.handshake)),
+            }
+        }
+        Err(refusal) => {
+            let verdict = handshake::refused(refusal.reason, refusal.message.clone());
+            let _ = tokio::time::timeout(Duration::from_secs(1), handshake::write(w, &verdict)).await;
+            Err(AcceptError::Refused { reason: refusal.reason, message: refusal.message })
+        }
+    }
+}
+
+fn decide(
+    hello: &Hello,
+    transport: Transport,
+    peer: SocketAddr,
+    alpn: Option<&[u8]>,
+    client_cert: Option<&CertificateDer<'static>>,
+    shared: &Shared,
+) -> Result<(), Refusal> {
+    if alpn != Some(dialback_certs::ALPN) {
+        return Err(Refusal::new(
+            RefusalReason::WrongProtocol,
+            format!("ALPN must be {:?}", String::from_utf8_lossy(dialback_certs::ALPN)),
+        ));
+    }
+    handshake::check_hello(hello).map_err(|(reason, message)| Refusal { reason, message })?;
+    shared.auth.authenticate(&HelloContext { hello, transport, peer_addr: peer, client_cert })
+}
+
+async fn deliver(
+    shared: &Shared,
+    hello: Hello,
+    transport: Transport,
+    peer: SocketAddr,
+    channel_id: u64,
+    io: Io,
+    conn: Connection,
+) {
+    let info = ChannelInfo { app_id: hello.app_id, instance: hello.instance, transport, peer_addr: peer, channel_id };
+    info!(app_id = %info.app_id, %transport, %peer, channel_id, "callback channel authenticated");
+    if shared.tx.send(Channel { io, info, conn: conn.clone() }).await.is_err() {
+        conn.close(CloseCode::ShuttingDown, "sidecar is shutting down");
+    }
+}

@@ -1,0 +1,169 @@
+//! Who may open a callback channel: one-time tokens from
+//! ConnectAppCallback, the API token, or an mTLS client certificate.
+//!
+//! [`TokenStore`] is pure bookkeeping over `now`, unit-tested without
+//! sockets; [`ChannelAuth`] is the channel listener's [`Authenticator`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use dialback_channel::{Authenticator, Credential, HelloContext, Refusal, RefusalReason};
+use rand::RngCore;
+
+/// At most this many live tokens; ConnectAppCallback may be unauthenticated,
+/// so the store must not grow without bound.
+const MAX_TOKENS: usize = 1024;
+
+/// Outstanding one-time tokens.
+#[derive(Debug, Default)]
+pub struct TokenStore {
+    live: HashMap<String, Instant>,
+    /// Tokens already presented, kept until they would have expired, so a
+    /// replay is told "used" rather than "unknown".
+    used: HashMap<String, Instant>,
+}
+
+impl TokenStore {
+    /// Mints a token valid until `now + ttl`.
+    pub fn issue(&mut self, now: Instant, ttl: Duration) -> String {
+        self.prune(now);
+        if self.live.len() >= MAX_TOKENS {
+            // Drop the oldest: a flood of ConnectAppCallback calls cannot eat memory.
+            if let Some(oldest) = self.live.iter().min_by_key(|(_, e)| **e).map(|(t, _)| t.clone()) {
+                self.live.remove(&oldest);
+            }
+        }
+        let mut raw = [0u8; 32];
+        rand::rng().fill_bytes(&mut raw);
+        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        self.live.insert(token.clone(), now + ttl);
+        token
+    }
+
+    /// Spends `token`; fails when it is unknown, used or expired. A token
+    /// is spent by its first presentation, whatever the outcome.
+    pub fn redeem(&mut self, token: &str, now: Instant) -> Result<(), Refusal> {
+        if let Some(expires) = self.live.remove(token) {
+            self.used.insert(token.to_string(), expires);
+            if now > expires {
+                return Err(Refusal::new(RefusalReason::TokenExpired, "the one-time token has expired; call ConnectAppCallback again"));
+            }
+            return Ok(());
+        }
+        if self.used.contains_key(token) {
+            return Err(Refusal::new(RefusalReason::TokenUsed, "the one-time token was already used; call ConnectAppCallback again"));
+        }
+        Err(Refusal::new(RefusalReason::BadCredential, "unknown one-time token"))
+    }
+
+    fn prune(&mut self, now: Instant) {
+        self.live.retain(|_, e| *e + Duration::from_secs(60) > now);
+        self.used.retain(|_, e| *e + Duration::from_secs(60) > now);
+    }
+}
+
+/// The callback listener's authenticator.
+pub struct ChannelAuth {
+    /// The only app-id this sidecar serves.
+    pub app_id: String,
+    /// SHA-256 of the API token, when one is configured.
+    pub api_token_sha: Option<[u8; 32]>,
+    /// Outstanding one-time tokens.
+    pub tokens: Arc<Mutex<TokenStore>>,
+    /// Whether client certificates are verified (a client CA is configured).
+    pub mtls: bool,
+}
+
+/// SHA-256, so that comparing tokens takes time independent of where they differ.
+pub fn sha256(s: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+impl Authenticator for ChannelAuth {
+    fn authenticate(&self, ctx: &HelloContext<'_>) -> Result<(), Refusal> {
+        let hello = ctx.hello;
+        if hello.app_id != self.app_id {
+            return Err(Refusal::new(
+                RefusalReason::WrongAppId,
+                format!("this sidecar serves app-id {:?}, not {:?}", self.app_id, hello.app_id),
+            ));
+        }
+        match &hello.credential {
+            None => Err(Refusal::new(RefusalReason::NoCredential, "hello carries no credential")),
+            Some(Credential::OneTimeToken(t)) => {
+                let mut tokens = self.tokens.lock().map_err(|_| Refusal::new(RefusalReason::Unspecified, "internal error"))?;
+                tokens.redeem(t, Instant::now())
+            }
+            Some(Credential::ApiToken(t)) => match self.api_token_sha {
+                Some(want) if sha256(t) == want => Ok(()),
+                Some(_) => Err(Refusal::new(RefusalReason::BadCredential, "wrong API token")),
+                None => Err(Refusal::new(RefusalReason::BadCredential, "this sidecar has no API token configured")),
+            },
+            Some(Credential::ClientCertificate(_)) => {
+                if !self.mtls {
+                    return Err(Refusal::new(RefusalReason::BadCredential, "this sidecar does not accept client certificates (no client CA configured)"));
+                }
+                let Some(cert) = ctx.client_cert else {
+                    return Err(Refusal::new(RefusalReason::NoCredential, "hello names a client certificate but none was presented"));
+                };
+                match dialback_certs::app_id_of(cert) {
+                    Some(id) if id == self.app_id => Ok(()),
+                    Some(id) => Err(Refusal::new(RefusalReason::WrongAppId, format!("the client certificate names app-id {id:?}"))),
+                    None => Err(Refusal::new(RefusalReason::BadCredential, "the client certificate names no app-id")),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_single_use() {
+        let mut s = TokenStore::default();
+        let now = Instant::now();
+        let t = s.issue(now, Duration::from_secs(10));
+        assert!(s.redeem(&t, now).is_ok());
+        assert_eq!(s.redeem(&t, now).unwrap_err().reason, RefusalReason::TokenUsed);
+    }
+
+    #[test]
+    fn a_token_expires() {
+        let mut s = TokenStore::default();
+        let now = Instant::now();
+        let t = s.issue(now, Duration::from_secs(10));
+        assert_eq!(s.redeem(&t, now + Duration::from_secs(11)).unwrap_err().reason, RefusalReason::TokenExpired);
+    }
+
+    #[test]
+    fn unknown_tokens_are_bad() {
+        let mut s = TokenStore::default();
+        assert_eq!(s.redeem("nope", Instant::now()).unwrap_err().reason, RefusalReason::BadCredential);
+    }
+
+    #[test]
+    fn the_store_is_bounded() {
+        let mut s = TokenStore::default();
+        let now = Instant::now();
+        let first = s.issue(now, Duration::from_secs(10));
+        for _ in 0..MAX_TOKENS + 10 {
+            s.issue(now, Duration::from_secs(10));
+        }
+        assert!(s.live.len() <= MAX_TOKENS);
+        assert!(s.redeem(&first, now).is_err());
+    }
+
+    #[test]
+    fn tokens_are_distinct() {
+        let mut s = TokenStore::default();
+        let now = Instant::now();
+        assert_ne!(s.issue(now, Duration::from_secs(1)), s.issue(now, Duration::from_secs(1)));
+    }
+}

@@ -1,0 +1,165 @@
+//! Callback mode: accept channels, speak HTTP/2 to the app over each, keep
+//! the Ping stream going, and retire channels that die or are replaced.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dialback_channel::{Channel, CloseCode, KeepAlive, Listener, h2};
+use dialback_proto::runtime::dapr_app_channel_callback_client::DaprAppChannelCallbackClient;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::registry::{Live, Registry};
+
+/// Metadata key on the Ping call that tells the app the ping interval (ms).
+pub const PING_INTERVAL_KEY: &str = "dialback-ping-interval-ms";
+/// Metadata key on a Ping call that tells the app its channel is closing, and why.
+pub const CLOSE_NOTICE_KEY: &str = "dialback-close";
+
+/// What the acceptor needs to know.
+#[derive(Clone, Debug)]
+pub struct CallbackPolicy {
+    /// HTTP/2 keepalive and the Ping deadline.
+    pub keep_alive: KeepAlive,
+    /// Ping interval.
+    pub ping_interval: Duration,
+    /// Bound on the HTTP/2 handshake over a fresh channel.
+    pub handshake: Duration,
+    /// How long a replaced channel may finish its calls.
+    pub drain: Duration,
+}
+
+/// Accepts channels until `stop`, installing each in `registry`.
+pub async fn accept_loop(mut listener: Listener, registry: Arc<Registry>, policy: CallbackPolicy, stop: CancellationToken) {
+    loop {
+        let ch = tokio::select! {
+            ch = listener.accept() => match ch { Some(ch) => ch, None => return },
+            () = stop.cancelled() => { listener.close(); return; }
+        };
+        tokio::spawn(setup(ch, registry.clone(), policy.clone()));
+    }
+}
+
+async fn setup(ch: Channel, registry: Arc<Registry>, policy: CallbackPolicy) {
+    let Channel { io, info, conn } = ch;
+    let started = tokio::time::timeout(policy.handshake, h2::client(io, policy.keep_alive)).await;
+    let (client, h2_conn) = match started {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            warn!(channel_id = info.channel_id, error = %e, "HTTP/2 over the new channel failed");
+            conn.close(CloseCode::Done, "HTTP/2 handshake failed");
+            return;
+        }
+        Err(_) => {
+            warn!(channel_id = info.channel_id, "HTTP/2 over the new channel timed out");
+            conn.close(CloseCode::Done, "HTTP/2 handshake timed out");
+            return;
+        }
+    };
+    let live = Arc::new(Live::new(info, conn, client));
+    let id = live.info.channel_id;
+    // The HTTP/2 connection task ends when the channel is gone.
+    let h2_done = CancellationToken::new();
+    {
+        let h2_done = h2_done.clone();
+        tokio::spawn(async move {
+            if let Err(e) = h2_conn.await {
+                tracing::debug!(channel_id = id, error = %e, "HTTP/2 connection ended");
+            }
+            h2_done.cancel();
+        });
+    }
+    if let Some(old) = registry.install(live.clone()) {
+        info!(old = old.info.channel_id, new = id, "a new channel replaces the old one");
+        tokio::spawn(retire(old, CloseCode::Replaced, policy.drain));
+    }
+    info!(
+        app_id = %live.info.app_id, transport = %live.info.transport, peer = %live.info.peer_addr,
+        channel_id = id, "app channel up"
+    );
+    tokio::spawn(ping_loop(live.clone(), policy.ping_interval, policy.keep_alive.idle_timeout));
+    // Watch for the end, whatever ends it.
+    let reason = tokio::select! {
+        () = h2_done.cancelled() => "connection closed".to_string(),
+        c = live.conn.closed() => match c {
+            Some((code, why)) => format!("closed by the app ({code:?}): {why}"),
+            None => "connection lost".to_string(),
+        },
+        () = live.stop.cancelled() => "retired".to_string(),
+    };
+    if registry.remove_if(id, &reason) {
+        warn!(channel_id = id, %reason, "app channel down");
+    }
+    live.stop.cancel();
+    live.conn.close(CloseCode::Done, &reason);
+}
+
+/// Takes a channel out of service: tells the app why (replacement), lets
+/// calls in flight finish within `drain`, then closes it with `code`.
+pub async fn retire(live: Arc<Live>, code: CloseCode, drain: Duration) {
+    if code == CloseCode::Replaced || code == CloseCode::ShuttingDown {
+        let note = if code == CloseCode::Replaced { "replaced" } else { "shutting-down" };
+        notify_close(&live, note).await;
+    }
+    if !live.drained(drain).await {
+        warn!(channel_id = live.info.channel_id, inflight = live.inflight(), "closing a channel with calls still in flight");
+    }
+    live.stop.cancel();
+    live.conn.close(code, match code {
+        CloseCode::Replaced => "replaced by a newer channel",
+        CloseCode::ShuttingDown => "sidecar shutting down",
+        _ => "closed",
+    });
+}
+
+/// Sends the in-band close notice: a Ping call whose metadata says why.
+/// Works on both transports (TCP has no close codes); bounded, best effort.
+async fn notify_close(live: &Live, why: &'static str) {
+    let mut client = DaprAppChannelCallbackClient::new(live.client.clone());
+    let mut req = tonic::Request::new(futures_util::stream::empty());
+    req.metadata_mut().insert(CLOSE_NOTICE_KEY, tonic::metadata::MetadataValue::from_static(why));
+    let _ = tokio::time::timeout(Duration::from_secs(1), client.ping(req)).await;
+}
+
+/// The liveness stream: one Empty per `interval`, each answered within
+/// `deadline`, else the channel is closed on both sides.
+async fn ping_loop(live: Arc<Live>, interval: Duration, deadline: Duration) {
+    let mut client = DaprAppChannelCallbackClient::new(live.client.clone());
+    let (tx, rx) = mpsc::channel::<()>(1);
+    let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|()| ((), rx)) });
+    let mut req = tonic::Request::new(futures_util::StreamExt::map(outbound, |()| ()));
+    if let Ok(v) = interval.as_millis().to_string().parse() {
+        req.metadata_mut().insert(PING_INTERVAL_KEY, v);
+    }
+    let failure = async {
+        let mut inbound = match tokio::time::timeout(deadline, client.ping(req)).await {
+            Ok(Ok(resp)) => resp.into_inner(),
+            Ok(Err(status)) => return format!("Ping refused by the app: {}", status.message()),
+            Err(_) => return "Ping not answered".to_string(),
+        };
+        loop {
+            let sent = Instant::now();
+            if tx.send(()).await.is_err() {
+                return "Ping stream closed".to_string();
+            }
+            match tokio::time::timeout(deadline, inbound.message()).await {
+                Ok(Ok(Some(()))) => live.set_rtt(sent.elapsed()),
+                Ok(Ok(None)) => return "the app ended the Ping stream".to_string(),
+                Ok(Err(status)) => return format!("Ping stream failed: {}", status.message()),
+                Err(_) => return format!("no Ping answer within {deadline:?}"),
+            }
+            tokio::time::sleep(interval).await;
+        }
+    };
+    tokio::select! {
+        reason = failure => {
+            if !live.stop.is_cancelled() {
+                warn!(channel_id = live.info.channel_id, %reason, "closing the app channel");
+                live.stop.cancel();
+                live.conn.close(CloseCode::PingTimeout, &reason);
+            }
+        }
+        () = live.stop.cancelled() => {}
+    }
+}

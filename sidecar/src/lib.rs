@@ -1,0 +1,249 @@
+//! `dialbackd`, the dialback sidecar: a Dapr-style HTTP and gRPC API in
+//! front of one app, which it reaches either by dialing the app's gRPC
+//! server (classic `--app-port`) or over a callback channel the app dialed.
+//!
+//! Entry points: [`Config`] (validated flags), [`start`] (binds everything
+//! and returns a [`Running`] sidecar), [`run`] (start, wait, shut down).
+
+mod auth;
+mod callback;
+pub mod config;
+mod error;
+mod grpc;
+mod http;
+mod invoke;
+mod registry;
+mod state;
+mod statedir;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dialback_certs::Identity;
+use dialback_channel::{CloseCode, Listener, ListenerConfig};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use callback::{CLOSE_NOTICE_KEY, PING_INTERVAL_KEY};
+pub use config::{AppMode, CertSource, Cli, Config, ConfigError};
+pub use error::InvokeError;
+pub use http::to_invoke_request;
+
+use crate::callback::CallbackPolicy;
+use crate::invoke::AppChannel;
+use crate::registry::Registry;
+use crate::state::{CallbackInfo, Sidecar};
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// An API port could not be bound.
+    #[error("cannot bind the {api} API on {addr}: {source}")]
+    Bind {
+        /// `HTTP` or `gRPC`.
+        api: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The callback listener could not be bound.
+    #[error(transparent)]
+    Callback(#[from] dialback_channel::BindError),
+    /// The certificate, key or CA could not be loaded or generated.
+    #[error("callback channel identity: {0}")]
+    Identity(String),
+    /// The state directory could not be used.
+    #[error("state dir {path}: {source}")]
+    StateDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The classic app address is not a valid URI.
+    #[error("--app-port: bad app address {0}")]
+    AppAddress(String),
+}
+
+/// A started sidecar: its bound addresses and the handle to stop it.
+pub struct Running {
+    /// HTTP API addresses.
+    pub http: Vec<SocketAddr>,
+    /// gRPC API addresses.
+    pub grpc: Vec<SocketAddr>,
+    /// The callback listener's address, in callback mode.
+    pub callback: Option<SocketAddr>,
+    state: Arc<Sidecar>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    grace: Duration,
+}
+
+impl Running {
+    /// The one line printed once every listener is bound; scripts and tests wait for it.
+    pub fn ready_line(&self) -> String {
+        let list = |v: &[SocketAddr]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
+        let mut line = format!("dialbackd ready app_id={} http={} grpc={}", self.state.app_id, list(&self.http), list(&self.grpc));
+        match &self.state.callback {
+            Some(cb) => line.push_str(&format!(
+                " callback={} transports={} cert_sha256={}",
+                cb.listen,
+                cb.transports,
+                cb.fingerprint.to_hex()
+            )),
+            None => line.push_str(match &self.state.app {
+                AppChannel::Classic(_) => " mode=classic",
+                _ => " mode=none",
+            }),
+        }
+        line
+    }
+
+    /// Stops accepting, lets calls in flight finish (bounded by the
+    /// configured grace), closes the app channel, and returns.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        if let Some(cb) = &self.state.callback
+            && let Some(live) = cb.registry.take()
+        {
+            callback::retire(live, CloseCode::ShuttingDown, self.grace).await;
+        }
+        for t in self.tasks {
+            let _ = tokio::time::timeout(self.grace, t).await;
+        }
+    }
+}
+
+/// Starts the sidecar: loads or makes its identity, binds the callback
+/// listener and both APIs. Fails when anything cannot be bound or loaded.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let stop = CancellationToken::new();
+    let mut tasks = Vec::new();
+    let api_token_sha = config.api_token.as_deref().map(auth::sha256);
+    let tokens = Arc::new(Mutex::new(auth::TokenStore::default()));
+
+    let (app, callback) = match &config.mode {
+        AppMode::None => (AppChannel::None, None),
+        AppMode::Classic { address } => {
+            let ep = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+                .map_err(|_| StartError::AppAddress(address.clone()))?
+                .tcp_nodelay(true)
+                .connect_timeout(Duration::from_secs(5));
+            (AppChannel::Classic(ep.connect_lazy()), None)
+        }
+        AppMode::Callback => {
+            let (info, listener) = bind_callback(&config, api_token_sha, tokens.clone()).await?;
+            let policy = CallbackPolicy {
+                keep_alive: config.timeouts.keep_alive,
+                ping_interval: config.ping_interval,
+                handshake: config.timeouts.handshake,
+                drain: config.shutdown_grace,
+            };
+            tasks.push(tokio::spawn(callback::accept_loop(listener, info.registry.clone(), policy, stop.clone())));
+            (AppChannel::Callback(info.registry.clone()), Some(info))
+        }
+    };
+
+    let state = Arc::new(Sidecar {
+        app_id: config.app_id.clone(),
+        app,
+        wait_timeout: config.wait_timeout,
+        api_token_sha,
+        tokens,
+        token_ttl: config.token_ttl,
+        callback,
+    });
+
+    let mut http_addrs = Vec::new();
+    for addr in &config.http_addrs {
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { api: "HTTP", addr: *addr, source })?;
+        http_addrs.push(l.local_addr().map_err(|source| StartError::Bind { api: "HTTP", addr: *addr, source })?);
+        let app = http::router(state.clone());
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned()).await;
+        }));
+    }
+    let mut grpc_addrs = Vec::new();
+    for addr in &config.grpc_addrs {
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { api: "gRPC", addr: *addr, source })?;
+        grpc_addrs.push(l.local_addr().map_err(|source| StartError::Bind { api: "gRPC", addr: *addr, source })?);
+        let routes = grpc::routes(state.clone());
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
+            let _ = tonic::transport::Server::builder()
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+                .await;
+        }));
+    }
+    let callback_addr = state.callback.as_ref().map(|c| c.listen);
+    Ok(Running { http: http_addrs, grpc: grpc_addrs, callback: callback_addr, state, stop, tasks, grace: config.shutdown_grace })
+}
+
+async fn bind_callback(
+    config: &Config,
+    api_token_sha: Option<[u8; 32]>,
+    tokens: Arc<Mutex<auth::TokenStore>>,
+) -> Result<(CallbackInfo, Listener), StartError> {
+    let state_dir = statedir::ensure(&config.state_dir)?;
+    let mut names = vec![dialback_certs::DEFAULT_SERVER_NAME.to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    names.extend(config.server_names.iter().cloned());
+    if let Some((host, _)) = config.advertise.as_deref().and_then(|a| a.rsplit_once(':')) {
+        names.push(host.trim_start_matches('[').trim_end_matches(']').to_string());
+    }
+    names.dedup();
+    let identity = match &config.certs {
+        CertSource::Files { cert, key } => Identity::load_pem(cert, key).map_err(|e| StartError::Identity(e.to_string()))?,
+        CertSource::Generated => {
+            Identity::load_or_generate(&state_dir, &names).map_err(|e| StartError::Identity(e.to_string()))?
+        }
+    };
+    let client_roots = match &config.client_ca {
+        Some(path) => Some(Arc::new(dialback_certs::load_roots(path).map_err(|e| StartError::Identity(e.to_string()))?)),
+        None => None,
+    };
+    let mtls = client_roots.is_some();
+    let tls = dialback_certs::server_config(&identity, client_roots).map_err(|e| StartError::Identity(e.to_string()))?;
+    let reset_key = statedir::reset_key(&state_dir)?;
+    let auth = Arc::new(auth::ChannelAuth { app_id: config.app_id.clone(), api_token_sha, tokens, mtls });
+    let listener = Listener::bind(
+        ListenerConfig {
+            addr: config.callback_addr,
+            transports: config.transports,
+            tls: Arc::new(tls),
+            timeouts: config.timeouts,
+            reset_key: Some(reset_key),
+            max_pending: 256,
+        },
+        auth,
+    )
+    .await?;
+    let info = CallbackInfo {
+        listen: listener.local_addr(),
+        transports: config.transports,
+        advertise: config.advertise.clone(),
+        fingerprint: identity.fingerprint(),
+        server_name: dialback_certs::DEFAULT_SERVER_NAME.to_string(),
+        registry: Arc::new(Registry::default()),
+    };
+    Ok((info, listener))
+}
+
+/// Runs the sidecar until `shutdown` resolves: starts it, prints the ready
+/// line on stdout, then shuts down gracefully. Fails when it cannot start.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    let running = start(config).await?;
+    let line = running.ready_line();
+    info!("{line}");
+    println!("{line}");
+    shutdown.await;
+    info!("shutting down");
+    running.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,75 @@
+//! `dialbackd`: parse flags, set up logging, run until SIGTERM or Ctrl-C.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use dialback_sidecar::config::{CertsCommand, Command};
+use dialback_sidecar::{Cli, Config};
+
+/// Exit code for bad configuration (sysexits' EX_USAGE).
+const EX_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Certs { command: CertsCommand::Init { out, app_ids, server_names, force } }) = cli.command {
+        return match dialback_certs::write_dev_set(&out, &server_names, &app_ids, force) {
+            Ok(paths) => {
+                for p in paths {
+                    println!("wrote {}", p.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("dialbackd certs init: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.run.log_level.clone());
+    let env_filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("dialbackd: bad --log-level {filter:?}: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr).init();
+    let config = match Config::from_args(cli.run) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("dialbackd: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("dialbackd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dialback_sidecar::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dialbackd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

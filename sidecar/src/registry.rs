@@ -1,0 +1,177 @@
+//! The app's live callback channel, if any: installed when a channel is
+//! accepted, replaced by a newer one, removed when it dies. Calls wait on it
+//! (bounded) while it is down.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use dialback_channel::h2::H2Client;
+use dialback_channel::{ChannelInfo, Connection};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+/// One live channel.
+#[derive(Debug)]
+pub struct Live {
+    /// Who is on the other end.
+    pub info: ChannelInfo,
+    /// The connection's life.
+    pub conn: Connection,
+    /// HTTP/2 to the app.
+    pub client: H2Client,
+    /// When it was installed (wall clock, for metadata).
+    pub since: SystemTime,
+    /// Cancelled to stop this channel's Ping loop and watchers.
+    pub stop: CancellationToken,
+    rtt_us: AtomicU64,
+    inflight: AtomicUsize,
+    idle: Notify,
+}
+
+impl Live {
+    /// Wraps a channel's parts.
+    pub fn new(info: ChannelInfo, conn: Connection, client: H2Client) -> Live {
+        Live {
+            info,
+            conn,
+            client,
+            since: SystemTime::now(),
+            stop: CancellationToken::new(),
+            rtt_us: AtomicU64::new(u64::MAX),
+            inflight: AtomicUsize::new(0),
+            idle: Notify::new(),
+        }
+    }
+
+    /// Records a Ping round trip.
+    pub fn set_rtt(&self, rtt: Duration) {
+        self.rtt_us.store(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX - 1), Ordering::Relaxed);
+    }
+
+    /// The last Ping round trip, else the transport's estimate.
+    pub fn rtt(&self) -> Option<Duration> {
+        match self.rtt_us.load(Ordering::Relaxed) {
+            u64::MAX => self.conn.rtt(),
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// Marks a call in flight until the guard drops.
+    pub fn begin_call(self: &Arc<Self>) -> CallGuard {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        CallGuard(self.clone())
+    }
+
+    /// Calls in flight.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Acquire)
+    }
+
+    /// Waits until no call is in flight, or `limit` passes; true when drained.
+    pub async fn drained(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self.idle.notified();
+            if self.inflight() == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.inflight() == 0;
+            }
+        }
+    }
+}
+
+/// Keeps a channel counted as busy while a call runs on it.
+#[derive(Debug)]
+pub struct CallGuard(Arc<Live>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if self.0.inflight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The last time the channel went down, and why.
+#[derive(Clone, Debug)]
+pub struct Down {
+    /// When.
+    pub at: SystemTime,
+    /// Why, in words.
+    pub reason: String,
+}
+
+/// The current channel and its history.
+#[derive(Debug)]
+pub struct Registry {
+    current: watch::Sender<Option<Arc<Live>>>,
+    accepted: AtomicU64,
+    last_down: Mutex<Option<Down>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            current: watch::Sender::new(None),
+            accepted: AtomicU64::new(0),
+            last_down: Mutex::new(None),
+        }
+    }
+}
+
+impl Registry {
+    /// Makes `live` the channel; returns the one it replaces.
+    pub fn install(&self, live: Arc<Live>) -> Option<Arc<Live>> {
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.current.send_replace(Some(live))
+    }
+
+    /// Removes the channel `channel_id` if it is still the current one.
+    pub fn remove_if(&self, channel_id: u64, reason: &str) -> bool {
+        let removed = self.current.send_if_modified(|cur| {
+            if cur.as_ref().is_some_and(|l| l.info.channel_id == channel_id) {
+                *cur = None;
+                true
+            } else {
+                false
+            }
+        });
+        if removed && let Ok(mut d) = self.last_down.lock() {
+            *d = Some(Down { at: SystemTime::now(), reason: reason.to_string() });
+        }
+        removed
+    }
+
+    /// Takes the current channel out (shutdown).
+    pub fn take(&self) -> Option<Arc<Live>> {
+        self.current.send_replace(None)
+    }
+
+    /// The current channel, if one is up.
+    pub fn current(&self) -> Option<Arc<Live>> {
+        self.current.borrow().clone()
+    }
+
+    /// The current channel, waiting up to `limit` for one to come up.
+    pub async fn wait(&self, limit: Duration) -> Option<Arc<Live>> {
+        let mut rx = self.current.subscribe();
+        let got = tokio::time::timeout(limit, rx.wait_for(|c| c.as_ref().is_some_and(|l| !l.conn.is_closed()))).await;
+        match got {
+            Ok(Ok(live)) => live.clone(),
+            _ => None,
+        }
+    }
+
+    /// Channels accepted since start, minus the first: how often the app came back.
+    pub fn reconnects(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed).saturating_sub(1)
+    }
+
+    /// The last outage, if any.
+    pub fn last_down(&self) -> Option<Down> {
+        self.last_down.lock().ok().and_then(|d| d.clone())
+    }
+}

@@ -1,0 +1,91 @@
+//! What the API handlers share.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dialback_certs::Fingerprint;
+use dialback_channel::Transports;
+use serde_json::{Value, json};
+
+use crate::auth::TokenStore;
+use crate::invoke::AppChannel;
+use crate::registry::Registry;
+
+/// The callback listener, as ConnectAppCallback describes it.
+#[derive(Clone, Debug)]
+pub struct CallbackInfo {
+    /// The bound listener address.
+    pub listen: SocketAddr,
+    /// Accepted transports.
+    pub transports: Transports,
+    /// The advertised HOST:PORT, if set.
+    pub advertise: Option<String>,
+    /// The sidecar certificate's fingerprint.
+    pub fingerprint: Fingerprint,
+    /// The TLS server name the certificate carries.
+    pub server_name: String,
+    /// The registry of the live channel.
+    pub registry: Arc<Registry>,
+}
+
+/// Shared sidecar state.
+#[derive(Debug)]
+pub struct Sidecar {
+    /// The app this sidecar serves.
+    pub app_id: String,
+    /// How to reach it.
+    pub app: AppChannel,
+    /// Bound on waiting for a down channel.
+    pub wait_timeout: Duration,
+    /// SHA-256 of the API token.
+    pub api_token_sha: Option<[u8; 32]>,
+    /// Outstanding one-time tokens.
+    pub tokens: Arc<Mutex<TokenStore>>,
+    /// Token lifetime.
+    pub token_ttl: Duration,
+    /// The callback listener, in callback mode.
+    pub callback: Option<CallbackInfo>,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
+}
+
+impl Sidecar {
+    /// `/v1.0/metadata`: Dapr's fields plus `appChannel`, the channel's state.
+    pub fn metadata(&self) -> Value {
+        let channel = match (&self.app, &self.callback) {
+            (AppChannel::Callback(reg), Some(cb)) => {
+                let live = reg.current();
+                let down = reg.last_down();
+                json!({
+                    "mode": "callback",
+                    "listenAddress": cb.listen.to_string(),
+                    "advertiseAddress": cb.advertise,
+                    "transports": cb.transports.to_string(),
+                    "certSha256": cb.fingerprint.to_hex(),
+                    "state": if live.is_some() { "connected" } else { "disconnected" },
+                    "transport": live.as_ref().map(|l| l.info.transport.as_str()),
+                    "channelId": live.as_ref().map(|l| l.info.channel_id),
+                    "instance": live.as_ref().map(|l| l.info.instance.clone()),
+                    "peerAddress": live.as_ref().map(|l| l.conn.peer_addr().to_string()),
+                    "connectedSinceUnixMs": live.as_ref().map(|l| unix_ms(l.since)),
+                    "rttMs": live.as_ref().and_then(|l| l.rtt()).map(|d| d.as_secs_f64() * 1000.0),
+                    "inflight": live.as_ref().map(|l| l.inflight()),
+                    "reconnects": reg.reconnects(),
+                    "lastDownUnixMs": down.as_ref().map(|d| unix_ms(d.at)),
+                    "lastDownReason": down.map(|d| d.reason),
+                })
+            }
+            (AppChannel::Classic(_), _) => json!({ "mode": "classic", "state": "configured" }),
+            _ => json!({ "mode": "none", "state": "disconnected" }),
+        };
+        json!({
+            "id": self.app_id,
+            "runtimeVersion": concat!("dialback-", env!("CARGO_PKG_VERSION")),
+            "appConnectionProperties": { "protocol": "grpc" },
+            "appChannel": channel,
+        })
+    }
+}
