@@ -14,7 +14,7 @@ pub fn spiffe_id(app_id: &str) -> String {
 }
 
 /// The app-id a client certificate names: last path segment of a spiffe:// URI SAN of shape
-/// spiffe://<td>/ns/<ns>/<app_id>, else the subject CN; None if neither or if the
+/// `spiffe://<td>/ns/<ns>/<app_id>`, else the subject CN; None if neither or if the
 /// certificate does not parse.
 pub fn app_id_of(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;

@@ -154,10 +154,15 @@ mod tests {
     fn load_roots_rejects_missing_and_empty_files() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
-        assert!(matches!(load_roots(&missing), Err(LoadError::Read { path, .. }) if path == missing));
+        assert!(
+            matches!(load_roots(&missing), Err(LoadError::Read { path, .. }) if path == missing)
+        );
         let empty = dir.path().join("empty.pem");
         fs::write(&empty, "").unwrap();
-        assert!(matches!(load_roots(&empty), Err(LoadError::NoCertificate { .. })));
+        assert!(matches!(
+            load_roots(&empty),
+            Err(LoadError::NoCertificate { .. })
+        ));
     }
 
     #[cfg(unix)]

@@ -128,6 +128,9 @@ mod tests {
             Fingerprint::from_slice(&[0; 31]),
             Err(FingerprintError::WrongLength { len: 31 })
         ));
-        assert_eq!(Fingerprint::from_slice(&[7; 32]).unwrap(), Fingerprint([7; 32]));
+        assert_eq!(
+            Fingerprint::from_slice(&[7; 32]).unwrap(),
+            Fingerprint([7; 32])
+        );
     }
 }

@@ -159,8 +159,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (c1, k1) = (dir.path().join("c1.pem"), dir.path().join("k1.pem"));
         let (c2, k2) = (dir.path().join("c2.pem"), dir.path().join("k2.pem"));
-        Identity::self_signed(&names()).unwrap().save_pem(&c1, &k1).unwrap();
-        Identity::self_signed(&names()).unwrap().save_pem(&c2, &k2).unwrap();
+        Identity::self_signed(&names())
+            .unwrap()
+            .save_pem(&c1, &k1)
+            .unwrap();
+        Identity::self_signed(&names())
+            .unwrap()
+            .save_pem(&c2, &k2)
+            .unwrap();
         assert!(matches!(
             Identity::load_pem(&c1, &k2),
             Err(LoadError::KeyMismatch { .. })

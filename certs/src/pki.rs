@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -125,7 +125,7 @@ impl DevCa {
     }
 
     /// A server certificate for `server_names` (DNS names or IP literals;
-    /// [`DEFAULT_SERVER_NAME`] if empty) signed by this CA, chain = [leaf, CA]; fails on an
+    /// [`DEFAULT_SERVER_NAME`] if empty) signed by this CA, chain = `[leaf, CA]`; fails on an
     /// invalid name or if key generation or signing fails.
     pub fn server_identity(&self, server_names: &[String]) -> Result<Identity, GenerateError> {
         let params = server_params(server_names)?;
@@ -133,7 +133,7 @@ impl DevCa {
     }
 
     /// A client certificate naming `app_id`: URI SAN `spiffe://public/ns/default/<app_id>`
-    /// (Dapr's SPIFFE id shape) and CN = app_id, chain = [leaf]; fails if `app_id` is not a
+    /// (Dapr's SPIFFE id shape) and CN = app_id, chain = `[leaf]`; fails if `app_id` is not a
     /// valid SPIFFE path segment (ASCII letters, digits, `.`, `-`, `_`) or signing fails.
     pub fn client_identity(&self, app_id: &str) -> Result<Identity, GenerateError> {
         appid::validate(app_id)?;
@@ -160,8 +160,12 @@ impl DevCa {
         self.roots.clone()
     }
 
-    /// Signs `params` (a leaf) with a fresh key; chain = [leaf, CA].
-    fn issue(&self, mut params: CertificateParams, subject: &str) -> Result<Identity, GenerateError> {
+    /// Signs `params` (a leaf) with a fresh key; chain = `[leaf, CA]`.
+    fn issue(
+        &self,
+        mut params: CertificateParams,
+        subject: &str,
+    ) -> Result<Identity, GenerateError> {
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let key = generate_key()?;
@@ -179,8 +183,8 @@ impl DevCa {
 }
 
 /// Writes a dev set into `out`: ca.pem, ca-key.pem, server.pem, server-key.pem (names
-/// localhost, 127.0.0.1, ::1 plus `extra_server_names`), and client-<app_id>.pem /
-/// client-<app_id>-key.pem for each app id, returning the paths written; fails before writing
+/// localhost, 127.0.0.1, ::1 plus `extra_server_names`), and `client-<app_id>.pem` /
+/// `client-<app_id>-key.pem` for each app id, returning the paths written; fails before writing
 /// anything if a file exists and `overwrite` is false or generation fails, else if a write fails.
 pub fn write_dev_set(
     out: &Path,
@@ -214,10 +218,8 @@ pub fn write_dev_set(
         paths.push(cert.clone());
         paths.push(key.clone());
     }
-    if !overwrite {
-        if let Some(path) = paths.iter().find(|p| p.exists()) {
-            return Err(DevSetError::Exists { path: path.clone() });
-        }
+    if !overwrite && let Some(path) = paths.iter().find(|p| p.exists()) {
+        return Err(DevSetError::Exists { path: path.clone() });
     }
     ca.save_pem(&ca_cert, &ca_key)?;
     for (identity, cert, key) in &pairs {
@@ -246,7 +248,9 @@ pub(crate) fn server_params(server_names: &[String]) -> Result<CertificateParams
     };
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, SERVER_CN);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, SERVER_CN);
     params.subject_alt_names = names
         .iter()
         .map(|name| san_of(name))
@@ -313,7 +317,10 @@ mod tests {
     fn load_rejects_leaf_as_ca() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-        Identity::self_signed(&[]).unwrap().save_pem(&cert, &key).unwrap();
+        Identity::self_signed(&[])
+            .unwrap()
+            .save_pem(&cert, &key)
+            .unwrap();
         assert!(matches!(
             DevCa::load_pem(&cert, &key),
             Err(LoadError::NotCa { .. })
@@ -359,14 +366,15 @@ mod tests {
             ]
         );
         assert!(paths.iter().all(|p| p.is_file()));
-        let server = Identity::load_pem(&out.join("server.pem"), &out.join("server-key.pem")).unwrap();
+        let server =
+            Identity::load_pem(&out.join("server.pem"), &out.join("server-key.pem")).unwrap();
         let client = Identity::load_pem(
             &out.join("client-orders.pem"),
             &out.join("client-orders-key.pem"),
         )
         .unwrap();
         assert_eq!(app_id_of(&client.cert_chain[0]).as_deref(), Some("orders"));
-        let before = std::fs::read(&out.join("ca.pem")).unwrap();
+        let before = std::fs::read(out.join("ca.pem")).unwrap();
 
         assert!(matches!(
             write_dev_set(&out, &extra, &apps, false),
@@ -376,7 +384,8 @@ mod tests {
 
         write_dev_set(&out, &extra, &apps, true).unwrap();
         assert_ne!(std::fs::read(out.join("ca.pem")).unwrap(), before);
-        let again = Identity::load_pem(&out.join("server.pem"), &out.join("server-key.pem")).unwrap();
+        let again =
+            Identity::load_pem(&out.join("server.pem"), &out.join("server-key.pem")).unwrap();
         assert_ne!(again.fingerprint(), server.fingerprint());
     }
 }

@@ -14,6 +14,9 @@ use http::{Request, Response, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tonic::body::Body;
 
+/// The request body type the app side sees.
+pub use hyper::body::Incoming;
+
 use crate::{Io, KeepAlive};
 
 /// Stream and connection flow-control windows: large enough that one

@@ -1,0 +1,92 @@
+//! The echo app: serves Dapr's `AppCallback` to its sidecar over a callback
+//! channel, with no listening socket. `OnInvoke` returns the request's data
+//! and content type unchanged; method `whoami` returns the transport in use.
+//!
+//! ```text
+//! cargo run -p dialbackd -- --app-id echo --enable-callback-channel   # in one shell
+//! DAPR_GRPC_PORT=50001 cargo run -p dialback --example echo           # in another
+//! ```
+//!
+//! It prints one line per channel change (`echo: connected transport=quic ...`).
+//! SIGUSR1 moves its QUIC socket to a new port, as on a network change.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use dialback::proto::common::{InvokeRequest, InvokeResponse};
+use dialback::{CallContext, CallbackServer, ChannelOptions, ChannelState, SidecarOptions, Transports};
+
+/// Echo app for dialback.
+#[derive(Parser, Debug)]
+struct Args {
+    /// Transports to use: quic, tcp or auto.
+    #[arg(long, env = "DIALBACK_TRANSPORT", default_value = "auto")]
+    transport: Transports,
+    /// Local IP to dial from.
+    #[arg(long)]
+    local_ip: Option<IpAddr>,
+}
+
+fn echo(req: tonic::Request<InvokeRequest>) -> Result<InvokeResponse, tonic::Status> {
+    let transport = req.extensions().get::<CallContext>().map(|c| c.transport.as_str()).unwrap_or("unknown");
+    let req = req.into_inner();
+    if req.method == "whoami" {
+        return Ok(InvokeResponse {
+            data: Some(prost_types::Any { type_url: String::new(), value: transport.as_bytes().to_vec() }),
+            content_type: "text/plain".into(),
+        });
+    }
+    Ok(InvokeResponse { data: req.data, content_type: req.content_type })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let options = ChannelOptions { transports: args.transport, local_ip: args.local_ip, ..ChannelOptions::default() };
+    let handlers = dialback::InvokeHandlers::new().fallback(|req| async move { echo(req) });
+    let handle = CallbackServer::builder()
+        .sidecar(SidecarOptions::from_env())
+        .options(options)
+        .add_service(handlers.into_service())
+        .start()?;
+
+    let mut states = handle.watch();
+    let printer = tokio::spawn(async move {
+        loop {
+            let s = states.borrow_and_update().clone();
+            match s {
+                ChannelState::Connected(c) => {
+                    println!("echo: connected transport={} channel_id={} sidecar={}", c.transport, c.channel_id, c.sidecar)
+                }
+                ChannelState::Disconnected { reason } => println!("echo: disconnected reason={reason:?}"),
+                ChannelState::Replaced => println!("echo: replaced"),
+                ChannelState::Stopped => println!("echo: stopped"),
+                ChannelState::Connecting { .. } => {}
+            }
+            if states.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = usr1.recv() => match handle.rebind(None).await {
+                Ok(addr) => println!("echo: rebound to {addr}"),
+                Err(e) => println!("echo: rebind failed: {e}"),
+            },
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(5), handle.shutdown()).await.ok();
+    printer.abort();
+    Ok(())
+}

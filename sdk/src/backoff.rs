@@ -1,0 +1,92 @@
+//! The reconnect policy, pure: first retry at once, then jittered
+//! exponential backoff with a low cap, reset once a channel has been stable.
+
+use std::time::Duration;
+
+/// Reconnect pacing.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Backoff {
+    /// The first non-zero delay.
+    pub base: Duration,
+    /// The largest delay.
+    pub cap: Duration,
+    /// A channel that lived this long resets the sequence.
+    pub stable: Duration,
+    attempt: u32,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new(Duration::from_millis(25), Duration::from_secs(1), Duration::from_secs(10))
+    }
+}
+
+impl Backoff {
+    /// A policy from `base` doubling up to `cap`, reset after `stable`.
+    pub fn new(base: Duration, cap: Duration, stable: Duration) -> Backoff {
+        Backoff { base, cap, stable, attempt: 0 }
+    }
+
+    /// The delay before the next attempt. `jitter` in `[0, 1)` picks a point
+    /// in the upper half of the window ("equal jitter"), so retries of many
+    /// apps spread out but never collapse to zero.
+    pub fn next_delay(&mut self, jitter: f64) -> Duration {
+        let n = self.attempt;
+        self.attempt = self.attempt.saturating_add(1);
+        if n == 0 {
+            return Duration::ZERO;
+        }
+        let window = self.base.saturating_mul(1u32 << (n - 1).min(20)).min(self.cap);
+        window.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
+
+    /// A channel was up for `lived`; a stable one resets the sequence.
+    pub fn on_channel_end(&mut self, lived: Duration) {
+        if lived >= self.stable {
+            self.attempt = 0;
+        }
+    }
+
+    /// Attempts since the last reset.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_retry_is_immediate_then_grows_to_the_cap() {
+        let mut b = Backoff::default();
+        assert_eq!(b.next_delay(0.5), Duration::ZERO);
+        let d1 = b.next_delay(1.0);
+        let d2 = b.next_delay(1.0);
+        assert_eq!(d1, Duration::from_millis(25));
+        assert_eq!(d2, Duration::from_millis(50));
+        for _ in 0..40 {
+            assert!(b.next_delay(1.0) <= Duration::from_secs(1));
+        }
+        assert_eq!(b.next_delay(1.0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn jitter_stays_in_the_upper_half() {
+        let mut b = Backoff::default();
+        b.next_delay(0.0);
+        assert_eq!(b.next_delay(0.0), Duration::from_micros(12_500));
+    }
+
+    #[test]
+    fn a_stable_channel_resets() {
+        let mut b = Backoff::default();
+        for _ in 0..5 {
+            b.next_delay(0.3);
+        }
+        b.on_channel_end(Duration::from_secs(1));
+        assert!(b.next_delay(0.3) > Duration::ZERO, "a short-lived channel does not reset");
+        b.on_channel_end(Duration::from_secs(30));
+        assert_eq!(b.next_delay(0.3), Duration::ZERO);
+    }
+}

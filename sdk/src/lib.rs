@@ -1,0 +1,27 @@
+//! The dialback SDK: serve your gRPC services (e.g. Dapr's `AppCallback`)
+//! to your sidecar over a channel your app dials out, over QUIC or TCP+TLS,
+//! with no listening socket.
+//!
+//! Entry point: [`CallbackServer::builder`], in the spirit of the Dapr Go
+//! SDK's `NewServiceFromCallbackChannel`: give it the sidecar's address
+//! (or let it read Dapr's environment) and your services, and it keeps the
+//! channel up for the life of the process.
+
+mod backoff;
+mod error;
+mod handlers;
+mod ping;
+mod server;
+mod sidecar;
+mod state;
+
+pub use backoff::Backoff;
+pub use error::Error;
+pub use handlers::InvokeHandlers;
+pub use server::{CallbackServer, CallbackServerBuilder, ChannelOptions, CredentialChoice, Handle, TrustChoice};
+pub use sidecar::{SidecarClient, SidecarOptions};
+pub use state::{CallContext, ChannelState, Connected};
+
+pub use dialback_channel::{KeepAlive, Timeouts, Transport, Transports};
+/// The wire types (Dapr's messages and services, and dialback's own).
+pub use dialback_proto as proto;

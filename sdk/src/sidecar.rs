@@ -1,0 +1,141 @@
+//! The app's client to its sidecar's gRPC API, configured like Dapr's SDKs.
+
+use std::time::Duration;
+
+use dialback_proto::common::{InvokeRequest, InvokeResponse};
+use dialback_proto::runtime::dapr_app_channel_client::DaprAppChannelClient;
+use dialback_proto::runtime::dapr_client::DaprClient;
+use dialback_proto::runtime::{ConnectAppCallbackRequest, ConnectAppCallbackResponse, InvokeServiceRequest};
+use tonic::metadata::MetadataValue;
+
+use crate::error::Error;
+
+/// Where the sidecar's gRPC API is and how to authenticate to it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SidecarOptions {
+    /// The gRPC endpoint, e.g. `http://127.0.0.1:50001`.
+    pub grpc_endpoint: String,
+    /// Sent as `dapr-api-token` metadata when set.
+    pub api_token: Option<String>,
+    /// Bound on each call to the sidecar's API.
+    pub timeout: Duration,
+}
+
+impl Default for SidecarOptions {
+    fn default() -> Self {
+        SidecarOptions { grpc_endpoint: "http://127.0.0.1:50001".into(), api_token: None, timeout: Duration::from_secs(5) }
+    }
+}
+
+impl SidecarOptions {
+    /// From Dapr's variables: `DAPR_GRPC_ENDPOINT`, else `DAPR_GRPC_PORT` on
+    /// 127.0.0.1, else port 50001; `DAPR_API_TOKEN`.
+    pub fn from_env() -> SidecarOptions {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// As [`SidecarOptions::from_env`], reading variables through `get` (testable).
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> SidecarOptions {
+        let endpoint = get("DAPR_GRPC_ENDPOINT").filter(|s| !s.is_empty()).map(|e| {
+            if e.contains("://") { e } else { format!("http://{e}") }
+        });
+        let endpoint = endpoint.unwrap_or_else(|| {
+            let port = get("DAPR_GRPC_PORT").filter(|p| !p.is_empty()).unwrap_or_else(|| "50001".into());
+            format!("http://127.0.0.1:{port}")
+        });
+        SidecarOptions {
+            grpc_endpoint: endpoint,
+            api_token: get("DAPR_API_TOKEN").filter(|t| !t.is_empty()),
+            ..SidecarOptions::default()
+        }
+    }
+
+    /// The endpoint's host, for dialing the channel when the sidecar advertises no address.
+    pub fn host(&self) -> Result<String, Error> {
+        let uri: http::Uri = self.grpc_endpoint.parse().map_err(|_| Error::Endpoint(self.grpc_endpoint.clone()))?;
+        uri.host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_string())
+            .ok_or_else(|| Error::Endpoint(self.grpc_endpoint.clone()))
+    }
+}
+
+/// A client to the sidecar's gRPC API. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SidecarClient {
+    channel: tonic::transport::Channel,
+    options: SidecarOptions,
+}
+
+impl SidecarClient {
+    /// A client that connects lazily; fails only when the endpoint is not a valid URI.
+    pub fn new(options: SidecarOptions) -> Result<SidecarClient, Error> {
+        let channel = tonic::transport::Endpoint::from_shared(options.grpc_endpoint.clone())
+            .map_err(|_| Error::Endpoint(options.grpc_endpoint.clone()))?
+            .connect_timeout(options.timeout)
+            .timeout(options.timeout)
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(SidecarClient { channel, options })
+    }
+
+    /// The options this client was made with.
+    pub fn options(&self) -> &SidecarOptions {
+        &self.options
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(msg);
+        if let Some(t) = &self.options.api_token
+            && let Ok(v) = MetadataValue::try_from(t.as_str())
+        {
+            req.metadata_mut().insert("dapr-api-token", v);
+        }
+        req
+    }
+
+    /// Asks where and how to dial the callback channel. Fails when the
+    /// sidecar is unreachable, refuses the API token, or has no channel enabled.
+    pub async fn connect_app_callback(&self) -> Result<ConnectAppCallbackResponse, Error> {
+        let mut c = DaprAppChannelClient::new(self.channel.clone());
+        Ok(c.connect_app_callback(self.request(ConnectAppCallbackRequest {})).await?.into_inner())
+    }
+
+    /// Invokes `method` on app `app_id` through the sidecar. Fails with the
+    /// sidecar's or the target app's status.
+    pub async fn invoke(&self, app_id: &str, method: &str, data: Vec<u8>, content_type: &str) -> Result<InvokeResponse, Error> {
+        let mut c = DaprClient::new(self.channel.clone());
+        let req = InvokeServiceRequest {
+            id: app_id.to_string(),
+            message: Some(InvokeRequest {
+                method: method.to_string(),
+                data: Some(prost_types::Any { type_url: String::new(), value: data }),
+                content_type: content_type.to_string(),
+                http_extension: None,
+            }),
+        };
+        Ok(c.invoke_service(self.request(req)).await?.into_inner())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn opts(vars: &[(&str, &str)]) -> SidecarOptions {
+        let m: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        SidecarOptions::from_vars(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn dapr_environment() {
+        assert_eq!(opts(&[]).grpc_endpoint, "http://127.0.0.1:50001");
+        assert_eq!(opts(&[("DAPR_GRPC_PORT", "6001")]).grpc_endpoint, "http://127.0.0.1:6001");
+        let o = opts(&[("DAPR_GRPC_ENDPOINT", "sidecar.local:7000"), ("DAPR_GRPC_PORT", "6001"), ("DAPR_API_TOKEN", "t")]);
+        assert_eq!(o.grpc_endpoint, "http://sidecar.local:7000");
+        assert_eq!(o.api_token.as_deref(), Some("t"));
+        assert_eq!(o.host().unwrap(), "sidecar.local");
+        assert_eq!(opts(&[("DAPR_GRPC_ENDPOINT", "https://[::1]:443")]).host().unwrap(), "::1");
+    }
+}
