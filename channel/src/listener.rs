@@ -141,6 +141,14 @@ struct Bound {
     tcp: Option<TcpListener>,
 }
 
+/// A CID-generator key derived from the reset key (never the key itself).
+fn cid_key(reset_key: &[u8; 32]) -> u64 {
+    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key), b"dialback cid key");
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&tag.as_ref()[..8]);
+    u64::from_le_bytes(k)
+}
+
 async fn bind_sockets(config: &ListenerConfig) -> Result<Bound, BindError> {
     let mut addr = config.addr;
     let quic = if config.transports.quic {
@@ -152,6 +160,12 @@ async fn bind_sockets(config: &ListenerConfig) -> Result<Bound, BindError> {
         let mut endpoint_config = quinn::EndpointConfig::default();
         if let Some(key) = config.reset_key {
             endpoint_config.reset_key(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key)));
+            // quinn drops short-header packets whose connection ID its CID
+            // generator does not recognise, before any stateless reset. Key
+            // the generator from the persisted key too, so a restarted
+            // sidecar recognises its previous life's IDs and resets them.
+            let cid_key = cid_key(&key);
+            endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
         }
         let socket = std::net::UdpSocket::bind(addr).map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
         let runtime = quinn::default_runtime()

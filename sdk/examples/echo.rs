@@ -1,6 +1,8 @@
 //! The echo app: serves Dapr's `AppCallback` to its sidecar over a callback
 //! channel, with no listening socket. `OnInvoke` returns the request's data
-//! and content type unchanged; method `whoami` returns the transport in use.
+//! and content type unchanged; method `whoami` returns the transport in use;
+//! method `sleep/<ms>` echoes after waiting that long (at most 30 s), for
+//! trying calls in flight across restarts.
 //!
 //! ```text
 //! cargo run -p dialbackd -- --app-id echo --enable-callback-channel   # in one shell
@@ -28,7 +30,11 @@ struct Args {
     local_ip: Option<IpAddr>,
 }
 
-fn echo(req: tonic::Request<InvokeRequest>) -> Result<InvokeResponse, tonic::Status> {
+async fn echo(req: tonic::Request<InvokeRequest>) -> Result<InvokeResponse, tonic::Status> {
+    if let Some(ms) = req.get_ref().method.strip_prefix("sleep/") {
+        let ms: u64 = ms.parse().map_err(|_| tonic::Status::invalid_argument("sleep/<ms> wants a number"))?;
+        tokio::time::sleep(Duration::from_millis(ms.min(30_000))).await;
+    }
     let transport = req.extensions().get::<CallContext>().map(|c| c.transport.as_str()).unwrap_or("unknown");
     let req = req.into_inner();
     if req.method == "whoami" {
@@ -48,7 +54,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     let options = ChannelOptions { transports: args.transport, local_ip: args.local_ip, ..ChannelOptions::default() };
-    let handlers = dialback::InvokeHandlers::new().fallback(|req| async move { echo(req) });
+    let handlers = dialback::InvokeHandlers::new().fallback(echo);
     let handle = CallbackServer::builder()
         .sidecar(SidecarOptions::from_env())
         .options(options)

@@ -98,11 +98,14 @@ async fn setup(ch: Channel, registry: Arc<Registry>, policy: CallbackPolicy) {
 /// Takes a channel out of service: tells the app why (replacement), lets
 /// calls in flight finish within `drain`, then closes it with `code`.
 pub async fn retire(live: Arc<Live>, code: CloseCode, drain: Duration) {
-    if code == CloseCode::Replaced || code == CloseCode::ShuttingDown {
-        let note = if code == CloseCode::Replaced { "replaced" } else { "shutting-down" };
-        notify_close(&live, note).await;
-    }
-    if !live.drained(drain).await {
+    let note = if code == CloseCode::Replaced { "replaced" } else { "shutting-down" };
+    // The notice doubles as a liveness probe: an app that cannot answer it
+    // is gone (killed, or its path is dead), and calls in flight on it would
+    // only hang until the idle timeout. Fail them now instead.
+    let alive = notify_close(&live, note).await;
+    if !alive {
+        info!(channel_id = live.info.channel_id, "the old channel does not answer; closing it at once");
+    } else if !live.drained(drain).await {
         warn!(channel_id = live.info.channel_id, inflight = live.inflight(), "closing a channel with calls still in flight");
     }
     live.stop.cancel();
@@ -114,13 +117,18 @@ pub async fn retire(live: Arc<Live>, code: CloseCode, drain: Duration) {
 }
 
 /// Sends the in-band close notice: a Ping call whose metadata says why.
-/// Works on both transports (TCP has no close codes); bounded, best effort.
-async fn notify_close(live: &Live, why: &'static str) {
+/// Works on both transports (TCP has no close codes). Bounded by a few
+/// round trips; returns whether the app answered.
+async fn notify_close(live: &Live, why: &'static str) -> bool {
     let mut client = DaprAppChannelCallbackClient::new(live.client.clone());
     let mut req = tonic::Request::new(futures_util::stream::empty());
     req.metadata_mut().insert(CLOSE_NOTICE_KEY, tonic::metadata::MetadataValue::from_static(why));
-    let _ = tokio::time::timeout(Duration::from_secs(1), client.ping(req)).await;
+    let bound = live.rtt().map_or(NOTICE_WAIT, |rtt| (rtt * 4).max(NOTICE_WAIT));
+    matches!(tokio::time::timeout(bound, client.ping(req)).await, Ok(Ok(_)))
 }
+
+/// The least time an app gets to answer the close notice.
+const NOTICE_WAIT: Duration = Duration::from_millis(250);
 
 /// The liveness stream: one Empty per `interval`, each answered within
 /// `deadline`, else the channel is closed on both sides.

@@ -1,0 +1,108 @@
+//! The dialback demo: real `dialbackd` and echo app processes, calls
+//! through the sidecar's HTTP API over QUIC and over TCP+TLS, and each side
+//! killed and restarted once, with the times it took to be reachable again.
+//!
+//! Run: `cargo run -p dialback-e2e --bin demo`
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use dialback_e2e::{AppBuilder, Sidecar, SidecarBuilder, binaries, http_call, tcp_listening_sockets};
+
+/// Starts a call every 5 ms, each on its own (as a steady stream of
+/// callers would), until one succeeds; returns its reply and the time from
+/// the start to its answer.
+async fn first_success(sc: &Sidecar, method: &str, body: &str) -> anyhow::Result<(String, Duration)> {
+    let start = Instant::now();
+    let url = format!("{}/v1.0/invoke/echo/method/{method}", sc.http_base());
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let (url, body, tx) = (url.clone(), body.to_string(), tx.clone());
+                tokio::spawn(async move {
+                    if let Ok(r) = http_call("POST", &url, &[("content-type", "text/plain")], body).await
+                        && r.status == 200
+                    {
+                        let _ = tx.send((r.text(), start.elapsed()));
+                    }
+                });
+            }
+            Some(done) = rx.recv() => return Ok(done),
+        }
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "no successful call within 60s");
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    println!("== dialback demo ==");
+    println!("building dialbackd and the echo app ...");
+    let built = Instant::now();
+    binaries();
+    println!("built in {:.1} s\n", built.elapsed().as_secs_f64());
+    let mut rows = Vec::new();
+    for transport in ["quic", "tcp"] {
+        println!("-- transport: {transport} --");
+        let mut sc = SidecarBuilder::callback("echo").spawn().await;
+        println!(
+            "sidecar up: HTTP :{}  gRPC :{}  callback {}",
+            sc.http,
+            sc.grpc,
+            sc.callback.map(|a| a.to_string()).unwrap_or_default()
+        );
+        let app_builder = AppBuilder::echo(sc.grpc).transport(transport);
+        let started = Instant::now();
+        let mut app = app_builder.spawn();
+        let t = app.wait_connected().await;
+        println!("app (pid {}) dialed out over {t} in {}", app.pid(), ms(started.elapsed()));
+        let listening = tcp_listening_sockets(app.pid());
+        println!("app's listening TCP sockets: {}", if listening.is_empty() { "none".into() } else { listening.join(", ") });
+
+        let (reply, took) = first_success(&sc, "hello", "hi from the demo").await?;
+        println!("POST /v1.0/invoke/echo/method/hello -> {reply:?} in {}", ms(took));
+        let (who, _) = first_success(&sc, "whoami", "").await?;
+        println!("whoami -> {who:?}");
+        rows.push((transport, "first call", took));
+
+        // The app dies and comes back.
+        app.kill().await;
+        println!("app killed (SIGKILL)");
+        let started = Instant::now();
+        let mut app = app_builder.spawn();
+        let (_, _) = first_success(&sc, "hello", "again").await?;
+        let back = started.elapsed();
+        app.wait_connected().await;
+        println!("app restarted; first successful call {} after the new process started", ms(back));
+        rows.push((transport, "app restart", back));
+
+        // The sidecar dies and comes back on the same ports.
+        sc.kill().await;
+        println!("sidecar killed (SIGKILL)");
+        let started = Instant::now();
+        let sc2 = sc.restart().await;
+        let ready = started.elapsed();
+        let (_, took) = first_success(&sc2, "hello", "after restart").await?;
+        println!(
+            "sidecar restarted (ready in {}); the app was reachable again {} after the ready line",
+            ms(ready),
+            ms(took)
+        );
+        rows.push((transport, "sidecar restart", took));
+        let md = dialback_e2e::metadata(sc2.http).await?;
+        println!("metadata appChannel: {}\n", md["appChannel"]);
+        drop(app);
+        drop(sc2);
+    }
+    println!("== summary (one run; see docs/benchmarks.md for medians) ==");
+    println!("{:<6} {:<16} {:>12}", "transport", "event", "time");
+    for (t, e, d) in rows {
+        println!("{t:<9} {e:<16} {:>12}", ms(d));
+    }
+    Ok(())
+}

@@ -1,0 +1,40 @@
+//! Test kit for dialback's end-to-end tests and demo: builds and runs the
+//! real `dialbackd` binary and the real echo app, reads their ready lines
+//! under timeouts, and talks to the sidecar as a user would.
+//!
+//! Every process gets its own ports (0, read back) and temp dirs, and is
+//! killed when its handle drops.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod http;
+pub mod proc;
+
+pub use http::{HttpReply, http_call, metadata};
+pub use proc::{App, AppBuilder, Sidecar, SidecarBuilder, binaries, tcp_listening_sockets};
+
+use std::future::Future;
+use std::time::Duration;
+
+/// A generous bound for anything in a test to become true on a loaded 2-core box.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `check` until it yields `Some`, failing with `what` after `limit`.
+/// For conditions with no readiness signal of their own (e.g. metadata).
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}

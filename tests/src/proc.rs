@@ -1,0 +1,387 @@
+//! Real processes: `dialbackd` and the echo example.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use crate::PATIENCE;
+
+/// Paths of the built `dialbackd` and echo binaries.
+pub struct Binaries {
+    /// `dialbackd`.
+    pub dialbackd: PathBuf,
+    /// The echo example.
+    pub echo: PathBuf,
+}
+
+/// Builds `dialbackd` and the echo example once per test binary (cargo
+/// does nothing when they are fresh) and returns their paths.
+pub fn binaries() -> &'static Binaries {
+    static BINS: OnceLock<Binaries> = OnceLock::new();
+    BINS.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+        let status = std::process::Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--quiet", "-p", "dialback-sidecar", "--bin", "dialbackd", "-p", "dialback", "--example", "echo"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building dialbackd and the echo example failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        let dir = target.join("debug");
+        Binaries { dialbackd: dir.join("dialbackd"), echo: dir.join("examples").join("echo") }
+    })
+}
+
+/// A child process whose stdout lines arrive on a channel and whose stderr goes to a log file.
+struct Proc {
+    child: Child,
+    lines: mpsc::UnboundedReceiver<String>,
+    log: PathBuf,
+    name: &'static str,
+}
+
+impl Proc {
+    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Proc {
+        let err = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("open log");
+        cmd.stdout(Stdio::piped()).stderr(Stdio::from(err)).stdin(Stdio::null()).kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut r = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = r.next_line().await {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Proc { child, lines, log, name }
+    }
+
+    /// Waits for a stdout line matching `pred`; panics with the log tail after `limit`.
+    async fn wait_line(&mut self, what: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(line)) if pred(&line) => return line,
+                Ok(Some(_)) => {}
+                Ok(None) => panic!("{} exited while waiting for {what}; log:\n{}", self.name, self.log_tail()),
+                Err(_) => panic!("timed out after {limit:?} waiting for {} to print {what}; log:\n{}", self.name, self.log_tail()),
+            }
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.pid();
+        if pid != 0 {
+            let _ = std::process::Command::new("kill").args([format!("-{sig}"), pid.to_string()]).status();
+        }
+    }
+
+    async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} did not exit within {limit:?}; log:\n{}", self.name, self.log_tail()))
+            .expect("wait")
+    }
+}
+
+/// Options for a `dialbackd` process.
+#[derive(Clone, Debug)]
+pub struct SidecarBuilder {
+    app_id: String,
+    args: Vec<String>,
+    http_port: u16,
+    grpc_port: u16,
+    state_dir: Option<PathBuf>,
+    env: Vec<(String, String)>,
+}
+
+impl SidecarBuilder {
+    /// A callback-mode sidecar for `app_id`, on loopback, every port 0.
+    pub fn callback(app_id: &str) -> SidecarBuilder {
+        SidecarBuilder {
+            app_id: app_id.into(),
+            args: vec!["--enable-callback-channel".into(), "--callback-listen-address".into(), "127.0.0.1".into()],
+            http_port: 0,
+            grpc_port: 0,
+            state_dir: None,
+            env: vec![],
+        }
+    }
+
+    /// A classic-mode sidecar that dials the app at `app_port`.
+    pub fn classic(app_id: &str, app_port: u16) -> SidecarBuilder {
+        SidecarBuilder { args: vec!["--app-port".into(), app_port.to_string()], ..SidecarBuilder::callback(app_id) }
+    }
+
+    /// Adds flags.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Fixes the API ports (for a restart on the same ports).
+    pub fn ports(mut self, http: u16, grpc: u16) -> Self {
+        self.http_port = http;
+        self.grpc_port = grpc;
+        self
+    }
+
+    /// Uses `dir` as the state dir (for a restart that keeps its identity).
+    pub fn state_dir(mut self, dir: &Path) -> Self {
+        self.state_dir = Some(dir.to_path_buf());
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Starts it and waits for its ready line.
+    pub async fn spawn(self) -> Sidecar {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let state_dir = self.state_dir.clone().unwrap_or_else(|| tmp.path().join("state"));
+        let mut cmd = Command::new(&binaries().dialbackd);
+        cmd.args(["--app-id", &self.app_id])
+            .args(["--dapr-http-port", &self.http_port.to_string()])
+            .args(["--dapr-grpc-port", &self.grpc_port.to_string()])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(&self.args)
+            .env_remove("DAPR_API_TOKEN")
+            .env("RUST_LOG", "info,dialback_channel=debug")
+            .env("NO_COLOR", "1");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let log = tmp.path().join("dialbackd.log");
+        let mut proc = Proc::spawn("dialbackd", cmd, log);
+        let line = proc.wait_line("its ready line", PATIENCE, |l| l.starts_with("dialbackd ready")).await;
+        let field = |k: &str| {
+            line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))).map(str::to_string)
+        };
+        let port = |k: &str| -> u16 {
+            field(k).and_then(|v| v.split(',').next().and_then(|a| a.parse::<SocketAddr>().ok())).map(|a| a.port()).unwrap_or(0)
+        };
+        Sidecar {
+            http: port("http"),
+            grpc: port("grpc"),
+            callback: field("callback").and_then(|a| a.parse().ok()),
+            cert_sha256: field("cert_sha256"),
+            state_dir,
+            builder: self,
+            proc,
+            _tmp: tmp,
+        }
+    }
+}
+
+/// A running `dialbackd`.
+pub struct Sidecar {
+    /// HTTP API port.
+    pub http: u16,
+    /// gRPC API port.
+    pub grpc: u16,
+    /// Callback listener address.
+    pub callback: Option<SocketAddr>,
+    /// The channel certificate's fingerprint.
+    pub cert_sha256: Option<String>,
+    /// Its state dir.
+    pub state_dir: PathBuf,
+    builder: SidecarBuilder,
+    proc: Proc,
+    _tmp: tempfile::TempDir,
+}
+
+impl Sidecar {
+    /// `http://127.0.0.1:<http>`.
+    pub fn http_base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http)
+    }
+
+    /// The pid.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// SIGKILL, and wait for the exit.
+    pub async fn kill(&mut self) {
+        self.proc.signal("KILL");
+        self.proc.wait_exit(PATIENCE).await;
+    }
+
+    /// SIGTERM, and the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.proc.signal("TERM");
+        self.proc.wait_exit(PATIENCE).await
+    }
+
+    /// A new process with the same flags, ports (callback port too) and
+    /// state dir, as a supervisor would restart it (after [`Sidecar::kill`]).
+    pub async fn restart(&self) -> Sidecar {
+        let mut b = self.builder.clone().ports(self.http, self.grpc).state_dir(&self.state_dir);
+        if let Some(cb) = self.callback
+            && !b.args.iter().any(|a| a == "--callback-channel-port")
+        {
+            b = b.args(["--callback-channel-port".to_string(), cb.port().to_string()]);
+        }
+        b.spawn().await
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self) -> String {
+        self.proc.log_tail()
+    }
+}
+
+/// Options for an echo app process.
+#[derive(Clone, Debug)]
+pub struct AppBuilder {
+    grpc_port: u16,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl AppBuilder {
+    /// An echo app whose sidecar API is on `grpc_port`.
+    pub fn echo(grpc_port: u16) -> AppBuilder {
+        AppBuilder { grpc_port, args: vec![], env: vec![] }
+    }
+
+    /// Transport: quic, tcp or auto.
+    pub fn transport(self, t: &str) -> Self {
+        self.args(["--transport", t])
+    }
+
+    /// Adds flags.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Starts it (does not wait for the channel).
+    pub fn spawn(&self) -> App {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(&binaries().echo);
+        cmd.args(&self.args)
+            .env("DAPR_GRPC_PORT", self.grpc_port.to_string())
+            .env_remove("DAPR_GRPC_ENDPOINT")
+            .env_remove("DAPR_API_TOKEN")
+            .env_remove("DIALBACK_TRANSPORT")
+            .env("RUST_LOG", "info,dialback=debug,dialback_channel=debug")
+            .env("NO_COLOR", "1");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let log = tmp.path().join("echo.log");
+        App { proc: Proc::spawn("echo app", cmd, log), builder: self.clone(), _tmp: tmp }
+    }
+}
+
+/// A running echo app.
+pub struct App {
+    proc: Proc,
+    builder: AppBuilder,
+    _tmp: tempfile::TempDir,
+}
+
+impl App {
+    /// Waits for its next "connected" line and returns the transport it names.
+    pub async fn wait_connected(&mut self) -> String {
+        let line = self.proc.wait_line("a connected line", PATIENCE, |l| l.starts_with("echo: connected")).await;
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("transport="))
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Waits for a stdout line starting with `prefix`.
+    pub async fn wait_line(&mut self, prefix: &str) -> String {
+        self.proc.wait_line(prefix, PATIENCE, |l| l.starts_with(prefix)).await
+    }
+
+    /// The pid.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// Sends a signal by name (e.g. `USR1`).
+    pub fn signal(&self, sig: &str) {
+        self.proc.signal(sig);
+    }
+
+    /// SIGKILL, and wait for the exit.
+    pub async fn kill(&mut self) {
+        self.proc.signal("KILL");
+        self.proc.wait_exit(PATIENCE).await;
+    }
+
+    /// SIGTERM, and the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        self.proc.signal("TERM");
+        self.proc.wait_exit(PATIENCE).await
+    }
+
+    /// A new process with the same options.
+    pub fn respawn(&self) -> App {
+        self.builder.spawn()
+    }
+
+    /// The last lines of its log.
+    pub fn log_tail(&self) -> String {
+        self.proc.log_tail()
+    }
+}
+
+/// The TCP sockets in LISTEN state that process `pid` holds (from /proc).
+pub fn tcp_listening_sockets(pid: u32) -> Vec<String> {
+    let mut inodes = std::collections::HashSet::new();
+    if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for fd in fds.flatten() {
+            if let Ok(target) = std::fs::read_link(fd.path()) {
+                let t = target.to_string_lossy();
+                if let Some(inode) = t.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) {
+                    inodes.insert(inode.to_string());
+                }
+            }
+        }
+    }
+    let mut found = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            // local_address is column 1, st is column 3 (0A = LISTEN), inode column 9.
+            if cols.len() > 9 && cols[3] == "0A" && inodes.contains(cols[9]) {
+                found.push(format!("{table} {}", cols[1]));
+            }
+        }
+    }
+    found
+}
