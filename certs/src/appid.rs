@@ -39,13 +39,7 @@ pub fn app_id_of(cert: &CertificateDer<'_>) -> Option<String> {
 fn app_id_of_spiffe(uri: &str) -> Option<String> {
     let rest = uri.strip_prefix(SPIFFE_SCHEME)?;
     let mut segments = rest.split('/');
-    match (
-        segments.next(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-        segments.next(),
-    ) {
+    match (segments.next(), segments.next(), segments.next(), segments.next(), segments.next()) {
         (Some(td), Some("ns"), Some(ns), Some(app_id), None)
             if !td.is_empty() && !ns.is_empty() && !app_id.is_empty() =>
         {
@@ -61,19 +55,13 @@ pub(crate) fn validate(app_id: &str) -> Result<(), GenerateError> {
         Some("empty")
     } else if app_id == "." || app_id == ".." {
         Some("a relative path segment")
-    } else if !app_id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-    {
+    } else if !app_id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_')) {
         Some("only ASCII letters, digits, '.', '-' and '_' are allowed")
     } else {
         None
     };
     match reason {
-        Some(reason) => Err(GenerateError::InvalidAppId {
-            app_id: app_id.to_owned(),
-            reason,
-        }),
+        Some(reason) => Err(GenerateError::InvalidAppId { app_id: app_id.to_owned(), reason }),
         None => Ok(()),
     }
 }
@@ -86,14 +74,8 @@ mod tests {
 
     #[test]
     fn spiffe_shapes() {
-        assert_eq!(
-            app_id_of_spiffe("spiffe://public/ns/default/orders").as_deref(),
-            Some("orders")
-        );
-        assert_eq!(
-            app_id_of_spiffe("spiffe://cluster.local/ns/prod/billing").as_deref(),
-            Some("billing")
-        );
+        assert_eq!(app_id_of_spiffe("spiffe://public/ns/default/orders").as_deref(), Some("orders"));
+        assert_eq!(app_id_of_spiffe("spiffe://cluster.local/ns/prod/billing").as_deref(), Some("billing"));
         for bad in [
             "spiffe://public/ns/default/",
             "spiffe://public/ns/default/a/b",
@@ -113,15 +95,9 @@ mod tests {
 
         // Server certificates carry no SPIFFE id; their CN is what remains.
         let server = ca.server_identity(&["localhost".into()]).unwrap();
-        assert_eq!(
-            app_id_of(&server.cert_chain[0]).as_deref(),
-            Some(crate::pki::SERVER_CN)
-        );
+        assert_eq!(app_id_of(&server.cert_chain[0]).as_deref(), Some(crate::pki::SERVER_CN));
         let self_signed = Identity::self_signed(&[]).unwrap();
-        assert_eq!(
-            app_id_of(&self_signed.cert_chain[0]).as_deref(),
-            Some(crate::pki::SERVER_CN)
-        );
+        assert_eq!(app_id_of(&self_signed.cert_chain[0]).as_deref(), Some(crate::pki::SERVER_CN));
         assert_eq!(app_id_of(&CertificateDer::from(vec![1, 2, 3])), None);
     }
 }

@@ -15,20 +15,14 @@ use crate::{LoadError, SaveError};
 pub fn load_roots(ca_path: &Path) -> Result<RootCertStore, LoadError> {
     let mut roots = RootCertStore::empty();
     for cert in read_certs(ca_path)? {
-        roots.add(cert).map_err(|source| LoadError::TrustAnchor {
-            path: ca_path.to_owned(),
-            source,
-        })?;
+        roots.add(cert).map_err(|source| LoadError::TrustAnchor { path: ca_path.to_owned(), source })?;
     }
     Ok(roots)
 }
 
 /// Reads a whole file.
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>, LoadError> {
-    fs::read(path).map_err(|source| LoadError::Read {
-        path: path.to_owned(),
-        source,
-    })
+    fs::read(path).map_err(|source| LoadError::Read { path: path.to_owned(), source })
 }
 
 /// Reads every certificate in a PEM file, in order; fails if there is none.
@@ -36,14 +30,9 @@ pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Lo
     let bytes = read(path)?;
     let certs = CertificateDer::pem_slice_iter(&bytes)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| LoadError::Pem {
-            path: path.to_owned(),
-            source,
-        })?;
+        .map_err(|source| LoadError::Pem { path: path.to_owned(), source })?;
     if certs.is_empty() {
-        return Err(LoadError::NoCertificate {
-            path: path.to_owned(),
-        });
+        return Err(LoadError::NoCertificate { path: path.to_owned() });
     }
     Ok(certs)
 }
@@ -52,22 +41,14 @@ pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Lo
 pub(crate) fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, LoadError> {
     let bytes = read(path)?;
     PrivateKeyDer::from_pem_slice(&bytes).map_err(|source| match source {
-        PemError::NoItemsFound => LoadError::NoPrivateKey {
-            path: path.to_owned(),
-        },
-        source => LoadError::Pem {
-            path: path.to_owned(),
-            source,
-        },
+        PemError::NoItemsFound => LoadError::NoPrivateKey { path: path.to_owned() },
+        source => LoadError::Pem { path: path.to_owned(), source },
     })
 }
 
 /// PEM text for a certificate chain, leaf first.
 pub(crate) fn certs_pem(chain: &[CertificateDer<'_>]) -> String {
-    chain
-        .iter()
-        .map(|c| encode("CERTIFICATE", c.as_ref()))
-        .collect()
+    chain.iter().map(|c| encode("CERTIFICATE", c.as_ref())).collect()
 }
 
 /// PEM text for a private key; `None` for a key format this crate does not know.
@@ -82,10 +63,7 @@ pub(crate) fn key_pem(key: &PrivateKeyDer<'_>) -> Option<String> {
 }
 
 fn encode(tag: &str, der: &[u8]) -> String {
-    pem::encode_config(
-        &pem::Pem::new(tag, der),
-        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-    )
+    pem::encode_config(&pem::Pem::new(tag, der), pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF))
 }
 
 /// Whether a file should be readable by its owner only.
@@ -101,20 +79,14 @@ pub(crate) enum Mode {
 /// its destination and renamed into place, so readers never see half a file.
 pub(crate) fn write(path: &Path, contents: &str, mode: Mode) -> Result<(), SaveError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        fs::create_dir_all(dir).map_err(|source| SaveError::CreateDir {
-            path: dir.to_owned(),
-            source,
-        })?;
+        fs::create_dir_all(dir).map_err(|source| SaveError::CreateDir { path: dir.to_owned(), source })?;
     }
     let tmp = temp_path(path);
     let result = write_new(&tmp, contents.as_bytes(), mode).and_then(|()| fs::rename(&tmp, path));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
-    result.map_err(|source| SaveError::Write {
-        path: path.to_owned(),
-        source,
-    })
+    result.map_err(|source| SaveError::Write { path: path.to_owned(), source })
 }
 
 fn temp_path(path: &Path) -> PathBuf {
@@ -154,15 +126,10 @@ mod tests {
     fn load_roots_rejects_missing_and_empty_files() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.pem");
-        assert!(
-            matches!(load_roots(&missing), Err(LoadError::Read { path, .. }) if path == missing)
-        );
+        assert!(matches!(load_roots(&missing), Err(LoadError::Read { path, .. }) if path == missing));
         let empty = dir.path().join("empty.pem");
         fs::write(&empty, "").unwrap();
-        assert!(matches!(
-            load_roots(&empty),
-            Err(LoadError::NoCertificate { .. })
-        ));
+        assert!(matches!(load_roots(&empty), Err(LoadError::NoCertificate { .. })));
     }
 
     #[cfg(unix)]

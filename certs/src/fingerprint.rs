@@ -38,16 +38,12 @@ impl Fingerprint {
             if ch == ':' {
                 continue;
             }
-            let nibble = ch
-                .to_digit(16)
-                .ok_or(FingerprintError::InvalidChar { ch, offset })?;
+            let nibble = ch.to_digit(16).ok_or(FingerprintError::InvalidChar { ch, offset })?;
             // to_digit(16) is at most 15, so this fits.
             nibbles.push(nibble as u8);
         }
         if nibbles.len() % 2 != 0 {
-            return Err(FingerprintError::OddDigits {
-                digits: nibbles.len(),
-            });
+            return Err(FingerprintError::OddDigits { digits: nibbles.len() });
         }
         let bytes: Vec<u8> = nibbles.chunks(2).map(|p| (p[0] << 4) | p[1]).collect();
         Fingerprint::from_slice(&bytes)
@@ -55,9 +51,7 @@ impl Fingerprint {
 
     /// Wraps raw digest bytes; fails unless `b` is exactly 32 bytes.
     pub fn from_slice(b: &[u8]) -> Result<Fingerprint, FingerprintError> {
-        <[u8; 32]>::try_from(b)
-            .map(Fingerprint)
-            .map_err(|_| FingerprintError::WrongLength { len: b.len() })
+        <[u8; 32]>::try_from(b).map(Fingerprint).map_err(|_| FingerprintError::WrongLength { len: b.len() })
     }
 }
 
@@ -108,29 +102,11 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        assert!(matches!(
-            Fingerprint::from_hex("zz"),
-            Err(FingerprintError::InvalidChar { ch: 'z', offset: 0 })
-        ));
-        assert!(matches!(
-            Fingerprint::from_hex("abc"),
-            Err(FingerprintError::OddDigits { digits: 3 })
-        ));
-        assert!(matches!(
-            Fingerprint::from_hex("abcd"),
-            Err(FingerprintError::WrongLength { len: 2 })
-        ));
-        assert!(matches!(
-            Fingerprint::from_hex(&"a".repeat(66)),
-            Err(FingerprintError::WrongLength { len: 33 })
-        ));
-        assert!(matches!(
-            Fingerprint::from_slice(&[0; 31]),
-            Err(FingerprintError::WrongLength { len: 31 })
-        ));
-        assert_eq!(
-            Fingerprint::from_slice(&[7; 32]).unwrap(),
-            Fingerprint([7; 32])
-        );
+        assert!(matches!(Fingerprint::from_hex("zz"), Err(FingerprintError::InvalidChar { ch: 'z', offset: 0 })));
+        assert!(matches!(Fingerprint::from_hex("abc"), Err(FingerprintError::OddDigits { digits: 3 })));
+        assert!(matches!(Fingerprint::from_hex("abcd"), Err(FingerprintError::WrongLength { len: 2 })));
+        assert!(matches!(Fingerprint::from_hex(&"a".repeat(66)), Err(FingerprintError::WrongLength { len: 33 })));
+        assert!(matches!(Fingerprint::from_slice(&[0; 31]), Err(FingerprintError::WrongLength { len: 31 })));
+        assert_eq!(Fingerprint::from_slice(&[7; 32]).unwrap(), Fingerprint([7; 32]));
     }
 }

@@ -23,10 +23,7 @@ pub struct Identity {
 
 impl Clone for Identity {
     fn clone(&self) -> Self {
-        Identity {
-            cert_chain: self.cert_chain.clone(),
-            key: self.key.clone_key(),
-        }
+        Identity { cert_chain: self.cert_chain.clone(), key: self.key.clone_key() }
     }
 }
 
@@ -62,13 +59,10 @@ impl Identity {
     /// directories; fails if the chain is empty, the key format is unknown, or a write fails.
     pub fn save_pem(&self, cert_path: &Path, key_path: &Path) -> Result<(), SaveError> {
         if self.cert_chain.is_empty() {
-            return Err(SaveError::EmptyChain {
-                path: cert_path.to_owned(),
-            });
+            return Err(SaveError::EmptyChain { path: cert_path.to_owned() });
         }
-        let key_pem = files::key_pem(&self.key).ok_or_else(|| SaveError::UnsupportedKey {
-            path: key_path.to_owned(),
-        })?;
+        let key_pem =
+            files::key_pem(&self.key).ok_or_else(|| SaveError::UnsupportedKey { path: key_path.to_owned() })?;
         // Key first: a certificate on disk always has its key next to it.
         files::write(key_path, &key_pem, Mode::Private)?;
         files::write(cert_path, &files::certs_pem(&self.cert_chain), Mode::Public)
@@ -90,32 +84,20 @@ impl Identity {
         let key = pki::generate_key()?;
         let cert = params
             .self_signed(&key)
-            .map_err(|source| GenerateError::Sign {
-                subject: pki::SERVER_CN.to_owned(),
-                source,
-            })?;
-        Ok(Identity {
-            cert_chain: vec![cert.der().clone()],
-            key: pki::key_der(&key),
-        })
+            .map_err(|source| GenerateError::Sign { subject: pki::SERVER_CN.to_owned(), source })?;
+        Ok(Identity { cert_chain: vec![cert.der().clone()], key: pki::key_der(&key) })
     }
 
     /// Loads `state_dir/server.pem` and `server-key.pem`, or, when the certificate is absent,
     /// generates a self-signed identity for `server_names` and saves it there so restarts keep
     /// the same fingerprint; fails if loading, generating or saving fails, or if the
     /// certificate exists without its key.
-    pub fn load_or_generate(
-        state_dir: &Path,
-        server_names: &[String],
-    ) -> Result<Identity, LoadError> {
+    pub fn load_or_generate(state_dir: &Path, server_names: &[String]) -> Result<Identity, LoadError> {
         let cert_path = state_dir.join(SERVER_CERT_FILE);
         let key_path = state_dir.join(SERVER_KEY_FILE);
         match (cert_path.exists(), key_path.exists()) {
             (true, true) => Identity::load_pem(&cert_path, &key_path),
-            (true, false) => Err(LoadError::MissingKey {
-                cert_path,
-                key_path,
-            }),
+            (true, false) => Err(LoadError::MissingKey { cert_path, key_path }),
             // A key without a certificate is left over from an interrupted save (the key is
             // written first) and was never served, so it is safe to replace.
             (false, _) => {
@@ -159,26 +141,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (c1, k1) = (dir.path().join("c1.pem"), dir.path().join("k1.pem"));
         let (c2, k2) = (dir.path().join("c2.pem"), dir.path().join("k2.pem"));
-        Identity::self_signed(&names())
-            .unwrap()
-            .save_pem(&c1, &k1)
-            .unwrap();
-        Identity::self_signed(&names())
-            .unwrap()
-            .save_pem(&c2, &k2)
-            .unwrap();
-        assert!(matches!(
-            Identity::load_pem(&c1, &k2),
-            Err(LoadError::KeyMismatch { .. })
-        ));
-        assert!(matches!(
-            Identity::load_pem(&c1, &c2),
-            Err(LoadError::NoPrivateKey { .. })
-        ));
-        assert!(matches!(
-            Identity::load_pem(&k1, &k1),
-            Err(LoadError::NoCertificate { .. })
-        ));
+        Identity::self_signed(&names()).unwrap().save_pem(&c1, &k1).unwrap();
+        Identity::self_signed(&names()).unwrap().save_pem(&c2, &k2).unwrap();
+        assert!(matches!(Identity::load_pem(&c1, &k2), Err(LoadError::KeyMismatch { .. })));
+        assert!(matches!(Identity::load_pem(&c1, &c2), Err(LoadError::NoPrivateKey { .. })));
+        assert!(matches!(Identity::load_pem(&k1, &k1), Err(LoadError::NoCertificate { .. })));
         let missing = dir.path().join("nope.pem");
         assert!(matches!(
             Identity::load_pem(&missing, &k1),
@@ -196,17 +163,11 @@ mod tests {
         assert_eq!(first.fingerprint(), second.fingerprint());
 
         std::fs::remove_file(state.join(SERVER_KEY_FILE)).unwrap();
-        assert!(matches!(
-            Identity::load_or_generate(&state, &names()),
-            Err(LoadError::MissingKey { .. })
-        ));
+        assert!(matches!(Identity::load_or_generate(&state, &names()), Err(LoadError::MissingKey { .. })));
     }
 
     #[test]
     fn rejects_invalid_server_name() {
-        assert!(matches!(
-            Identity::self_signed(&["bad name\u{e9}".into()]),
-            Err(GenerateError::InvalidName { .. })
-        ));
+        assert!(matches!(Identity::self_signed(&["bad name\u{e9}".into()]), Err(GenerateError::InvalidName { .. })));
     }
 }

@@ -22,10 +22,7 @@ mod tls;
 mod verify;
 
 pub use appid::{app_id_of, spiffe_id};
-pub use error::{
-    ConfigError, DevSetError, FingerprintError, GenerateError, LoadError, PinMismatchError,
-    SaveError,
-};
+pub use error::{ConfigError, DevSetError, FingerprintError, GenerateError, LoadError, PinMismatchError, SaveError};
 pub use files::load_roots;
 pub use fingerprint::Fingerprint;
 pub use identity::Identity;

@@ -5,18 +5,15 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::files::{self, Mode};
 use crate::identity::{SERVER_CERT_FILE, SERVER_KEY_FILE};
-use crate::{
-    DEFAULT_SERVER_NAME, DevSetError, Fingerprint, GenerateError, Identity, LoadError, SaveError,
-    appid,
-};
+use crate::{DEFAULT_SERVER_NAME, DevSetError, Fingerprint, GenerateError, Identity, LoadError, SaveError, appid};
 
 /// Common name of generated server certificates.
 pub(crate) const SERVER_CN: &str = "dialback sidecar";
@@ -32,9 +29,7 @@ pub struct DevCa {
 
 impl fmt::Debug for DevCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DevCa")
-            .field("fingerprint", &Fingerprint::of(&self.cert))
-            .finish_non_exhaustive()
+        f.debug_struct("DevCa").field("fingerprint", &Fingerprint::of(&self.cert)).finish_non_exhaustive()
     }
 }
 
@@ -44,29 +39,16 @@ impl DevCa {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, CA_CN);
-        params
-            .distinguished_name
-            .push(DnType::OrganizationName, ORGANIZATION);
+        params.distinguished_name.push(DnType::OrganizationName, ORGANIZATION);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let key = generate_key()?;
-        let cert = params
-            .self_signed(&key)
-            .map_err(|source| GenerateError::Sign {
-                subject: CA_CN.to_owned(),
-                source,
-            })?;
+        let cert =
+            params.self_signed(&key).map_err(|source| GenerateError::Sign { subject: CA_CN.to_owned(), source })?;
         let cert = cert.der().clone();
         let roots = roots_of(&cert).map_err(GenerateError::TrustAnchor)?;
-        Ok(DevCa {
-            issuer: Issuer::new(params, key),
-            cert,
-            roots,
-        })
+        Ok(DevCa { issuer: Issuer::new(params, key), cert, roots })
     }
 
     /// Loads a CA certificate (first in the file) and its PKCS#8 key; fails if a file is
@@ -91,20 +73,11 @@ impl DevCa {
         };
         let key = KeyPair::try_from(&key_der).map_err(ca_err(key_path))?;
         if !is_ca(&cert) {
-            return Err(LoadError::NotCa {
-                path: cert_path.to_owned(),
-            });
+            return Err(LoadError::NotCa { path: cert_path.to_owned() });
         }
         let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(ca_err(cert_path))?;
-        let roots = roots_of(&cert).map_err(|source| LoadError::TrustAnchor {
-            path: cert_path.to_owned(),
-            source,
-        })?;
-        Ok(DevCa {
-            issuer,
-            cert,
-            roots,
-        })
+        let roots = roots_of(&cert).map_err(|source| LoadError::TrustAnchor { path: cert_path.to_owned(), source })?;
+        Ok(DevCa { issuer, cert, roots })
     }
 
     /// The CA certificate in DER; never fails.
@@ -141,13 +114,10 @@ impl DevCa {
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, app_id);
         let uri = appid::spiffe_id(app_id);
-        let uri = uri
-            .as_str()
-            .try_into()
-            .map_err(|_| GenerateError::InvalidAppId {
-                app_id: app_id.to_owned(),
-                reason: "not representable as an IA5 URI",
-            })?;
+        let uri = uri.as_str().try_into().map_err(|_| GenerateError::InvalidAppId {
+            app_id: app_id.to_owned(),
+            reason: "not representable as an IA5 URI",
+        })?;
         params.subject_alt_names = vec![SanType::URI(uri)];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let mut id = self.issue(params, app_id)?;
@@ -161,24 +131,14 @@ impl DevCa {
     }
 
     /// Signs `params` (a leaf) with a fresh key; chain = `[leaf, CA]`.
-    fn issue(
-        &self,
-        mut params: CertificateParams,
-        subject: &str,
-    ) -> Result<Identity, GenerateError> {
+    fn issue(&self, mut params: CertificateParams, subject: &str) -> Result<Identity, GenerateError> {
         params.use_authority_key_identifier_extension = true;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         let key = generate_key()?;
         let cert = params
             .signed_by(&key, &self.issuer)
-            .map_err(|source| GenerateError::Sign {
-                subject: subject.to_owned(),
-                source,
-            })?;
-        Ok(Identity {
-            cert_chain: vec![cert.der().clone(), self.cert.clone()],
-            key: key_der(&key),
-        })
+            .map_err(|source| GenerateError::Sign { subject: subject.to_owned(), source })?;
+        Ok(Identity { cert_chain: vec![cert.der().clone(), self.cert.clone()], key: key_der(&key) })
     }
 }
 
@@ -200,11 +160,7 @@ pub fn write_dev_set(
     }
     let ca = DevCa::generate()?;
     let server = ca.server_identity(&names)?;
-    let mut pairs = vec![(
-        server,
-        out.join(SERVER_CERT_FILE),
-        out.join(SERVER_KEY_FILE),
-    )];
+    let mut pairs = vec![(server, out.join(SERVER_CERT_FILE), out.join(SERVER_KEY_FILE))];
     for app_id in app_ids {
         pairs.push((
             ca.client_identity(app_id)?,
@@ -241,20 +197,11 @@ pub(crate) fn key_der(key: &KeyPair) -> PrivateKeyDer<'static> {
 /// Leaf parameters for a server certificate naming `server_names`.
 pub(crate) fn server_params(server_names: &[String]) -> Result<CertificateParams, GenerateError> {
     let default = [DEFAULT_SERVER_NAME.to_owned()];
-    let names = if server_names.is_empty() {
-        &default[..]
-    } else {
-        server_names
-    };
+    let names = if server_names.is_empty() { &default[..] } else { server_names };
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, SERVER_CN);
-    params.subject_alt_names = names
-        .iter()
-        .map(|name| san_of(name))
-        .collect::<Result<_, _>>()?;
+    params.distinguished_name.push(DnType::CommonName, SERVER_CN);
+    params.subject_alt_names = names.iter().map(|name| san_of(name)).collect::<Result<_, _>>()?;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     Ok(params)
@@ -262,19 +209,11 @@ pub(crate) fn server_params(server_names: &[String]) -> Result<CertificateParams
 
 /// An IP SAN for an IP literal (optionally bracketed), else a DNS SAN.
 fn san_of(name: &str) -> Result<SanType, GenerateError> {
-    let unbracketed = name
-        .strip_prefix('[')
-        .and_then(|n| n.strip_suffix(']'))
-        .unwrap_or(name);
+    let unbracketed = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(name);
     if let Ok(ip) = unbracketed.parse::<IpAddr>() {
         return Ok(SanType::IpAddress(ip));
     }
-    name.try_into()
-        .map(SanType::DnsName)
-        .map_err(|source| GenerateError::InvalidName {
-            name: name.to_owned(),
-            source,
-        })
+    name.try_into().map(SanType::DnsName).map_err(|source| GenerateError::InvalidName { name: name.to_owned(), source })
 }
 
 fn roots_of(cert: &CertificateDer<'static>) -> Result<RootCertStore, rustls::Error> {
@@ -284,9 +223,7 @@ fn roots_of(cert: &CertificateDer<'static>) -> Result<RootCertStore, rustls::Err
 }
 
 fn is_ca(cert: &CertificateDer<'_>) -> bool {
-    x509_parser::parse_x509_certificate(cert.as_ref())
-        .map(|(_, c)| c.is_ca())
-        .unwrap_or(false)
+    x509_parser::parse_x509_certificate(cert.as_ref()).map(|(_, c)| c.is_ca()).unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -317,27 +254,15 @@ mod tests {
     fn load_rejects_leaf_as_ca() {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
-        Identity::self_signed(&[])
-            .unwrap()
-            .save_pem(&cert, &key)
-            .unwrap();
-        assert!(matches!(
-            DevCa::load_pem(&cert, &key),
-            Err(LoadError::NotCa { .. })
-        ));
+        Identity::self_signed(&[]).unwrap().save_pem(&cert, &key).unwrap();
+        assert!(matches!(DevCa::load_pem(&cert, &key), Err(LoadError::NotCa { .. })));
     }
 
     #[test]
     fn rejects_bad_app_ids() {
         let ca = DevCa::generate().unwrap();
         for bad in ["", "a/b", "..", "app id", "caf\u{e9}"] {
-            assert!(
-                matches!(
-                    ca.client_identity(bad),
-                    Err(GenerateError::InvalidAppId { .. })
-                ),
-                "{bad:?}"
-            );
+            assert!(matches!(ca.client_identity(bad), Err(GenerateError::InvalidAppId { .. })), "{bad:?}");
         }
     }
 
@@ -348,10 +273,7 @@ mod tests {
         let apps = vec!["orders".to_owned(), "billing".to_owned()];
         let extra = vec!["sidecar.internal".to_owned(), "10.0.0.1".to_owned()];
         let paths = write_dev_set(&out, &extra, &apps, false).unwrap();
-        let names: Vec<String> = paths
-            .iter()
-            .map(|p| p.strip_prefix(&out).unwrap().display().to_string())
-            .collect();
+        let names: Vec<String> = paths.iter().map(|p| p.strip_prefix(&out).unwrap().display().to_string()).collect();
         assert_eq!(
             names,
             [
@@ -366,13 +288,8 @@ mod tests {
             ]
         );
         assert!(paths.iter().all(|p| p.is_file()));
-        let server =
-            Identity::load_pem(&out.join("server.pem"), &out.join("server-key.pem")).unwrap();
-        let client = Identity::load_pem(
-            &out.join("client-orders.pem"),
-            &out.join("client-orders-key.pem"),
-        )
-        .unwrap();
+        let server = Identity::load_pem(&out.join("server.pem"), &out.join("server-key.pem")).unwrap();
+        let client = Identity::load_pem(&out.join("client-orders.pem"), &out.join("client-orders-key.pem")).unwrap();
         assert_eq!(app_id_of(&client.cert_chain[0]).as_deref(), Some("orders"));
         let before = std::fs::read(out.join("ca.pem")).unwrap();
 
@@ -384,8 +301,7 @@ mod tests {
 
         write_dev_set(&out, &extra, &apps, true).unwrap();
         assert_ne!(std::fs::read(out.join("ca.pem")).unwrap(), before);
-        let again =
-            Identity::load_pem(&out.join("server.pem"), &out.join("server-key.pem")).unwrap();
+        let again = Identity::load_pem(&out.join("server.pem"), &out.join("server-key.pem")).unwrap();
         assert_ne!(again.fingerprint(), server.fingerprint());
     }
 }

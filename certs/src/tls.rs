@@ -36,9 +36,8 @@ pub fn server_config(
         .map_err(ConfigError::Protocol)?;
     let builder = match client_roots {
         Some(roots) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider)
-                .allow_unauthenticated()
-                .build()?;
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(roots, provider).allow_unauthenticated().build()?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
@@ -52,10 +51,7 @@ pub fn server_config(
 
 /// rustls client config: TLS 1.3 only, ring provider, ALPN [`ALPN`]; trust per `trust`;
 /// optional client identity for mTLS. Fails if the client identity is unusable.
-pub fn client_config(
-    trust: &ServerTrust,
-    client: Option<&Identity>,
-) -> Result<ClientConfig, ConfigError> {
+pub fn client_config(trust: &ServerTrust, client: Option<&Identity>) -> Result<ClientConfig, ConfigError> {
     let provider = crypto_provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -64,9 +60,7 @@ pub fn client_config(
         ServerTrust::Roots(roots) => builder.with_root_certificates(roots.clone()),
         ServerTrust::Pinned(pin) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier::with_provider(
-                *pin, &provider,
-            ))),
+            .with_custom_certificate_verifier(Arc::new(PinnedServerVerifier::with_provider(*pin, &provider))),
     };
     let mut config = match client {
         Some(id) => builder

@@ -29,10 +29,7 @@ impl PinnedServerVerifier {
 
     /// A verifier for `pin` using `provider`'s signature algorithms; never fails.
     pub fn with_provider(pin: Fingerprint, provider: &CryptoProvider) -> Self {
-        PinnedServerVerifier {
-            pin,
-            algorithms: provider.signature_verification_algorithms,
-        }
+        PinnedServerVerifier { pin, algorithms: provider.signature_verification_algorithms }
     }
 
     /// The pinned fingerprint; never fails.
@@ -54,12 +51,10 @@ impl ServerCertVerifier for PinnedServerVerifier {
         if actual == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {
-            Err(rustls::Error::InvalidCertificate(CertificateError::Other(
-                OtherError(Arc::new(PinMismatchError {
-                    expected: self.pin,
-                    actual,
-                })),
-            )))
+            Err(rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(PinMismatchError {
+                expected: self.pin,
+                actual,
+            })))))
         }
     }
 

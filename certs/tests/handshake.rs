@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use dialback_certs::{
-    ALPN, DEFAULT_SERVER_NAME, DevCa, Fingerprint, Identity, PinMismatchError, ServerTrust,
-    app_id_of, client_config, server_config,
+    ALPN, DEFAULT_SERVER_NAME, DevCa, Fingerprint, Identity, PinMismatchError, ServerTrust, app_id_of, client_config,
+    server_config,
 };
 use rustls::pki_types::ServerName;
 use rustls::{ClientConnection, Connection, ServerConnection};
@@ -57,22 +57,14 @@ fn local_names() -> Vec<String> {
 fn pinned_correct_fingerprint_succeeds() {
     let server = Identity::self_signed(&local_names()).unwrap();
     let trust = ServerTrust::Pinned(server.fingerprint());
-    let (c, s) = handshake(
-        client_config(&trust, None).unwrap(),
-        server_config(&server, None).unwrap(),
-        DEFAULT_SERVER_NAME,
-    )
-    .unwrap();
+    let (c, s) =
+        handshake(client_config(&trust, None).unwrap(), server_config(&server, None).unwrap(), DEFAULT_SERVER_NAME)
+            .unwrap();
     assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
     assert_eq!(c.alpn_protocol(), Some(ALPN));
     assert_eq!(s.alpn_protocol(), Some(ALPN));
     // The pin, not the name, is the identity: any name (even an IP) works.
-    handshake(
-        client_config(&trust, None).unwrap(),
-        server_config(&server, None).unwrap(),
-        "10.9.8.7",
-    )
-    .unwrap();
+    handshake(client_config(&trust, None).unwrap(), server_config(&server, None).unwrap(), "10.9.8.7").unwrap();
 }
 
 #[test]
@@ -85,9 +77,7 @@ fn pinned_wrong_fingerprint_fails() {
         DEFAULT_SERVER_NAME,
     )
     .unwrap_err();
-    let Failed::Client(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) =
-        err
-    else {
+    let Failed::Client(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) = err else {
         panic!("unexpected error {err:?}");
     };
     let mismatch = other.0.downcast_ref::<PinMismatchError>().unwrap();
@@ -100,39 +90,18 @@ fn roots_with_dev_ca_succeeds_and_checks_name() {
     let ca = DevCa::generate().unwrap();
     let server = ca.server_identity(&local_names()).unwrap();
     let trust = ServerTrust::Roots(Arc::new(ca.roots()));
-    let (c, _) = handshake(
-        client_config(&trust, None).unwrap(),
-        server_config(&server, None).unwrap(),
-        "localhost",
-    )
-    .unwrap();
+    let (c, _) =
+        handshake(client_config(&trust, None).unwrap(), server_config(&server, None).unwrap(), "localhost").unwrap();
     assert_eq!(c.alpn_protocol(), Some(ALPN));
-    handshake(
-        client_config(&trust, None).unwrap(),
-        server_config(&server, None).unwrap(),
-        "127.0.0.1",
-    )
-    .unwrap();
-    let err = handshake(
-        client_config(&trust, None).unwrap(),
-        server_config(&server, None).unwrap(),
-        "example.com",
-    )
-    .unwrap_err();
-    assert!(
-        matches!(err, Failed::Client(rustls::Error::InvalidCertificate(_))),
-        "{err:?}"
-    );
+    handshake(client_config(&trust, None).unwrap(), server_config(&server, None).unwrap(), "127.0.0.1").unwrap();
+    let err = handshake(client_config(&trust, None).unwrap(), server_config(&server, None).unwrap(), "example.com")
+        .unwrap_err();
+    assert!(matches!(err, Failed::Client(rustls::Error::InvalidCertificate(_))), "{err:?}");
 
     // Another CA's roots do not trust this server.
     let other = ServerTrust::Roots(Arc::new(DevCa::generate().unwrap().roots()));
     assert!(
-        handshake(
-            client_config(&other, None).unwrap(),
-            server_config(&server, None).unwrap(),
-            "localhost",
-        )
-        .is_err()
+        handshake(client_config(&other, None).unwrap(), server_config(&server, None).unwrap(), "localhost",).is_err()
     );
 }
 
@@ -163,20 +132,14 @@ fn mtls_names_the_app() {
     assert!(s.peer_certificates().is_none());
 
     // A client certificate from another CA is rejected.
-    let stranger = DevCa::generate()
-        .unwrap()
-        .client_identity("orders")
-        .unwrap();
+    let stranger = DevCa::generate().unwrap().client_identity("orders").unwrap();
     let err = handshake(
         client_config(&ServerTrust::Roots(roots.clone()), Some(&stranger)).unwrap(),
         server_config(&server, Some(roots)).unwrap(),
         "localhost",
     )
     .unwrap_err();
-    assert!(
-        matches!(err, Failed::Server(rustls::Error::InvalidCertificate(_))),
-        "{err:?}"
-    );
+    assert!(matches!(err, Failed::Server(rustls::Error::InvalidCertificate(_))), "{err:?}");
 }
 
 #[test]

@@ -19,10 +19,7 @@ pub struct KeepAlive {
 
 impl Default for KeepAlive {
     fn default() -> Self {
-        KeepAlive {
-            interval: Duration::from_secs(2),
-            idle_timeout: Duration::from_secs(6),
-        }
+        KeepAlive { interval: Duration::from_secs(2), idle_timeout: Duration::from_secs(6) }
     }
 }
 
@@ -37,10 +34,7 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts {
-            handshake: Duration::from_secs(5),
-            keep_alive: KeepAlive::default(),
-        }
+        Timeouts { handshake: Duration::from_secs(5), keep_alive: KeepAlive::default() }
     }
 }
 
@@ -64,9 +58,7 @@ impl KeepAlive {
     pub(crate) fn apply_tcp(&self, stream: &tokio::net::TcpStream) -> std::io::Result<()> {
         stream.set_nodelay(true)?;
         let sock = socket2::SockRef::from(stream);
-        let ka = socket2::TcpKeepalive::new()
-            .with_time(self.interval)
-            .with_interval(self.interval);
+        let ka = socket2::TcpKeepalive::new().with_time(self.interval).with_interval(self.interval);
         sock.set_tcp_keepalive(&ka)?;
         // Bound how long unacknowledged data may sit before the kernel gives up.
         #[cfg(any(target_os = "linux", target_os = "android"))]

@@ -39,7 +39,7 @@ pub struct Pending {
 
 enum PendingInner {
     Quic(quinn::Connection),
-    Tcp(tokio_rustls::client::TlsStream<tokio::net::TcpStream>),
+    Tcp(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
 }
 
 impl std::fmt::Debug for Pending {
@@ -61,7 +61,7 @@ impl Pending {
         tokio::time::timeout_at(self.deadline, async move {
             match self.inner {
                 PendingInner::Quic(conn) => hello_quic(conn, addr, hello).await,
-                PendingInner::Tcp(tls) => hello_tcp(tls, addr, hello).await,
+                PendingInner::Tcp(tls) => hello_tcp(*tls, addr, hello).await,
             }
         })
         .await
@@ -136,7 +136,12 @@ impl Dialer {
     /// Dials over `transport`, presents the hello and reads the verdict,
     /// all within `config.timeouts.handshake`. Fails when the sidecar cannot
     /// be reached, TLS fails, time runs out, or the sidecar refuses.
-    pub async fn dial(&mut self, transport: Transport, config: &DialConfig, hello: &Hello) -> Result<Channel, DialError> {
+    pub async fn dial(
+        &mut self,
+        transport: Transport,
+        config: &DialConfig,
+        hello: &Hello,
+    ) -> Result<Channel, DialError> {
         self.connect(transport, config).await?.hello(hello).await
     }
 
@@ -224,7 +229,8 @@ impl Dialer {
                 }
             }
         };
-        let (transport, inner) = tokio::time::timeout_at(deadline, race).await.map_err(|_| DialError::Timeout { addr, after })??;
+        let (transport, inner) =
+            tokio::time::timeout_at(deadline, race).await.map_err(|_| DialError::Timeout { addr, after })??;
         Ok(Pending { transport, addr, deadline, after, inner })
     }
 }
@@ -295,7 +301,11 @@ fn quic_dial_error(addr: SocketAddr, e: quinn::ConnectionError) -> DialError {
     }
 }
 
-async fn connect_tcp(local_ip: IpAddr, config: &DialConfig, server_name: ServerName<'static>) -> Result<PendingInner, DialError> {
+async fn connect_tcp(
+    local_ip: IpAddr,
+    config: &DialConfig,
+    server_name: ServerName<'static>,
+) -> Result<PendingInner, DialError> {
     let addr = config.addr;
     let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(DialError::Socket)?;
     if !local_ip.is_unspecified() {
@@ -305,7 +315,7 @@ async fn connect_tcp(local_ip: IpAddr, config: &DialConfig, server_name: ServerN
     let _ = config.timeouts.keep_alive.apply_tcp(&stream);
     let connector = tokio_rustls::TlsConnector::from(config.tls.clone());
     let tls = connector.connect(server_name, stream).await.map_err(|source| DialError::Tls { addr, source })?;
-    Ok(PendingInner::Tcp(tls))
+    Ok(PendingInner::Tcp(Box::new(tls)))
 }
 
 async fn hello_tcp(
@@ -329,11 +339,7 @@ async fn hello_tcp(
 }
 
 fn check_verdict(v: &Verdict) -> Result<(), DialError> {
-    if v.accepted {
-        Ok(())
-    } else {
-        Err(DialError::Refused { reason: v.reason(), message: v.message.clone() })
-    }
+    if v.accepted { Ok(()) } else { Err(DialError::Refused { reason: v.reason(), message: v.message.clone() }) }
 }
 
 fn info(hello: &Hello, transport: Transport, addr: SocketAddr, v: &Verdict) -> ChannelInfo {

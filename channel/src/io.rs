@@ -133,14 +133,17 @@ impl Connection {
         match &self.kind {
             ConnKind::Quic(c) => {
                 tokio::select! {
-                    err = c.closed() => match err {
-                        quinn::ConnectionError::ApplicationClosed(close) => Some((
-                            CloseCode::from_u64(close.error_code.into_inner()),
-                            String::from_utf8_lossy(&close.reason).into_owned(),
-                        )),
-                        _ => None,
-                    },
-                    () = self.gone.cancelled() => None,
+                    _ = c.closed() => {}
+                    () = self.gone.cancelled() => {}
+                }
+                // The stream may fail a moment before the connection reports
+                // why; the reason, once set, is what counts.
+                match c.close_reason() {
+                    Some(quinn::ConnectionError::ApplicationClosed(close)) => Some((
+                        CloseCode::from_u64(close.error_code.into_inner()),
+                        String::from_utf8_lossy(&close.reason).into_owned(),
+                    )),
+                    _ => None,
                 }
             }
             ConnKind::Tcp { .. } => {

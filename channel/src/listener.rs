@@ -165,11 +165,13 @@ async fn bind_sockets(config: &ListenerConfig) -> Result<Bound, BindError> {
             // the generator from the persisted key too, so a restarted
             // sidecar recognises its previous life's IDs and resets them.
             let cid_key = cid_key(&key);
-            endpoint_config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+            endpoint_config
+                .cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
         }
-        let socket = std::net::UdpSocket::bind(addr).map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
-        let runtime = quinn::default_runtime()
-            .ok_or_else(|| BindError::Tls("no async runtime for quinn".to_string()))?;
+        let socket =
+            std::net::UdpSocket::bind(addr).map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
+        let runtime =
+            quinn::default_runtime().ok_or_else(|| BindError::Tls("no async runtime for quinn".to_string()))?;
         let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)
             .map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
         addr = endpoint.local_addr().map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
@@ -322,7 +324,8 @@ async fn tcp_handshake(
     let client_cert = session.peer_certificates().and_then(|c| c.first()).cloned();
     let (mut r, mut w) = tokio::io::split(&mut tls_stream);
     let outcome =
-        exchange(&mut r, &mut w, Transport::TcpTls, peer, alpn.as_deref(), client_cert.as_ref(), deadline, shared).await;
+        exchange(&mut r, &mut w, Transport::TcpTls, peer, alpn.as_deref(), client_cert.as_ref(), deadline, shared)
+            .await;
     match outcome {
         Ok((hello, channel_id)) => {
             let gone = CancellationToken::new();

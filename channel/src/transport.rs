@@ -75,12 +75,7 @@ impl Transports {
 
     /// The members, QUIC first.
     pub fn iter(self) -> impl Iterator<Item = Transport> {
-        [
-            self.quic.then_some(Transport::Quic),
-            self.tcp.then_some(Transport::TcpTls),
-        ]
-        .into_iter()
-        .flatten()
+        [self.quic.then_some(Transport::Quic), self.tcp.then_some(Transport::TcpTls)].into_iter().flatten()
     }
 }
 
@@ -119,10 +114,7 @@ mod tests {
         assert_eq!("QUIC".parse::<Transports>(), Ok(Transports::QUIC));
         assert_eq!("tcp".parse::<Transports>(), Ok(Transports::TCP));
         assert!("udp".parse::<Transports>().is_err());
-        assert_eq!(
-            Transports::AUTO.iter().collect::<Vec<_>>(),
-            vec![Transport::Quic, Transport::TcpTls]
-        );
+        assert_eq!(Transports::AUTO.iter().collect::<Vec<_>>(), vec![Transport::Quic, Transport::TcpTls]);
     }
 
     #[test]

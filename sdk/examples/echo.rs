@@ -67,7 +67,10 @@ async fn main() -> anyhow::Result<()> {
             let s = states.borrow_and_update().clone();
             match s {
                 ChannelState::Connected(c) => {
-                    println!("echo: connected transport={} channel_id={} sidecar={}", c.transport, c.channel_id, c.sidecar)
+                    println!(
+                        "echo: connected transport={} channel_id={} sidecar={}",
+                        c.transport, c.channel_id, c.sidecar
+                    )
                 }
                 ChannelState::Disconnected { reason } => println!("echo: disconnected reason={reason:?}"),
                 ChannelState::Replaced => println!("echo: replaced"),

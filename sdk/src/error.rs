@@ -24,6 +24,9 @@ pub enum Error {
     /// The channel was replaced by another instance of this app; this one stopped.
     #[error("the channel was replaced by another instance of this app")]
     Replaced,
+    /// The builder was given a combination that cannot work.
+    #[error("bad configuration: {0}")]
+    Config(String),
     /// The server was shut down.
     #[error("the callback server has stopped")]
     Stopped,

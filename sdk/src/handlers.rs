@@ -76,7 +76,10 @@ impl AppCallback for InvokeHandlers {
         }
     }
 
-    async fn list_topic_subscriptions(&self, _: Request<()>) -> Result<Response<ListTopicSubscriptionsResponse>, Status> {
+    async fn list_topic_subscriptions(
+        &self,
+        _: Request<()>,
+    ) -> Result<Response<ListTopicSubscriptionsResponse>, Status> {
         Ok(Response::new(ListTopicSubscriptionsResponse::default()))
     }
 
@@ -88,7 +91,10 @@ impl AppCallback for InvokeHandlers {
         Ok(Response::new(ListInputBindingsResponse::default()))
     }
 
-    async fn on_binding_event(&self, _: Request<BindingEventRequest>) -> Result<Response<BindingEventResponse>, Status> {
+    async fn on_binding_event(
+        &self,
+        _: Request<BindingEventRequest>,
+    ) -> Result<Response<BindingEventResponse>, Status> {
         Err(Status::unimplemented("this app handles no input bindings"))
     }
 }

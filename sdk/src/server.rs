@@ -11,11 +11,9 @@ use std::time::{Duration, Instant};
 
 use dialback_certs::{Fingerprint, Identity, ServerTrust};
 use dialback_channel::h2;
-use dialback_channel::{
-    Channel, CloseCode, Credential, DialConfig, Dialer, Hello, RefusalReason, Timeouts, Transport, Transports,
-};
-use dialback_proto::runtime::dapr_app_channel_callback_server::DaprAppChannelCallbackServer;
+use dialback_channel::{Channel, CloseCode, Credential, DialConfig, Dialer, Hello, Timeouts, Transport, Transports};
 use dialback_proto::runtime::ConnectAppCallbackResponse;
+use dialback_proto::runtime::dapr_app_channel_callback_server::DaprAppChannelCallbackServer;
 use rand::Rng;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -93,6 +91,7 @@ pub struct CallbackServerBuilder {
     sidecar: Option<SidecarOptions>,
     options: ChannelOptions,
     routes: Option<tonic::service::Routes>,
+    names: Vec<&'static str>,
     handlers: InvokeHandlers,
 }
 
@@ -123,6 +122,12 @@ impl CallbackServerBuilder {
         S::Response: axum::response::IntoResponse,
         S::Future: Send + 'static,
     {
+        if self.names.contains(&S::NAME) {
+            // Adding a service twice would make the router panic; keep the first.
+            warn!(service = S::NAME, "service added twice; keeping the first");
+            return self;
+        }
+        self.names.push(S::NAME);
         self.routes = Some(match self.routes.take() {
             Some(r) => r.add_service(svc),
             None => tonic::service::Routes::new(svc),
@@ -135,16 +140,25 @@ impl CallbackServerBuilder {
     pub fn invoke_handler<F, Fut>(mut self, method: &str, f: F) -> Self
     where
         F: Fn(tonic::Request<dialback_proto::common::InvokeRequest>) -> Fut + Send + Sync + 'static,
-        Fut: std::future::Future<Output = Result<dialback_proto::common::InvokeResponse, tonic::Status>> + Send + 'static,
+        Fut: std::future::Future<Output = Result<dialback_proto::common::InvokeResponse, tonic::Status>>
+            + Send
+            + 'static,
     {
         self.handlers = std::mem::take(&mut self.handlers).on(method, f);
         self
     }
 
     /// Starts keeping the channel up in the background; call from inside a
-    /// tokio runtime. Fails only when the sidecar endpoint is not a valid URI.
+    /// tokio runtime. Fails when the sidecar endpoint is not a valid URI, or
+    /// when invoke handlers are combined with an `AppCallback` service.
     pub fn start(mut self) -> Result<Handle, Error> {
         if !self.handlers.is_empty() {
+            use dialback_proto::runtime::app_callback_server::SERVICE_NAME;
+            if self.names.contains(&SERVICE_NAME) {
+                return Err(Error::Config(
+                    "invoke_handler() and an AppCallback service of your own cannot be combined".into(),
+                ));
+            }
             let handlers = std::mem::take(&mut self.handlers).into_service();
             self = self.add_service(handlers);
         }
@@ -361,7 +375,9 @@ impl Runner {
         let pending = dialer.connect_any(transports, self.options.tcp_head_start, &config).await?;
         let credential = match &self.options.credential {
             CredentialChoice::OneTimeToken => Credential::OneTimeToken(answer.token.clone()),
-            CredentialChoice::ApiToken => Credential::ApiToken(self.sidecar.options().api_token.clone().unwrap_or_default()),
+            CredentialChoice::ApiToken => {
+                Credential::ApiToken(self.sidecar.options().api_token.clone().unwrap_or_default())
+            }
             CredentialChoice::ClientCertificate(_) => Credential::ClientCertificate(true),
         };
         let hello = Hello {
@@ -370,11 +386,7 @@ impl Runner {
             credential: Some(credential),
             instance: format!("pid {}", std::process::id()),
         };
-        match pending.hello(&hello).await {
-            Ok(c) => Ok(c),
-            Err(e @ dialback_channel::DialError::Refused { reason: RefusalReason::TokenExpired, .. }) => Err(e.into()),
-            Err(e) => Err(e.into()),
-        }
+        Ok(pending.hello(&hello).await?)
     }
 
     /// Where to dial: the advertised address, else the sidecar's API host and the channel port.

@@ -23,7 +23,11 @@ pub struct SidecarOptions {
 
 impl Default for SidecarOptions {
     fn default() -> Self {
-        SidecarOptions { grpc_endpoint: "http://127.0.0.1:50001".into(), api_token: None, timeout: Duration::from_secs(5) }
+        SidecarOptions {
+            grpc_endpoint: "http://127.0.0.1:50001".into(),
+            api_token: None,
+            timeout: Duration::from_secs(5),
+        }
     }
 }
 
@@ -36,9 +40,9 @@ impl SidecarOptions {
 
     /// As [`SidecarOptions::from_env`], reading variables through `get` (testable).
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> SidecarOptions {
-        let endpoint = get("DAPR_GRPC_ENDPOINT").filter(|s| !s.is_empty()).map(|e| {
-            if e.contains("://") { e } else { format!("http://{e}") }
-        });
+        let endpoint = get("DAPR_GRPC_ENDPOINT")
+            .filter(|s| !s.is_empty())
+            .map(|e| if e.contains("://") { e } else { format!("http://{e}") });
         let endpoint = endpoint.unwrap_or_else(|| {
             let port = get("DAPR_GRPC_PORT").filter(|p| !p.is_empty()).unwrap_or_else(|| "50001".into());
             format!("http://127.0.0.1:{port}")
@@ -102,7 +106,13 @@ impl SidecarClient {
 
     /// Invokes `method` on app `app_id` through the sidecar. Fails with the
     /// sidecar's or the target app's status.
-    pub async fn invoke(&self, app_id: &str, method: &str, data: Vec<u8>, content_type: &str) -> Result<InvokeResponse, Error> {
+    pub async fn invoke(
+        &self,
+        app_id: &str,
+        method: &str,
+        data: Vec<u8>,
+        content_type: &str,
+    ) -> Result<InvokeResponse, Error> {
         let mut c = DaprClient::new(self.channel.clone());
         let req = InvokeServiceRequest {
             id: app_id.to_string(),
@@ -132,7 +142,8 @@ mod tests {
     fn dapr_environment() {
         assert_eq!(opts(&[]).grpc_endpoint, "http://127.0.0.1:50001");
         assert_eq!(opts(&[("DAPR_GRPC_PORT", "6001")]).grpc_endpoint, "http://127.0.0.1:6001");
-        let o = opts(&[("DAPR_GRPC_ENDPOINT", "sidecar.local:7000"), ("DAPR_GRPC_PORT", "6001"), ("DAPR_API_TOKEN", "t")]);
+        let o =
+            opts(&[("DAPR_GRPC_ENDPOINT", "sidecar.local:7000"), ("DAPR_GRPC_PORT", "6001"), ("DAPR_API_TOKEN", "t")]);
         assert_eq!(o.grpc_endpoint, "http://sidecar.local:7000");
         assert_eq!(o.api_token.as_deref(), Some("t"));
         assert_eq!(o.host().unwrap(), "sidecar.local");

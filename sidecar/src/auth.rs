@@ -47,12 +47,18 @@ impl TokenStore {
         if let Some(expires) = self.live.remove(token) {
             self.used.insert(token.to_string(), expires);
             if now > expires {
-                return Err(Refusal::new(RefusalReason::TokenExpired, "the one-time token has expired; call ConnectAppCallback again"));
+                return Err(Refusal::new(
+                    RefusalReason::TokenExpired,
+                    "the one-time token has expired; call ConnectAppCallback again",
+                ));
             }
             return Ok(());
         }
         if self.used.contains_key(token) {
-            return Err(Refusal::new(RefusalReason::TokenUsed, "the one-time token was already used; call ConnectAppCallback again"));
+            return Err(Refusal::new(
+                RefusalReason::TokenUsed,
+                "the one-time token was already used; call ConnectAppCallback again",
+            ));
         }
         Err(Refusal::new(RefusalReason::BadCredential, "unknown one-time token"))
     }
@@ -95,7 +101,8 @@ impl Authenticator for ChannelAuth {
         match &hello.credential {
             None => Err(Refusal::new(RefusalReason::NoCredential, "hello carries no credential")),
             Some(Credential::OneTimeToken(t)) => {
-                let mut tokens = self.tokens.lock().map_err(|_| Refusal::new(RefusalReason::Unspecified, "internal error"))?;
+                let mut tokens =
+                    self.tokens.lock().map_err(|_| Refusal::new(RefusalReason::Unspecified, "internal error"))?;
                 tokens.redeem(t, Instant::now())
             }
             Some(Credential::ApiToken(t)) => match self.api_token_sha {
@@ -105,14 +112,23 @@ impl Authenticator for ChannelAuth {
             },
             Some(Credential::ClientCertificate(_)) => {
                 if !self.mtls {
-                    return Err(Refusal::new(RefusalReason::BadCredential, "this sidecar does not accept client certificates (no client CA configured)"));
+                    return Err(Refusal::new(
+                        RefusalReason::BadCredential,
+                        "this sidecar does not accept client certificates (no client CA configured)",
+                    ));
                 }
                 let Some(cert) = ctx.client_cert else {
-                    return Err(Refusal::new(RefusalReason::NoCredential, "hello names a client certificate but none was presented"));
+                    return Err(Refusal::new(
+                        RefusalReason::NoCredential,
+                        "hello names a client certificate but none was presented",
+                    ));
                 };
                 match dialback_certs::app_id_of(cert) {
                     Some(id) if id == self.app_id => Ok(()),
-                    Some(id) => Err(Refusal::new(RefusalReason::WrongAppId, format!("the client certificate names app-id {id:?}"))),
+                    Some(id) => Err(Refusal::new(
+                        RefusalReason::WrongAppId,
+                        format!("the client certificate names app-id {id:?}"),
+                    )),
                     None => Err(Refusal::new(RefusalReason::BadCredential, "the client certificate names no app-id")),
                 }
             }

@@ -31,7 +31,12 @@ pub struct CallbackPolicy {
 }
 
 /// Accepts channels until `stop`, installing each in `registry`.
-pub async fn accept_loop(mut listener: Listener, registry: Arc<Registry>, policy: CallbackPolicy, stop: CancellationToken) {
+pub async fn accept_loop(
+    mut listener: Listener,
+    registry: Arc<Registry>,
+    policy: CallbackPolicy,
+    stop: CancellationToken,
+) {
     loop {
         let ch = tokio::select! {
             ch = listener.accept() => match ch { Some(ch) => ch, None => return },
@@ -88,6 +93,9 @@ async fn setup(ch: Channel, registry: Arc<Registry>, policy: CallbackPolicy) {
         },
         () = live.stop.cancelled() => "retired".to_string(),
     };
+    // A failure recorded by the Ping loop explains the end better than the
+    // closed connection it caused.
+    let reason = live.failure().unwrap_or(reason);
     if registry.remove_if(id, &reason) {
         warn!(channel_id = id, %reason, "app channel down");
     }
@@ -106,14 +114,21 @@ pub async fn retire(live: Arc<Live>, code: CloseCode, drain: Duration) {
     if !alive {
         info!(channel_id = live.info.channel_id, "the old channel does not answer; closing it at once");
     } else if !live.drained(drain).await {
-        warn!(channel_id = live.info.channel_id, inflight = live.inflight(), "closing a channel with calls still in flight");
+        warn!(
+            channel_id = live.info.channel_id,
+            inflight = live.inflight(),
+            "closing a channel with calls still in flight"
+        );
     }
     live.stop.cancel();
-    live.conn.close(code, match code {
-        CloseCode::Replaced => "replaced by a newer channel",
-        CloseCode::ShuttingDown => "sidecar shutting down",
-        _ => "closed",
-    });
+    live.conn.close(
+        code,
+        match code {
+            CloseCode::Replaced => "replaced by a newer channel",
+            CloseCode::ShuttingDown => "sidecar shutting down",
+            _ => "closed",
+        },
+    );
 }
 
 /// Sends the in-band close notice: a Ping call whose metadata says why.
@@ -136,7 +151,7 @@ async fn ping_loop(live: Arc<Live>, interval: Duration, deadline: Duration) {
     let mut client = DaprAppChannelCallbackClient::new(live.client.clone());
     let (tx, rx) = mpsc::channel::<()>(1);
     let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|()| ((), rx)) });
-    let mut req = tonic::Request::new(futures_util::StreamExt::map(outbound, |()| ()));
+    let mut req = tonic::Request::new(outbound);
     if let Ok(v) = interval.as_millis().to_string().parse() {
         req.metadata_mut().insert(PING_INTERVAL_KEY, v);
     }
@@ -164,7 +179,7 @@ async fn ping_loop(live: Arc<Live>, interval: Duration, deadline: Duration) {
         reason = failure => {
             if !live.stop.is_cancelled() {
                 warn!(channel_id = live.info.channel_id, %reason, "closing the app channel");
-                live.stop.cancel();
+                live.fail(reason.clone());
                 live.conn.close(CloseCode::PingTimeout, &reason);
             }
         }

@@ -233,7 +233,9 @@ pub enum ConfigError {
     #[error("--app-id {0:?} must be 1-256 characters of [A-Za-z0-9._-]")]
     BadAppId(String),
     /// Classic and callback modes exclude each other.
-    #[error("--app-port and --enable-callback-channel are mutually exclusive: the sidecar either dials the app (--app-port) or the app dials the sidecar (--enable-callback-channel)")]
+    #[error(
+        "--app-port and --enable-callback-channel are mutually exclusive: the sidecar either dials the app (--app-port) or the app dials the sidecar (--enable-callback-channel)"
+    )]
     ModeConflict,
     /// The advertise address is not HOST:PORT.
     #[error("--callback-advertise-address {0:?} is not HOST:PORT")]
@@ -306,7 +308,10 @@ impl Config {
             wait_timeout: a.callback_wait_timeout,
             timeouts: Timeouts {
                 handshake: a.callback_handshake_timeout,
-                keep_alive: KeepAlive { interval: a.callback_keepalive_interval, idle_timeout: a.callback_idle_timeout },
+                keep_alive: KeepAlive {
+                    interval: a.callback_keepalive_interval,
+                    idle_timeout: a.callback_idle_timeout,
+                },
             },
             ping_interval: a.callback_ping_interval,
             certs,
@@ -351,7 +356,8 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, String> {
-        let cli = Cli::try_parse_from(std::iter::once("dialbackd").chain(args.iter().copied())).map_err(|e| e.to_string())?;
+        let cli =
+            Cli::try_parse_from(std::iter::once("dialbackd").chain(args.iter().copied())).map_err(|e| e.to_string())?;
         Config::from_args(cli.run).map_err(|e| e.to_string())
     }
 

@@ -102,7 +102,10 @@ mod tests {
 
     #[test]
     fn statuses() {
-        assert_eq!(InvokeError::ChannelDown { waited: Duration::from_secs(1) }.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            InvokeError::ChannelDown { waited: Duration::from_secs(1) }.http_status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
         assert_eq!(InvokeError::UnknownApp("x".into()).to_status().code(), tonic::Code::Unavailable);
         assert_eq!(InvokeError::App(tonic::Status::not_found("m")).http_status(), StatusCode::NOT_FOUND);
         assert_eq!(InvokeError::App(tonic::Status::not_found("m")).to_status().code(), tonic::Code::NotFound);

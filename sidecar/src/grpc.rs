@@ -25,7 +25,9 @@ pub struct AppChannelApi(pub Arc<Sidecar>);
 /// Metadata that belongs to this hop and is not passed to the app.
 fn forwardable(md: &MetadataMap) -> MetadataMap {
     let mut headers = md.clone().into_headers();
-    for k in ["dapr-api-token", "content-type", "te", "user-agent", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout"] {
+    for k in
+        ["dapr-api-token", "content-type", "te", "user-agent", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout"]
+    {
         headers.remove(k);
     }
     MetadataMap::from_headers(headers)
@@ -46,7 +48,8 @@ impl Dapr for DaprApi {
         authorize(&self.0, request.metadata())?;
         let md = forwardable(request.metadata());
         let req = request.into_inner();
-        let message: InvokeRequest = req.message.ok_or_else(|| Status::invalid_argument("InvokeServiceRequest.message is required"))?;
+        let message: InvokeRequest =
+            req.message.ok_or_else(|| Status::invalid_argument("InvokeServiceRequest.message is required"))?;
         if message.method.is_empty() {
             return Err(Status::invalid_argument("InvokeRequest.method is required"));
         }
@@ -67,7 +70,9 @@ impl DaprAppChannel for AppChannelApi {
         let s = &self.0;
         authorize(s, request.metadata())?;
         let Some(cb) = &s.callback else {
-            return Err(Status::failed_precondition("the callback channel is not enabled on this sidecar (--enable-callback-channel)"));
+            return Err(Status::failed_precondition(
+                "the callback channel is not enabled on this sidecar (--enable-callback-channel)",
+            ));
         };
         let token = s
             .tokens

@@ -66,7 +66,13 @@ async fn invoke_path(
 }
 
 /// The `dapr-app-id` header form: any path, the target in a header.
-async fn invoke_header(State(s): State<Arc<Sidecar>>, verb: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn invoke_header(
+    State(s): State<Arc<Sidecar>>,
+    verb: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(app_id) = headers.get("dapr-app-id").and_then(|v| v.to_str().ok()).map(str::to_string) else {
         return error_body(StatusCode::NOT_FOUND, "ERR_NOT_FOUND", &format!("no route for {}", uri.path()));
     };
@@ -74,7 +80,15 @@ async fn invoke_header(State(s): State<Arc<Sidecar>>, verb: Method, uri: Uri, he
     call(&s, &app_id, &method, &verb, &uri, &headers, body).await
 }
 
-async fn call(s: &Sidecar, app_id: &str, method: &str, verb: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Response {
+async fn call(
+    s: &Sidecar,
+    app_id: &str,
+    method: &str,
+    verb: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Response {
     if method.is_empty() {
         return error_body(StatusCode::BAD_REQUEST, ERR_DIRECT_INVOKE, "no method name");
     }
@@ -96,8 +110,19 @@ async fn call(s: &Sidecar, app_id: &str, method: &str, verb: &Method, uri: &Uri,
 
 /// Headers that describe the HTTP hop, not the call; never forwarded.
 const HOP_HEADERS: &[&str] = &[
-    "host", "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te", "trailer",
-    "content-length", "content-type", "dapr-api-token", "dapr-app-id", "expect",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "trailer",
+    "content-length",
+    "content-type",
+    "dapr-api-token",
+    "dapr-app-id",
+    "expect",
 ];
 
 /// Maps an HTTP call to Dapr's InvokeRequest as daprd does: the verb and
@@ -110,16 +135,16 @@ pub fn to_invoke_request(
     headers: &HeaderMap,
     body: Bytes,
 ) -> (InvokeRequest, MetadataMap) {
-    let content_type = headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
+    let content_type =
+        headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let req = InvokeRequest {
         method: method.to_string(),
         data: Some(prost_types::Any { type_url: String::new(), value: body.to_vec() }),
         content_type,
-        http_extension: Some(HttpExtension { verb: verb_of(verb) as i32, querystring: query.unwrap_or_default().to_string() }),
+        http_extension: Some(HttpExtension {
+            verb: verb_of(verb) as i32,
+            querystring: query.unwrap_or_default().to_string(),
+        }),
     };
     let mut md = MetadataMap::new();
     for (name, value) in headers {
@@ -161,7 +186,8 @@ mod tests {
         h.insert("x-custom", "yes".parse().unwrap());
         h.insert("dapr-api-token", "secret".parse().unwrap());
         h.insert("host", "localhost".parse().unwrap());
-        let (req, md) = to_invoke_request(&Method::PATCH, "orders/42/items", Some("a=1&b=2"), &h, Bytes::from_static(b"{}"));
+        let (req, md) =
+            to_invoke_request(&Method::PATCH, "orders/42/items", Some("a=1&b=2"), &h, Bytes::from_static(b"{}"));
         assert_eq!(req.method, "orders/42/items");
         assert_eq!(req.content_type, "application/json");
         assert_eq!(req.data.unwrap().value, b"{}");
@@ -175,7 +201,12 @@ mod tests {
 
     #[test]
     fn every_verb_maps() {
-        for (m, v) in [(Method::GET, Verb::Get), (Method::DELETE, Verb::Delete), (Method::PUT, Verb::Put), (Method::HEAD, Verb::Head)] {
+        for (m, v) in [
+            (Method::GET, Verb::Get),
+            (Method::DELETE, Verb::Delete),
+            (Method::PUT, Verb::Put),
+            (Method::HEAD, Verb::Head),
+        ] {
             assert_eq!(verb_of(&m), v);
         }
         assert_eq!(verb_of(&Method::from_bytes(b"PURGE").unwrap()), Verb::None);

@@ -77,9 +77,8 @@ impl AppChannel {
                 None => return Err(InvokeError::ChannelDown { waited: wait }),
             },
         };
-        let client = AppCallbackClient::new(conn)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE);
+        let client =
+            AppCallbackClient::new(conn).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
         Ok((client, guard))
     }
 }

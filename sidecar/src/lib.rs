@@ -87,7 +87,8 @@ impl Running {
     /// The one line printed once every listener is bound; scripts and tests wait for it.
     pub fn ready_line(&self) -> String {
         let list = |v: &[SocketAddr]| v.iter().map(ToString::to_string).collect::<Vec<_>>().join(",");
-        let mut line = format!("dialbackd ready app_id={} http={} grpc={}", self.state.app_id, list(&self.http), list(&self.grpc));
+        let mut line =
+            format!("dialbackd ready app_id={} http={} grpc={}", self.state.app_id, list(&self.http), list(&self.grpc));
         match &self.state.callback {
             Some(cb) => line.push_str(&format!(
                 " callback={} transports={} cert_sha256={}",
@@ -160,7 +161,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let mut http_addrs = Vec::new();
     for addr in &config.http_addrs {
-        let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { api: "HTTP", addr: *addr, source })?;
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+            api: "HTTP",
+            addr: *addr,
+            source,
+        })?;
         http_addrs.push(l.local_addr().map_err(|source| StartError::Bind { api: "HTTP", addr: *addr, source })?);
         let app = http::router(state.clone());
         let stop = stop.clone();
@@ -170,7 +175,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     let mut grpc_addrs = Vec::new();
     for addr in &config.grpc_addrs {
-        let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { api: "gRPC", addr: *addr, source })?;
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
+            api: "gRPC",
+            addr: *addr,
+            source,
+        })?;
         grpc_addrs.push(l.local_addr().map_err(|source| StartError::Bind { api: "gRPC", addr: *addr, source })?);
         let routes = grpc::routes(state.clone());
         let stop = stop.clone();
@@ -183,7 +192,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }));
     }
     let callback_addr = state.callback.as_ref().map(|c| c.listen);
-    Ok(Running { http: http_addrs, grpc: grpc_addrs, callback: callback_addr, state, stop, tasks, grace: config.shutdown_grace })
+    Ok(Running {
+        http: http_addrs,
+        grpc: grpc_addrs,
+        callback: callback_addr,
+        state,
+        stop,
+        tasks,
+        grace: config.shutdown_grace,
+    })
 }
 
 async fn bind_callback(
@@ -199,17 +216,22 @@ async fn bind_callback(
     }
     names.dedup();
     let identity = match &config.certs {
-        CertSource::Files { cert, key } => Identity::load_pem(cert, key).map_err(|e| StartError::Identity(e.to_string()))?,
+        CertSource::Files { cert, key } => {
+            Identity::load_pem(cert, key).map_err(|e| StartError::Identity(e.to_string()))?
+        }
         CertSource::Generated => {
             Identity::load_or_generate(&state_dir, &names).map_err(|e| StartError::Identity(e.to_string()))?
         }
     };
     let client_roots = match &config.client_ca {
-        Some(path) => Some(Arc::new(dialback_certs::load_roots(path).map_err(|e| StartError::Identity(e.to_string()))?)),
+        Some(path) => {
+            Some(Arc::new(dialback_certs::load_roots(path).map_err(|e| StartError::Identity(e.to_string()))?))
+        }
         None => None,
     };
     let mtls = client_roots.is_some();
-    let tls = dialback_certs::server_config(&identity, client_roots).map_err(|e| StartError::Identity(e.to_string()))?;
+    let tls =
+        dialback_certs::server_config(&identity, client_roots).map_err(|e| StartError::Identity(e.to_string()))?;
     let reset_key = statedir::reset_key(&state_dir)?;
     let auth = Arc::new(auth::ChannelAuth { app_id: config.app_id.clone(), api_token_sha, tokens, mtls });
     let listener = Listener::bind(

@@ -60,16 +60,12 @@ fn main() -> ExitCode {
 /// Resolves on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
+        return;
     }
-    #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
 }

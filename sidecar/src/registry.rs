@@ -25,6 +25,7 @@ pub struct Live {
     /// Cancelled to stop this channel's Ping loop and watchers.
     pub stop: CancellationToken,
     rtt_us: AtomicU64,
+    failure: Mutex<Option<String>>,
     inflight: AtomicUsize,
     idle: Notify,
 }
@@ -39,6 +40,7 @@ impl Live {
             since: SystemTime::now(),
             stop: CancellationToken::new(),
             rtt_us: AtomicU64::new(u64::MAX),
+            failure: Mutex::new(None),
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
         }
@@ -55,6 +57,22 @@ impl Live {
             u64::MAX => self.conn.rtt(),
             us => Some(Duration::from_micros(us)),
         }
+    }
+
+    /// Takes the channel down for `reason` (e.g. a missed Ping): stops its
+    /// tasks; the watcher removes it and reports the reason.
+    pub fn fail(&self, reason: String) {
+        if let Ok(mut f) = self.failure.lock()
+            && f.is_none()
+        {
+            *f = Some(reason);
+        }
+        self.stop.cancel();
+    }
+
+    /// Why the channel was failed, if it was.
+    pub fn failure(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
     }
 
     /// Marks a call in flight until the guard drops.
@@ -114,11 +132,7 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry {
-            current: watch::Sender::new(None),
-            accepted: AtomicU64::new(0),
-            last_down: Mutex::new(None),
-        }
+        Registry { current: watch::Sender::new(None), accepted: AtomicU64::new(0), last_down: Mutex::new(None) }
     }
 }
 

@@ -31,7 +31,12 @@ impl HttpReply {
 }
 
 /// Calls `method url` with headers and body; fails on a transport error or after 30 s.
-pub async fn http_call(method: &str, url: &str, headers: &[(&str, &str)], body: impl Into<Bytes>) -> anyhow::Result<HttpReply> {
+pub async fn http_call(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> anyhow::Result<HttpReply> {
     let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
     let mut req = http::Request::builder().method(method).uri(url);
     for (k, v) in headers {

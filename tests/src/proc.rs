@@ -29,7 +29,18 @@ pub fn binaries() -> &'static Binaries {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
         let status = std::process::Command::new(cargo)
             .current_dir(&root)
-            .args(["build", "--quiet", "-p", "dialback-sidecar", "--bin", "dialbackd", "-p", "dialback", "--example", "echo"])
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "dialback-sidecar",
+                "--bin",
+                "dialbackd",
+                "-p",
+                "dialback",
+                "--example",
+                "echo",
+            ])
             .status()
             .expect("run cargo build");
         assert!(status.success(), "building dialbackd and the echo example failed");
@@ -73,7 +84,11 @@ impl Proc {
                 Ok(Some(line)) if pred(&line) => return line,
                 Ok(Some(_)) => {}
                 Ok(None) => panic!("{} exited while waiting for {what}; log:\n{}", self.name, self.log_tail()),
-                Err(_) => panic!("timed out after {limit:?} waiting for {} to print {what}; log:\n{}", self.name, self.log_tail()),
+                Err(_) => panic!(
+                    "timed out after {limit:?} waiting for {} to print {what}; log:\n{}",
+                    self.name,
+                    self.log_tail()
+                ),
             }
         }
     }
@@ -177,11 +192,13 @@ impl SidecarBuilder {
         let log = tmp.path().join("dialbackd.log");
         let mut proc = Proc::spawn("dialbackd", cmd, log);
         let line = proc.wait_line("its ready line", PATIENCE, |l| l.starts_with("dialbackd ready")).await;
-        let field = |k: &str| {
-            line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))).map(str::to_string)
-        };
+        let field =
+            |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(&format!("{k}="))).map(str::to_string);
         let port = |k: &str| -> u16 {
-            field(k).and_then(|v| v.split(',').next().and_then(|a| a.parse::<SocketAddr>().ok())).map(|a| a.port()).unwrap_or(0)
+            field(k)
+                .and_then(|v| v.split(',').next().and_then(|a| a.parse::<SocketAddr>().ok()))
+                .map(|a| a.port())
+                .unwrap_or(0)
         };
         Sidecar {
             http: port("http"),
@@ -315,10 +332,7 @@ impl App {
     /// Waits for its next "connected" line and returns the transport it names.
     pub async fn wait_connected(&mut self) -> String {
         let line = self.proc.wait_line("a connected line", PATIENCE, |l| l.starts_with("echo: connected")).await;
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix("transport="))
-            .unwrap_or_default()
-            .to_string()
+        line.split_whitespace().find_map(|w| w.strip_prefix("transport=")).unwrap_or_default().to_string()
     }
 
     /// Waits for a stdout line starting with `prefix`.

@@ -62,7 +62,10 @@ async fn main() -> anyhow::Result<()> {
         let t = app.wait_connected().await;
         println!("app (pid {}) dialed out over {t} in {}", app.pid(), ms(started.elapsed()));
         let listening = tcp_listening_sockets(app.pid());
-        println!("app's listening TCP sockets: {}", if listening.is_empty() { "none".into() } else { listening.join(", ") });
+        println!(
+            "app's listening TCP sockets: {}",
+            if listening.is_empty() { "none".into() } else { listening.join(", ") }
+        );
 
         let (reply, took) = first_success(&sc, "hello", "hi from the demo").await?;
         println!("POST /v1.0/invoke/echo/method/hello -> {reply:?} in {}", ms(took));

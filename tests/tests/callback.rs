@@ -1,0 +1,263 @@
+//! The callback channel end to end, with the real `dialbackd` and echo app:
+//! calls over QUIC and TCP through both APIs, both sides killed and
+//! restarted, the Ping deadline, calls while the channel is down, and a
+//! graceful shutdown.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dialback::{SidecarClient, SidecarOptions};
+use dialback_e2e::{
+    AppBuilder, PATIENCE, Sidecar, SidecarBuilder, eventually, http_call, metadata, tcp_listening_sockets,
+};
+
+fn sdk_client(sc: &Sidecar) -> SidecarClient {
+    SidecarClient::new(SidecarOptions { grpc_endpoint: format!("http://127.0.0.1:{}", sc.grpc), ..Default::default() })
+        .unwrap()
+}
+
+async fn whoami(sc: &Sidecar) -> (u16, String) {
+    let r = http_call("GET", &format!("{}/v1.0/invoke/echo/method/whoami", sc.http_base()), &[], "").await.unwrap();
+    (r.status, r.text())
+}
+
+/// Waits until a call through the sidecar reaches the app over `transport`.
+async fn reachable_over(sc: &Sidecar, transport: &str) {
+    eventually(&format!("the app answering over {transport}"), PATIENCE, || async {
+        (whoami(sc).await == (200, transport.to_string())).then_some(())
+    })
+    .await;
+}
+
+async fn invokes_over(transport: &str) {
+    let sc = SidecarBuilder::callback("echo").spawn().await;
+    let mut app = AppBuilder::echo(sc.grpc).transport(transport).spawn();
+    assert_eq!(app.wait_connected().await, transport);
+
+    // HTTP: body, content type, a method path with slashes, a query string.
+    let r = http_call(
+        "POST",
+        &format!("{}/v1.0/invoke/echo/method/orders/42?x=1", sc.http_base()),
+        &[("content-type", "application/json")],
+        r#"{"n":1}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), r#"{"n":1}"#);
+    assert_eq!(r.content_type.as_deref(), Some("application/json"));
+    assert_eq!(whoami(&sc).await, (200, transport.to_string()));
+
+    // The dapr-app-id header form.
+    let r = http_call("PUT", &format!("{}/any/path", sc.http_base()), &[("dapr-app-id", "echo")], "hdr").await.unwrap();
+    assert_eq!((r.status, r.text()), (200, "hdr".to_string()));
+
+    // gRPC InvokeService.
+    let resp = sdk_client(&sc).invoke("echo", "grpc-call", b"over grpc".to_vec(), "text/plain").await.unwrap();
+    assert_eq!(resp.data.unwrap().value, b"over grpc");
+    assert_eq!(resp.content_type, "text/plain");
+
+    // The app has no listening socket.
+    let listening = tcp_listening_sockets(app.pid());
+    assert!(listening.is_empty(), "the app listens on {listening:?}");
+    // ...and the check would see one: the sidecar has several.
+    assert!(!tcp_listening_sockets(sc.pid()).is_empty());
+
+    let md = metadata(sc.http).await.unwrap();
+    assert_eq!(md["appChannel"]["state"], "connected");
+    assert_eq!(md["appChannel"]["transport"], transport);
+    assert_eq!(md["appChannel"]["instance"], format!("pid {}", app.pid()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invokes_over_quic() {
+    invokes_over("quic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invokes_over_tcp() {
+    invokes_over("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_prefers_quic() {
+    let sc = SidecarBuilder::callback("echo").spawn().await;
+    let mut app = AppBuilder::echo(sc.grpc).transport("auto").spawn();
+    assert_eq!(app.wait_connected().await, "quic");
+    reachable_over(&sc, "quic").await;
+}
+
+async fn app_restart(transport: &str) {
+    let sc = SidecarBuilder::callback("echo").spawn().await;
+    let mut app = AppBuilder::echo(sc.grpc).transport(transport).spawn();
+    app.wait_connected().await;
+    reachable_over(&sc, transport).await;
+    app.kill().await;
+    let mut app2 = app.respawn();
+    app2.wait_connected().await;
+    // The new instance serves, without a human.
+    eventually("calls reaching the new app process", PATIENCE, || async {
+        let md = metadata(sc.http).await.ok()?;
+        (md["appChannel"]["instance"] == format!("pid {}", app2.pid())).then_some(())
+    })
+    .await;
+    reachable_over(&sc, transport).await;
+    let md = metadata(sc.http).await.unwrap();
+    assert!(md["appChannel"]["reconnects"].as_u64().unwrap() >= 1, "{md}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_killed_and_restarted_quic() {
+    app_restart("quic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_killed_and_restarted_tcp() {
+    app_restart("tcp").await;
+}
+
+async fn sidecar_restart(transport: &str) {
+    let mut sc = SidecarBuilder::callback("echo").spawn().await;
+    let mut app = AppBuilder::echo(sc.grpc).transport(transport).spawn();
+    app.wait_connected().await;
+    reachable_over(&sc, transport).await;
+    sc.kill().await;
+    let sc2 = sc.restart().await;
+    // The same app process dials the new sidecar by itself.
+    assert_eq!(app.wait_connected().await, transport);
+    reachable_over(&sc2, transport).await;
+    // Same state dir, same identity.
+    assert_eq!(sc2.cert_sha256, sc.cert_sha256);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_killed_and_restarted_quic() {
+    sidecar_restart("quic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sidecar_killed_and_restarted_tcp() {
+    sidecar_restart("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_while_no_app_is_connected_fails_clearly() {
+    let sc = SidecarBuilder::callback("echo").args(["--callback-wait-timeout", "200ms"]).spawn().await;
+    let r = http_call("POST", &format!("{}/v1.0/invoke/echo/method/x", sc.http_base()), &[], "x").await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["errorCode"], "ERR_DIRECT_INVOKE");
+    assert!(r.json()["message"].as_str().unwrap().contains("app channel is down"), "{}", r.text());
+    let err = sdk_client(&sc).invoke("echo", "x", vec![], "").await.unwrap_err();
+    match err {
+        dialback::Error::Api(status) => assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}"),
+        other => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+    // Unknown app-ids get a clear error too.
+    let r = http_call("POST", &format!("{}/v1.0/invoke/other/method/x", sc.http_base()), &[], "x").await.unwrap();
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("other"), "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waits_for_the_app_to_connect() {
+    let sc = SidecarBuilder::callback("echo").args(["--callback-wait-timeout", "60s"]).spawn().await;
+    let url = format!("{}/v1.0/invoke/echo/method/early", sc.http_base());
+    let call = tokio::spawn(async move { http_call("POST", &url, &[], "early bird").await.unwrap() });
+    // The call is parked before any app exists; then the app comes.
+    let mut app = AppBuilder::echo(sc.grpc).transport("quic").spawn();
+    app.wait_connected().await;
+    let r = tokio::time::timeout(PATIENCE, call).await.expect("the parked call never finished").unwrap();
+    assert_eq!((r.status, r.text()), (200, "early bird".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_calls_in_flight_finish_and_exits_zero() {
+    for transport in ["quic", "tcp"] {
+        let mut sc = SidecarBuilder::callback("echo").spawn().await;
+        let mut app = AppBuilder::echo(sc.grpc).transport(transport).spawn();
+        app.wait_connected().await;
+        reachable_over(&sc, transport).await;
+        let url = format!("{}/v1.0/invoke/echo/method/sleep/1500", sc.http_base());
+        let call = tokio::spawn(async move { http_call("POST", &url, &[], "slow").await.unwrap() });
+        eventually("the slow call to be in flight", PATIENCE, || async {
+            let md = metadata(sc.http).await.ok()?;
+            (md["appChannel"]["inflight"].as_u64()? >= 1).then_some(())
+        })
+        .await;
+        let status = sc.terminate().await;
+        assert!(status.success(), "dialbackd exited with {status:?}: {}", sc.log_tail());
+        let r = call.await.unwrap();
+        assert_eq!((r.status, r.text()), (200, "slow".to_string()), "over {transport}");
+        // The app notices and goes back to dialing.
+        app.wait_line("echo: disconnected").await;
+    }
+}
+
+/// An app that completes the handshake and HTTP/2 but never answers a
+/// Ping: the sidecar must close the channel on its side, and the app's
+/// side sees it closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_ping_deadline_closes_the_channel() {
+    use dialback_certs::{Fingerprint, ServerTrust};
+    use dialback_channel::{CloseCode, Credential, DialConfig, Dialer, Hello, KeepAlive, Timeouts, Transport};
+    use dialback_proto::runtime::dapr_app_channel_callback_server::{
+        DaprAppChannelCallback, DaprAppChannelCallbackServer,
+    };
+
+    type Never = std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<(), tonic::Status>> + Send>>;
+    #[derive(Clone)]
+    struct Mute;
+    #[tonic::async_trait]
+    impl DaprAppChannelCallback for Mute {
+        type PingStream = Never;
+        async fn ping(&self, _: tonic::Request<tonic::Streaming<()>>) -> Result<tonic::Response<Never>, tonic::Status> {
+            Ok(tonic::Response::new(Box::pin(futures_util::stream::pending())))
+        }
+    }
+
+    let sc = SidecarBuilder::callback("echo")
+        .args([
+            "--callback-ping-interval",
+            "200ms",
+            "--callback-keepalive-interval",
+            "200ms",
+            "--callback-idle-timeout",
+            "1s",
+        ])
+        .spawn()
+        .await;
+    let answer = sdk_client(&sc).connect_app_callback().await.unwrap();
+    let pin = Fingerprint::from_slice(&answer.cert_sha256).unwrap();
+    let tls = dialback_certs::client_config(&ServerTrust::Pinned(pin), None).unwrap();
+    let config = DialConfig {
+        addr: sc.callback.unwrap(),
+        server_name: "localhost".into(),
+        tls: Arc::new(tls),
+        timeouts: Timeouts::default(),
+    };
+    let hello = Hello {
+        version: dialback_channel::handshake::VERSION,
+        app_id: "echo".into(),
+        credential: Some(Credential::OneTimeToken(answer.token)),
+        instance: "mute".into(),
+    };
+    let channel = Dialer::new(None).dial(Transport::Quic, &config, &hello).await.unwrap();
+    let conn = channel.conn.clone();
+    let routes = tonic::service::Routes::new(DaprAppChannelCallbackServer::new(Mute));
+    tokio::spawn(dialback_channel::h2::serve(channel.io, routes, KeepAlive::default()));
+
+    // The app's side learns it was closed for a missed ping.
+    let closed =
+        tokio::time::timeout(PATIENCE, conn.closed()).await.expect("the sidecar never closed the mute channel");
+    assert_eq!(closed.map(|c| c.0), Some(CloseCode::PingTimeout));
+    // The sidecar's side says so too.
+    let md = eventually("metadata to show the channel down", PATIENCE, || async {
+        let md = metadata(sc.http).await.ok()?;
+        (md["appChannel"]["state"] == "disconnected" && md["appChannel"]["lastDownReason"].is_string()).then_some(md)
+    })
+    .await;
+    let reason = md["appChannel"]["lastDownReason"].as_str().unwrap().to_string();
+    assert!(reason.contains("Ping"), "{reason}");
+    let _ = Duration::ZERO;
+}
