@@ -91,6 +91,11 @@ impl Dialer {
         Dialer { local_ip, quic: None }
     }
 
+    /// Dials later channels from `local_ip` (`None`: any address).
+    pub fn set_local_ip(&mut self, local_ip: Option<IpAddr>) {
+        self.local_ip = local_ip;
+    }
+
     /// The QUIC endpoint's current local address, once one exists.
     pub fn quic_local_addr(&self) -> Option<SocketAddr> {
         self.quic.as_ref().and_then(|e| e.local_addr().ok())

@@ -28,6 +28,16 @@ struct Args {
     /// Local IP to dial from.
     #[arg(long)]
     local_ip: Option<IpAddr>,
+    /// On SIGUSR1, move to this local IP (default: a new port on the same IP).
+    #[arg(long)]
+    rebind_ip: Option<IpAddr>,
+    /// While on TCP, how often to try QUIC again (e.g. 5s, 200ms).
+    #[arg(long, value_parser = parse_ms, default_value = "5000")]
+    quic_probe_ms: Duration,
+}
+
+fn parse_ms(s: &str) -> Result<Duration, String> {
+    s.parse::<u64>().map(Duration::from_millis).map_err(|e| format!("{s:?}: {e}"))
 }
 
 async fn echo(req: tonic::Request<InvokeRequest>) -> Result<InvokeResponse, tonic::Status> {
@@ -53,7 +63,12 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let options = ChannelOptions { transports: args.transport, local_ip: args.local_ip, ..ChannelOptions::default() };
+    let options = ChannelOptions {
+        transports: args.transport,
+        local_ip: args.local_ip,
+        quic_probe_interval: args.quic_probe_ms,
+        ..ChannelOptions::default()
+    };
     let handlers = dialback::InvokeHandlers::new().fallback(echo);
     let handle = CallbackServer::builder()
         .sidecar(SidecarOptions::from_env())
@@ -89,8 +104,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
-            _ = usr1.recv() => match handle.rebind(None).await {
-                Ok(addr) => println!("echo: rebound to {addr}"),
+            _ = usr1.recv() => match handle.rebind(args.rebind_ip).await {
+                Ok(()) => println!("echo: rebound"),
                 Err(e) => println!("echo: rebind failed: {e}"),
             },
         }

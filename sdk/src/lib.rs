@@ -11,6 +11,7 @@ mod backoff;
 mod error;
 mod handlers;
 mod ping;
+mod runner;
 mod server;
 mod sidecar;
 mod state;

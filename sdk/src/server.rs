@@ -5,29 +5,25 @@
 //! HTTP/2 until the channel ends, then reconnect per [`Backoff`].
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use dialback_certs::{Fingerprint, Identity, ServerTrust};
-use dialback_channel::h2;
-use dialback_channel::{Channel, CloseCode, Credential, DialConfig, Dialer, Hello, Timeouts, Transport, Transports};
-use dialback_proto::runtime::ConnectAppCallbackResponse;
-use dialback_proto::runtime::dapr_app_channel_callback_server::DaprAppChannelCallbackServer;
-use rand::Rng;
+use dialback_certs::Identity;
+use dialback_channel::{Timeouts, Transports};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::backoff::Backoff;
 use crate::error::Error;
 use crate::handlers::InvokeHandlers;
-use crate::ping::{PingService, PingState};
+use crate::runner::Runner;
 use crate::sidecar::{SidecarClient, SidecarOptions};
-use crate::state::{CallContext, ChannelState, Connected};
+use crate::state::{ChannelState, Connected};
 
 /// How the app proves itself on the channel.
 #[derive(Clone, Debug, Default)]
@@ -69,6 +65,9 @@ pub struct ChannelOptions {
     pub local_ip: Option<IpAddr>,
     /// Reconnect pacing.
     pub backoff: Backoff,
+    /// While on TCP with QUIC allowed, how often to try QUIC again; when it
+    /// works the channel moves to QUIC, make-before-break.
+    pub quic_probe_interval: Duration,
 }
 
 impl Default for ChannelOptions {
@@ -81,6 +80,7 @@ impl Default for ChannelOptions {
             timeouts: Timeouts::default(),
             local_ip: None,
             backoff: Backoff::default(),
+            quic_probe_interval: Duration::from_secs(5),
         }
     }
 }
@@ -166,14 +166,7 @@ impl CallbackServerBuilder {
         let (state_tx, state_rx) = watch::channel(ChannelState::Connecting { attempt: 0 });
         let stop = CancellationToken::new();
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
-        let runner = Runner {
-            sidecar,
-            options: self.options,
-            routes: self.routes,
-            state: state_tx,
-            stop: stop.clone(),
-            commands: cmd_rx,
-        };
+        let runner = Runner::new(sidecar, self.options, self.routes, state_tx, stop.clone(), cmd_rx);
         let task = tokio::spawn(runner.run());
         Ok(Handle { state: state_rx, stop, task: Some(task), commands: cmd_tx })
     }
@@ -190,8 +183,10 @@ impl CallbackServer {
     }
 }
 
-enum Command {
-    Rebind(Option<IpAddr>, tokio::sync::oneshot::Sender<Result<SocketAddr, Error>>),
+/// A request from the [`Handle`] to the runner.
+pub(crate) enum Command {
+    /// The network changed: move to `local_ip` (or a new port on the same IP).
+    Rebind(Option<IpAddr>, tokio::sync::oneshot::Sender<Result<(), Error>>),
 }
 
 /// Controls a started callback server. Dropping it stops the server.
@@ -239,10 +234,12 @@ impl Handle {
         }
     }
 
-    /// Moves the QUIC channel to a new local socket (on `local_ip`, or the
-    /// same IP): use it when the OS reports a network change. Fails when no
-    /// QUIC endpoint exists or the socket cannot be bound.
-    pub async fn rebind(&self, local_ip: Option<IpAddr>) -> Result<SocketAddr, Error> {
+    /// Tells the SDK the network changed (call it when the OS reports one),
+    /// optionally with the new local IP. On QUIC the connection migrates to
+    /// a new socket, without a new handshake; on TCP a new channel is made
+    /// from the new address and the old one drained (make-before-break).
+    /// Fails when no channel is up or the new socket or channel fails.
+    pub async fn rebind(&self, local_ip: Option<IpAddr>) -> Result<(), Error> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.commands.send(Command::Rebind(local_ip, tx)).map_err(|_| Error::Stopped)?;
         rx.await.map_err(|_| Error::Stopped)?
@@ -261,223 +258,4 @@ impl Drop for Handle {
     fn drop(&mut self) {
         self.stop.cancel();
     }
-}
-
-struct Runner {
-    sidecar: SidecarClient,
-    options: ChannelOptions,
-    routes: Option<tonic::service::Routes>,
-    state: watch::Sender<ChannelState>,
-    stop: CancellationToken,
-    commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
-}
-
-/// How one channel ended.
-enum End {
-    /// Reconnect per the backoff.
-    Lost(String),
-    /// Another instance took over: stop.
-    Replaced,
-    /// The app asked to stop.
-    Stopped,
-}
-
-impl Runner {
-    async fn run(mut self) {
-        let mut dialer = Dialer::new(self.options.local_ip);
-        let mut backoff = self.options.backoff.clone();
-        let mut channels = 0u64;
-        loop {
-            let delay = backoff.next_delay(rand::rng().random::<f64>());
-            if !delay.is_zero() {
-                tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
-                    () = self.stop.cancelled() => break,
-                }
-            }
-            if self.stop.is_cancelled() {
-                break;
-            }
-            self.state.send_replace(ChannelState::Connecting { attempt: backoff.attempts() });
-            let channel = tokio::select! {
-                c = self.connect(&mut dialer) => c,
-                () = self.stop.cancelled() => break,
-            };
-            let channel = match channel {
-                Ok(c) => c,
-                Err(e) => {
-                    warn!(error = %e, "callback channel not up");
-                    self.state.send_replace(ChannelState::Disconnected { reason: e.to_string() });
-                    continue;
-                }
-            };
-            channels += 1;
-            let up = Instant::now();
-            let sidecar_addr = channel.info.peer_addr;
-            info!(transport = %channel.info.transport, channel_id = channel.info.channel_id, sidecar = %sidecar_addr, "callback channel up");
-            self.state.send_replace(ChannelState::Connected(Connected {
-                transport: channel.info.transport,
-                channel_id: channel.info.channel_id,
-                sidecar: sidecar_addr,
-                since: up,
-                channels,
-            }));
-            let end = self.serve(channel, &mut dialer).await;
-            backoff.on_channel_end(up.elapsed());
-            match end {
-                End::Lost(reason) => {
-                    warn!(%reason, "callback channel down; reconnecting");
-                    self.state.send_replace(ChannelState::Disconnected { reason });
-                }
-                End::Replaced => {
-                    warn!("another instance of this app took over the channel; stopping");
-                    self.state.send_replace(ChannelState::Replaced);
-                    return;
-                }
-                End::Stopped => break,
-            }
-        }
-        self.state.send_replace(ChannelState::Stopped);
-    }
-
-    /// ConnectAppCallback, then dial and hello.
-    async fn connect(&self, dialer: &mut Dialer) -> Result<Channel, Error> {
-        let answer = self.sidecar.connect_app_callback().await?;
-        let offered = offered(&answer);
-        let transports = Transports {
-            quic: offered.quic && self.options.transports.quic,
-            tcp: offered.tcp && self.options.transports.tcp,
-        };
-        if !transports.quic && !transports.tcp {
-            return Err(Error::BadAnswer(format!(
-                "the sidecar offers {offered}, this app allows {}",
-                self.options.transports
-            )));
-        }
-        let addr = self.channel_addr(&answer).await?;
-        let trust = match &self.options.trust {
-            TrustChoice::FromSidecar => ServerTrust::Pinned(
-                Fingerprint::from_slice(&answer.cert_sha256).map_err(|e| Error::BadAnswer(e.to_string()))?,
-            ),
-            TrustChoice::Roots(r) => ServerTrust::Roots(r.clone()),
-        };
-        let client_identity = match &self.options.credential {
-            CredentialChoice::ClientCertificate(id) => Some(id),
-            _ => None,
-        };
-        let tls = dialback_certs::client_config(&trust, client_identity).map_err(|e| Error::Tls(e.to_string()))?;
-        let server_name = if answer.server_name.is_empty() {
-            dialback_certs::DEFAULT_SERVER_NAME.to_string()
-        } else {
-            answer.server_name.clone()
-        };
-        let config = DialConfig { addr, server_name, tls: Arc::new(tls), timeouts: self.options.timeouts };
-        let pending = dialer.connect_any(transports, self.options.tcp_head_start, &config).await?;
-        let credential = match &self.options.credential {
-            CredentialChoice::OneTimeToken => Credential::OneTimeToken(answer.token.clone()),
-            CredentialChoice::ApiToken => {
-                Credential::ApiToken(self.sidecar.options().api_token.clone().unwrap_or_default())
-            }
-            CredentialChoice::ClientCertificate(_) => Credential::ClientCertificate(true),
-        };
-        let hello = Hello {
-            version: dialback_channel::handshake::VERSION,
-            app_id: answer.app_id.clone(),
-            credential: Some(credential),
-            instance: format!("pid {}", std::process::id()),
-        };
-        Ok(pending.hello(&hello).await?)
-    }
-
-    /// Where to dial: the advertised address, else the sidecar's API host and the channel port.
-    async fn channel_addr(&self, answer: &ConnectAppCallbackResponse) -> Result<SocketAddr, Error> {
-        let target = if answer.address.is_empty() {
-            let host = self.sidecar.options().host()?;
-            let port = u16::try_from(answer.port).map_err(|_| Error::BadAnswer(format!("port {}", answer.port)))?;
-            if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
-        } else {
-            answer.address.clone()
-        };
-        let mut addrs = tokio::net::lookup_host(&target)
-            .await
-            .map_err(|e| Error::BadAnswer(format!("cannot resolve {target}: {e}")))?;
-        addrs.next().ok_or_else(|| Error::BadAnswer(format!("{target} resolves to nothing")))
-    }
-
-    /// Serves the app's services on `channel` until it ends.
-    async fn serve(&mut self, channel: Channel, dialer: &mut Dialer) -> End {
-        let Channel { io, info, conn } = channel;
-        let ping = Arc::new(PingState::new());
-        let ping_svc = DaprAppChannelCallbackServer::new(PingService(ping.clone()));
-        let routes = match &self.routes {
-            Some(r) => r.clone().add_service(ping_svc),
-            None => tonic::service::Routes::new(ping_svc),
-        };
-        let ctx = CallContext { transport: info.transport, channel_id: info.channel_id };
-        let svc = tower::util::MapRequestLayer::new(move |mut req: http::Request<h2::Incoming>| {
-            req.extensions_mut().insert(ctx.clone());
-            req
-        });
-        let svc = tower::Layer::layer(&svc, routes);
-        let keep_alive = self.options.timeouts.keep_alive;
-        let serving = h2::serve(io, svc, keep_alive);
-        tokio::pin!(serving);
-        let watchdog = ping_watchdog(&ping, keep_alive.idle_timeout);
-        tokio::pin!(watchdog);
-        loop {
-            tokio::select! {
-                r = &mut serving => {
-                    if ping.notice().as_deref() == Some("replaced") {
-                        return End::Replaced;
-                    }
-                    return End::Lost(match r { Ok(()) => "the sidecar closed the channel".into(), Err(e) => e.to_string() });
-                }
-                c = conn.closed() => {
-                    if ping.notice().as_deref() == Some("replaced") || matches!(c, Some((CloseCode::Replaced, _))) {
-                        return End::Replaced;
-                    }
-                    return End::Lost(match c { Some((code, why)) => format!("closed by the sidecar ({code:?}): {why}"), None => "connection lost".into() });
-                }
-                why = &mut watchdog => {
-                    conn.close(CloseCode::PingTimeout, &why);
-                    return End::Lost(why);
-                }
-                cmd = self.commands.recv() => match cmd {
-                    Some(Command::Rebind(ip, reply)) => { let _ = reply.send(dialer.rebind(ip).map_err(Error::from)); }
-                    None => {}
-                },
-                () = self.stop.cancelled() => {
-                    conn.close(CloseCode::ShuttingDown, "app shutting down");
-                    return End::Stopped;
-                }
-            }
-        }
-    }
-}
-
-/// Resolves when the sidecar's pings stop: nothing for the announced
-/// interval plus `idle`. The app learns of a dead sidecar even when the
-/// transport has not noticed yet.
-async fn ping_watchdog(ping: &PingState, idle: Duration) -> String {
-    loop {
-        let (last, interval) = ping.last();
-        let limit = interval.unwrap_or(Duration::from_secs(2)) + idle;
-        let elapsed = last.elapsed();
-        if elapsed >= limit {
-            return format!("no Ping from the sidecar for {elapsed:?}");
-        }
-        tokio::time::sleep(limit - elapsed).await;
-    }
-}
-
-fn offered(answer: &ConnectAppCallbackResponse) -> Transports {
-    let mut t = Transports { quic: false, tcp: false };
-    for v in &answer.transports {
-        match Transport::from_proto(*v) {
-            Some(Transport::Quic) => t.quic = true,
-            Some(Transport::TcpTls) => t.tcp = true,
-            None => {}
-        }
-    }
-    t
 }
