@@ -354,5 +354,6 @@ fn info(hello: &Hello, transport: Transport, addr: SocketAddr, v: &Verdict) -> C
         transport,
         peer_addr: addr,
         channel_id: v.channel_id,
+        reconnect_token: v.reconnect_token.clone(),
     }
 }

@@ -93,14 +93,26 @@ pub fn check_hello(hello: &Hello) -> Result<(), (RefusalReason, String)> {
     Ok(())
 }
 
-/// A verdict that accepts the channel as `channel_id`.
-pub fn accepted(channel_id: u64) -> Verdict {
-    Verdict { accepted: true, reason: RefusalReason::Unspecified as i32, message: String::new(), channel_id }
+/// A verdict that accepts the channel as `channel_id`, with a reconnect token (may be empty).
+pub fn accepted(channel_id: u64, reconnect_token: String) -> Verdict {
+    Verdict {
+        accepted: true,
+        reason: RefusalReason::Unspecified as i32,
+        message: String::new(),
+        channel_id,
+        reconnect_token,
+    }
 }
 
 /// A verdict that refuses the channel, saying why.
 pub fn refused(reason: RefusalReason, message: impl Into<String>) -> Verdict {
-    Verdict { accepted: false, reason: reason as i32, message: message.into(), channel_id: 0 }
+    Verdict {
+        accepted: false,
+        reason: reason as i32,
+        message: message.into(),
+        channel_id: 0,
+        reconnect_token: String::new(),
+    }
 }
 
 #[cfg(test)]
@@ -158,7 +170,7 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        let v = accepted(7);
+        let v = accepted(7, "r".into());
         assert!(v.accepted);
         assert_eq!(v.channel_id, 7);
         let v = refused(RefusalReason::BadCredential, "nope");

@@ -58,6 +58,8 @@ pub struct ChannelInfo {
     pub peer_addr: SocketAddr,
     /// The sidecar-assigned id of this channel.
     pub channel_id: u64,
+    /// The app's side: the sidecar's reconnect token from the verdict (empty if none).
+    pub reconnect_token: String,
 }
 
 /// A handle on a channel's underlying connection: cheap to clone.

@@ -21,7 +21,7 @@ pub use config::{KeepAlive, Timeouts};
 pub use dial::{DialConfig, Dialer, Pending};
 pub use error::{AcceptError, BindError, DialError};
 pub use io::{Channel, ChannelInfo, CloseCode, Connection, Io};
-pub use listener::{Authenticator, HelloContext, Listener, ListenerConfig, Refusal};
+pub use listener::{Authenticator, Grant, HelloContext, Listener, ListenerConfig, Refusal};
 pub use transport::{Transport, Transports};
 
 pub use dialback_proto::handshake::{Hello, RefusalReason, Verdict, hello::Credential};

@@ -68,10 +68,17 @@ impl Refusal {
     }
 }
 
+/// What an accepted hello is given back.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// A credential for redialing without ConnectAppCallback (empty: none).
+    pub reconnect_token: String,
+}
+
 /// Decides whether a hello's credential proves its app-id.
 pub trait Authenticator: Send + Sync + 'static {
     /// `Ok` accepts the channel; `Err` refuses it with the given reason.
-    fn authenticate(&self, ctx: &HelloContext<'_>) -> Result<(), Refusal>;
+    fn authenticate(&self, ctx: &HelloContext<'_>) -> Result<Grant, Refusal>;
 }
 
 /// Accepts app channels. Dropping it stops accepting; live channels stay.
@@ -365,13 +372,14 @@ where
         )),
         Ok(Err(FrameError::Io(e))) => return Err(AcceptError::Frame(FrameError::Io(e))),
         Ok(Err(e)) => Err(Refusal::new(RefusalReason::Malformed, e.to_string())),
-        Ok(Ok(hello)) => decide(&hello, transport, peer, alpn, client_cert, shared).map(|()| hello),
+        Ok(Ok(hello)) => decide(&hello, transport, peer, alpn, client_cert, shared).map(|grant| (hello, grant)),
     };
     match decided {
-        Ok(hello) => {
+        Ok((hello, grant)) => {
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let verdict = handshake::accepted(id, grant.reconnect_token);
             // The verdict write is bounded too: a peer that stops reading cannot pin us.
-            match tokio::time::timeout_at(deadline, handshake::write(w, &handshake::accepted(id))).await {
+            match tokio::time::timeout_at(deadline, handshake::write(w, &verdict)).await {
                 Ok(Ok(())) => Ok((hello, id)),
                 Ok(Err(e)) => Err(AcceptError::Frame(FrameError::Io(e))),
                 Err(_) => Err(AcceptError::Timeout(shared.timeouts.handshake)),
@@ -392,7 +400,7 @@ fn decide(
     alpn: Option<&[u8]>,
     client_cert: Option<&CertificateDer<'static>>,
     shared: &Shared,
-) -> Result<(), Refusal> {
+) -> Result<Grant, Refusal> {
     if alpn != Some(dialback_certs::ALPN) {
         return Err(Refusal::new(
             RefusalReason::WrongProtocol,
@@ -412,7 +420,14 @@ async fn deliver(
     io: Io,
     conn: Connection,
 ) {
-    let info = ChannelInfo { app_id: hello.app_id, instance: hello.instance, transport, peer_addr: peer, channel_id };
+    let info = ChannelInfo {
+        app_id: hello.app_id,
+        instance: hello.instance,
+        transport,
+        peer_addr: peer,
+        channel_id,
+        reconnect_token: String::new(),
+    };
     info!(app_id = %info.app_id, %transport, %peer, channel_id, "callback channel authenticated");
     if shared.tx.send(Channel { io, info, conn: conn.clone() }).await.is_err() {
         conn.close(CloseCode::ShuttingDown, "sidecar is shutting down");

@@ -83,6 +83,17 @@ pub(crate) struct Runner {
     commands: mpsc::UnboundedReceiver<Command>,
     dialer: Dialer,
     channels: u64,
+    cache: Option<Cached>,
+}
+
+/// What the SDK keeps from the last channel to redial the same sidecar
+/// process directly, without a ConnectAppCallback round trip.
+#[derive(Clone)]
+struct Cached {
+    config: DialConfig,
+    app_id: String,
+    offered: Transports,
+    reconnect_token: String,
 }
 
 impl Runner {
@@ -95,7 +106,7 @@ impl Runner {
         commands: mpsc::UnboundedReceiver<Command>,
     ) -> Runner {
         let dialer = Dialer::new(options.local_ip);
-        Runner { sidecar, options, routes, state, stop, commands, dialer, channels: 0 }
+        Runner { sidecar, options, routes, state, stop, commands, dialer, channels: 0, cache: None }
     }
 
     pub(crate) async fn run(mut self) {
@@ -278,9 +289,65 @@ impl Runner {
         });
     }
 
-    /// ConnectAppCallback, then dial (racing `transports`) and hello.
+    /// Gets a channel over the `allowed` transports: redials the cached
+    /// sidecar directly with its reconnect token while asking
+    /// ConnectAppCallback in parallel, and falls back to the answer when the
+    /// direct dial is refused (e.g. the sidecar restarted) or fails.
     async fn connect(&mut self, allowed: Transports) -> Result<Channel, Error> {
-        let answer = self.sidecar.connect_app_callback().await?;
+        let cached = self.cache.clone().filter(|c| !c.reconnect_token.is_empty());
+        let answer = match cached {
+            Some(c) if (c.offered.quic && allowed.quic) || (c.offered.tcp && allowed.tcp) => {
+                let transports = Transports { quic: c.offered.quic && allowed.quic, tcp: c.offered.tcp && allowed.tcp };
+                let sidecar = self.sidecar.clone();
+                let ask = async move { sidecar.connect_app_callback().await };
+                tokio::pin!(ask);
+                let hello = hello(&c.app_id, Credential::ReconnectToken(c.reconnect_token.clone()));
+                let head_start = self.options.tcp_head_start;
+                let outcome = {
+                    let direct = async {
+                        let pending = self.dialer.connect_any(transports, head_start, &c.config).await?;
+                        Ok::<_, Error>(pending.hello(&hello).await?)
+                    };
+                    tokio::pin!(direct);
+                    tokio::select! {
+                        r = &mut direct => match r {
+                            Ok(ch) => Ok(ch),
+                            Err(e) => Err((e, None)),
+                        },
+                        a = &mut ask => match a {
+                            // The API answers: let the direct dial finish first anyway.
+                            Ok(answer) => direct.await.map_err(|e| (e, Some(answer))),
+                            // The API is down: the sidecar is most likely down too.
+                            Err(e) => return Err(e),
+                        },
+                    }
+                };
+                match outcome {
+                    Ok(ch) => {
+                        self.remember(c.config, c.app_id, c.offered, &ch);
+                        return Ok(ch);
+                    }
+                    Err((e, answer)) => {
+                        debug!(error = %e, "direct redial failed; using ConnectAppCallback");
+                        self.cache = None;
+                        match answer {
+                            Some(a) => a,
+                            None => ask.await?,
+                        }
+                    }
+                }
+            }
+            _ => self.sidecar.connect_app_callback().await?,
+        };
+        self.dial_answer(answer, allowed).await
+    }
+
+    fn remember(&mut self, config: DialConfig, app_id: String, offered: Transports, ch: &Channel) {
+        self.cache = Some(Cached { config, app_id, offered, reconnect_token: ch.info.reconnect_token.clone() });
+    }
+
+    /// Dials what ConnectAppCallback said, racing `allowed`, and says hello.
+    async fn dial_answer(&mut self, answer: ConnectAppCallbackResponse, allowed: Transports) -> Result<Channel, Error> {
         let offered = offered(&answer);
         let transports = Transports { quic: offered.quic && allowed.quic, tcp: offered.tcp && allowed.tcp };
         if !transports.quic && !transports.tcp {
@@ -312,13 +379,9 @@ impl Runner {
             }
             CredentialChoice::ClientCertificate(_) => Credential::ClientCertificate(true),
         };
-        let hello = Hello {
-            version: dialback_channel::handshake::VERSION,
-            app_id: answer.app_id.clone(),
-            credential: Some(credential),
-            instance: format!("pid {}", std::process::id()),
-        };
-        Ok(pending.hello(&hello).await?)
+        let ch = pending.hello(&hello(&answer.app_id, credential)).await?;
+        self.remember(config, answer.app_id, offered, &ch);
+        Ok(ch)
     }
 
     /// Where to dial: the advertised address, else the sidecar's API host and the channel port.
@@ -357,6 +420,15 @@ async fn watchdog(ping: &PingState, keep_alive: KeepAlive, suspected: Option<Ins
         }
         let next = if already || silence >= suspect_after { dead_after } else { suspect_after };
         tokio::time::sleep(next.saturating_sub(silence)).await;
+    }
+}
+
+fn hello(app_id: &str, credential: Credential) -> Hello {
+    Hello {
+        version: dialback_channel::handshake::VERSION,
+        app_id: app_id.to_string(),
+        credential: Some(credential),
+        instance: format!("pid {}", std::process::id()),
     }
 }
 

@@ -8,17 +8,25 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dialback_channel::{Authenticator, Credential, HelloContext, Refusal, RefusalReason};
+use dialback_channel::{Authenticator, Credential, Grant, HelloContext, Refusal, RefusalReason};
 use rand::RngCore;
 
 /// At most this many live tokens; ConnectAppCallback may be unauthenticated,
 /// so the store must not grow without bound.
 const MAX_TOKENS: usize = 1024;
 
-/// Outstanding one-time tokens.
+/// Reconnect tokens kept at most; the oldest goes first.
+const MAX_RECONNECT_TOKENS: usize = 64;
+
+/// How long a reconnect token stays good (within one sidecar process).
+pub const RECONNECT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Outstanding one-time tokens, and the reconnect tokens handed out with
+/// accepted channels.
 #[derive(Debug, Default)]
 pub struct TokenStore {
     live: HashMap<String, Instant>,
+    reconnect: HashMap<String, Instant>,
     /// Tokens already presented, kept until they would have expired, so a
     /// replay is told "used" rather than "unknown".
     used: HashMap<String, Instant>,
@@ -34,11 +42,35 @@ impl TokenStore {
                 self.live.remove(&oldest);
             }
         }
-        let mut raw = [0u8; 32];
-        rand::rng().fill_bytes(&mut raw);
-        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let token = random_token();
         self.live.insert(token.clone(), now + ttl);
         token
+    }
+
+    /// Mints a reconnect token valid until `now + ttl`: reusable, so an app
+    /// can redial this sidecar process directly; gone when it restarts.
+    pub fn issue_reconnect(&mut self, now: Instant, ttl: Duration) -> String {
+        self.reconnect.retain(|_, e| *e > now);
+        while self.reconnect.len() >= MAX_RECONNECT_TOKENS {
+            let Some(oldest) = self.reconnect.iter().min_by_key(|(_, e)| **e).map(|(t, _)| t.clone()) else { break };
+            self.reconnect.remove(&oldest);
+        }
+        let token = random_token();
+        self.reconnect.insert(token.clone(), now + ttl);
+        token
+    }
+
+    /// Checks a reconnect token; fails when it is unknown (e.g. from an
+    /// earlier sidecar process) or expired.
+    pub fn check_reconnect(&self, token: &str, now: Instant) -> Result<(), Refusal> {
+        match self.reconnect.get(token) {
+            Some(e) if *e >= now => Ok(()),
+            Some(_) => Err(Refusal::new(
+                RefusalReason::TokenExpired,
+                "the reconnect token has expired; call ConnectAppCallback",
+            )),
+            None => Err(Refusal::new(RefusalReason::BadCredential, "unknown reconnect token; call ConnectAppCallback")),
+        }
     }
 
     /// Spends `token`; fails when it is unknown, used or expired. A token
@@ -64,6 +96,7 @@ impl TokenStore {
     }
 
     fn prune(&mut self, now: Instant) {
+        self.reconnect.retain(|_, e| *e > now);
         self.live.retain(|_, e| *e + Duration::from_secs(60) > now);
         self.used.retain(|_, e| *e + Duration::from_secs(60) > now);
     }
@@ -81,6 +114,12 @@ pub struct ChannelAuth {
     pub mtls: bool,
 }
 
+fn random_token() -> String {
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    raw.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// SHA-256, so that comparing tokens takes time independent of where they differ.
 pub fn sha256(s: &str) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
@@ -90,7 +129,15 @@ pub fn sha256(s: &str) -> [u8; 32] {
 }
 
 impl Authenticator for ChannelAuth {
-    fn authenticate(&self, ctx: &HelloContext<'_>) -> Result<(), Refusal> {
+    fn authenticate(&self, ctx: &HelloContext<'_>) -> Result<Grant, Refusal> {
+        self.check(ctx)?;
+        let mut tokens = self.tokens.lock().map_err(|_| Refusal::new(RefusalReason::Unspecified, "internal error"))?;
+        Ok(Grant { reconnect_token: tokens.issue_reconnect(Instant::now(), RECONNECT_TTL) })
+    }
+}
+
+impl ChannelAuth {
+    fn check(&self, ctx: &HelloContext<'_>) -> Result<(), Refusal> {
         let hello = ctx.hello;
         if hello.app_id != self.app_id {
             return Err(Refusal::new(
@@ -104,6 +151,11 @@ impl Authenticator for ChannelAuth {
                 let mut tokens =
                     self.tokens.lock().map_err(|_| Refusal::new(RefusalReason::Unspecified, "internal error"))?;
                 tokens.redeem(t, Instant::now())
+            }
+            Some(Credential::ReconnectToken(t)) => {
+                let tokens =
+                    self.tokens.lock().map_err(|_| Refusal::new(RefusalReason::Unspecified, "internal error"))?;
+                tokens.check_reconnect(t, Instant::now())
             }
             Some(Credential::ApiToken(t)) => match self.api_token_sha {
                 Some(want) if sha256(t) == want => Ok(()),
@@ -174,6 +226,25 @@ mod tests {
         }
         assert!(s.live.len() <= MAX_TOKENS);
         assert!(s.redeem(&first, now).is_err());
+    }
+
+    #[test]
+    fn reconnect_tokens_are_reusable_until_they_expire() {
+        let mut s = TokenStore::default();
+        let now = Instant::now();
+        let t = s.issue_reconnect(now, Duration::from_secs(10));
+        assert!(s.check_reconnect(&t, now).is_ok());
+        assert!(s.check_reconnect(&t, now).is_ok());
+        assert_eq!(
+            s.check_reconnect(&t, now + Duration::from_secs(11)).unwrap_err().reason,
+            RefusalReason::TokenExpired
+        );
+        assert_eq!(s.check_reconnect("other", now).unwrap_err().reason, RefusalReason::BadCredential);
+        for _ in 0..MAX_RECONNECT_TOKENS {
+            s.issue_reconnect(now, Duration::from_secs(10));
+        }
+        assert!(s.reconnect.len() <= MAX_RECONNECT_TOKENS);
+        assert!(s.check_reconnect(&t, now).is_err(), "the oldest token goes first");
     }
 
     #[test]
