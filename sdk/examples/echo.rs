@@ -31,9 +31,15 @@ struct Args {
     /// On SIGUSR1, move to this local IP (default: a new port on the same IP).
     #[arg(long)]
     rebind_ip: Option<IpAddr>,
-    /// While on TCP, how often to try QUIC again (e.g. 5s, 200ms).
+    /// While on TCP, how often to try QUIC again, in ms.
     #[arg(long, value_parser = parse_ms, default_value = "5000")]
     quic_probe_ms: Duration,
+    /// Keepalive interval on a quiet channel, in ms.
+    #[arg(long, value_parser = parse_ms, default_value = "2000")]
+    keepalive_ms: Duration,
+    /// Declare the channel dead after this long without hearing the sidecar, in ms.
+    #[arg(long, value_parser = parse_ms, default_value = "6000")]
+    idle_timeout_ms: Duration,
 }
 
 fn parse_ms(s: &str) -> Result<Duration, String> {
@@ -67,6 +73,10 @@ async fn main() -> anyhow::Result<()> {
         transports: args.transport,
         local_ip: args.local_ip,
         quic_probe_interval: args.quic_probe_ms,
+        timeouts: dialback::Timeouts {
+            keep_alive: dialback::KeepAlive { interval: args.keepalive_ms, idle_timeout: args.idle_timeout_ms },
+            ..dialback::Timeouts::default()
+        },
         ..ChannelOptions::default()
     };
     let handlers = dialback::InvokeHandlers::new().fallback(echo);

@@ -7,9 +7,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod http;
+pub mod load;
 pub mod proc;
 
 pub use http::{HttpReply, http_call, metadata};
+pub use load::{CallLoop, Summary};
 pub use proc::{App, AppBuilder, Sidecar, SidecarBuilder, binaries, tcp_listening_sockets};
 
 use std::future::Future;
