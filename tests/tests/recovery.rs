@@ -1,0 +1,243 @@
+//! Recovery across network changes, with calls flowing throughout: NAT
+//! rebinding and a dead path through the fault relay, the app's address
+//! changing (127.0.0.2 to 127.0.0.3), UDP blocked and unblocked, and calls
+//! made during an outage.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use dialback_e2e::{AppBuilder, CallLoop, PATIENCE, Sidecar, SidecarBuilder, Summary, eventually, http_call, metadata};
+use dialback_netsim::{Relay, RelayConfig};
+
+async fn channel(sc: &Sidecar) -> serde_json::Value {
+    metadata(sc.http).await.unwrap()["appChannel"].clone()
+}
+
+/// Waits until at least `n` more calls of `calls` have been answered.
+async fn answered(calls: &CallLoop, n: usize) {
+    let base = calls.ok_so_far();
+    eventually(&format!("{n} more calls answered"), PATIENCE, || async {
+        (calls.ok_so_far() >= base + n).then_some(())
+    })
+    .await;
+}
+
+fn assert_no_failure(s: &Summary, what: &str) {
+    let failed: Vec<_> = s.failures().iter().map(|o| format!("{:?}: {:?}", o.sent, o.result)).collect();
+    assert!(failed.is_empty(), "{what}: {} of {} calls failed: {failed:#?}", failed.len(), s.sent);
+    assert_eq!(s.lost(), 0, "{what}: calls neither answered nor failed");
+}
+
+/// Every failed call failed with a clear error, and none was lost.
+fn assert_failures_are_clear(s: &Summary, what: &str) {
+    for o in s.failures() {
+        let e = o.result.as_ref().unwrap_err();
+        assert!(e.starts_with("503") && e.contains("app channel"), "{what}: unclear failure {e}");
+    }
+    assert_eq!(s.lost(), 0, "{what}: calls neither answered nor failed");
+}
+
+/// A relay in front of a sidecar: apps are told to dial the relay.
+async fn behind_relay(extra: &[&str]) -> (Relay, Sidecar) {
+    let relay =
+        Relay::start(RelayConfig::new("127.0.0.1:0".parse().unwrap(), "127.0.0.1:9".parse().unwrap())).await.unwrap();
+    let sc = SidecarBuilder::callback("echo")
+        .args(["--callback-advertise-address".to_string(), relay.addr().to_string()])
+        .args(extra.iter().map(|s| s.to_string()))
+        .spawn()
+        .await;
+    relay.set_target(sc.callback.unwrap());
+    (relay, sc)
+}
+
+async fn address_change(transport: &str) {
+    let sc = SidecarBuilder::callback("echo").spawn().await;
+    let mut app = AppBuilder::echo(sc.grpc)
+        .transport(transport)
+        .args(["--local-ip", "127.0.0.2", "--rebind-ip", "127.0.0.3"])
+        .spawn();
+    app.wait_connected().await;
+    let before = channel(&sc).await;
+    assert!(before["peerAddress"].as_str().unwrap().starts_with("127.0.0.2:"), "{before}");
+    let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(10));
+    answered(&calls, 5).await;
+    app.signal("USR1");
+    app.wait_line("echo: rebound").await;
+    eventually("the sidecar to see the app at 127.0.0.3", PATIENCE, || async {
+        channel(&sc).await["peerAddress"].as_str().unwrap_or_default().starts_with("127.0.0.3:").then_some(())
+    })
+    .await;
+    answered(&calls, 5).await;
+    let summary = calls.stop(PATIENCE).await;
+    assert_no_failure(&summary, &format!("address change over {transport}"));
+    let after = channel(&sc).await;
+    assert_eq!(after["transport"], transport);
+    if transport == "quic" {
+        // Migration: the same connection, no new channel.
+        assert_eq!(after["channelId"], before["channelId"], "{after}");
+    } else {
+        // TCP cannot move: a new channel from the new address, made before the old one broke.
+        assert_ne!(after["channelId"], before["channelId"], "{after}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_address_change_quic_migrates_without_a_failed_call() {
+    address_change("quic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_address_change_tcp_moves_make_before_break() {
+    address_change("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nat_rebinding_quic_loses_no_call() {
+    let (relay, sc) = behind_relay(&[]).await;
+    let mut app = AppBuilder::echo(sc.grpc).transport("quic").spawn();
+    app.wait_connected().await;
+    let before = channel(&sc).await;
+    let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(10));
+    answered(&calls, 5).await;
+    relay.rebind();
+    eventually("the sidecar to see the app's new port", PATIENCE, || async {
+        let now = channel(&sc).await;
+        (now["peerAddress"] != before["peerAddress"]).then_some(())
+    })
+    .await;
+    answered(&calls, 5).await;
+    let summary = calls.stop(PATIENCE).await;
+    assert_no_failure(&summary, "NAT rebinding over QUIC");
+    assert_eq!(channel(&sc).await["channelId"], before["channelId"], "the QUIC connection migrated, not redialed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nat_rebinding_tcp_is_detected_and_redialed() {
+    let fast = [
+        "--callback-keepalive-interval",
+        "200ms",
+        "--callback-idle-timeout",
+        "1s",
+        "--callback-ping-interval",
+        "200ms",
+    ];
+    let (relay, sc) = behind_relay(&fast).await;
+    let mut app =
+        AppBuilder::echo(sc.grpc).transport("tcp").args(["--keepalive-ms", "200", "--idle-timeout-ms", "1000"]).spawn();
+    app.wait_connected().await;
+    let before = channel(&sc).await;
+    let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(20));
+    answered(&calls, 5).await;
+    relay.rebind();
+    // The old path is dead; both sides notice and the app dials again.
+    assert_eq!(app.wait_connected().await, "tcp");
+    eventually("a new channel at the sidecar", PATIENCE, || async {
+        let now = channel(&sc).await;
+        (now["state"] == "connected" && now["channelId"] != before["channelId"]).then_some(())
+    })
+    .await;
+    answered(&calls, 5).await;
+    let summary = calls.stop(PATIENCE).await;
+    assert_failures_are_clear(&summary, "NAT rebinding over TCP");
+}
+
+async fn blackhole(transport: &str) {
+    let fast = [
+        "--callback-keepalive-interval",
+        "200ms",
+        "--callback-idle-timeout",
+        "1s",
+        "--callback-ping-interval",
+        "200ms",
+    ];
+    let (relay, sc) = behind_relay(&fast).await;
+    let mut app = AppBuilder::echo(sc.grpc)
+        .transport(transport)
+        .args(["--keepalive-ms", "200", "--idle-timeout-ms", "1000"])
+        .spawn();
+    app.wait_connected().await;
+    let before = channel(&sc).await;
+    let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(20));
+    answered(&calls, 5).await;
+    relay.set_blackhole(true);
+    // Both sides detect the dead path within their bounds.
+    eventually("the sidecar to see the channel down", PATIENCE, || async {
+        (channel(&sc).await["state"] == "disconnected").then_some(())
+    })
+    .await;
+    app.wait_line("echo: disconnected").await;
+    relay.set_blackhole(false);
+    assert_eq!(app.wait_connected().await, transport);
+    eventually("a new channel at the sidecar", PATIENCE, || async {
+        let now = channel(&sc).await;
+        (now["state"] == "connected" && now["channelId"] != before["channelId"]).then_some(())
+    })
+    .await;
+    answered(&calls, 5).await;
+    let summary = calls.stop(PATIENCE).await;
+    assert_failures_are_clear(&summary, &format!("blackhole over {transport}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackhole_longer_than_the_idle_timeout_quic() {
+    blackhole("quic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blackhole_longer_than_the_idle_timeout_tcp() {
+    blackhole("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_blocked_auto_lands_on_tcp_and_moves_back_to_quic() {
+    let (relay, sc) = behind_relay(&[]).await;
+    relay.set_block_udp(true);
+    let mut app = AppBuilder::echo(sc.grpc).transport("auto").args(["--quic-probe-ms", "200"]).spawn();
+    assert_eq!(app.wait_connected().await, "tcp");
+    assert_eq!(channel(&sc).await["transport"], "tcp");
+    let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(10));
+    answered(&calls, 5).await;
+    relay.set_block_udp(false);
+    assert_eq!(app.wait_connected().await, "quic");
+    eventually("the sidecar to serve over QUIC", PATIENCE, || async {
+        (channel(&sc).await["transport"] == "quic").then_some(())
+    })
+    .await;
+    answered(&calls, 5).await;
+    let summary = calls.stop(PATIENCE).await;
+    assert_no_failure(&summary, "moving from TCP to QUIC");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_during_an_outage_waits_and_succeeds() {
+    let sc = SidecarBuilder::callback("echo").args(["--callback-wait-timeout", "60s"]).spawn().await;
+    let mut app = AppBuilder::echo(sc.grpc).transport("quic").spawn();
+    app.wait_connected().await;
+    app.terminate().await;
+    eventually("the channel down", PATIENCE, || async {
+        (channel(&sc).await["state"] == "disconnected").then_some(())
+    })
+    .await;
+    let url = format!("{}/v1.0/invoke/echo/method/during-outage", sc.http_base());
+    let call = tokio::spawn(async move { http_call("POST", &url, &[], "patient").await.unwrap() });
+    let mut app2 = app.respawn();
+    app2.wait_connected().await;
+    let r = tokio::time::timeout(PATIENCE, call).await.expect("the waiting call never finished").unwrap();
+    assert_eq!((r.status, r.text()), (200, "patient".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_during_an_outage_times_out_with_a_clear_error() {
+    let sc = SidecarBuilder::callback("echo").args(["--callback-wait-timeout", "300ms"]).spawn().await;
+    let mut app = AppBuilder::echo(sc.grpc).transport("quic").spawn();
+    app.wait_connected().await;
+    app.terminate().await;
+    eventually("the channel down", PATIENCE, || async {
+        (channel(&sc).await["state"] == "disconnected").then_some(())
+    })
+    .await;
+    let r = http_call("POST", &format!("{}/v1.0/invoke/echo/method/x", sc.http_base()), &[], "x").await.unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["errorCode"], "ERR_DIRECT_INVOKE");
+    assert!(r.text().contains("app channel is down"), "{}", r.text());
+}
