@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use crate::error::{AcceptError, BindError};
 use crate::handshake::{self, FrameError};
 use crate::io::{Channel, ChannelInfo, CloseCode, Connection, Io};
+use crate::reset::{CidLog, RecordingCids, reset_previous};
 use crate::{Hello, RefusalReason, Timeouts, Transport, Transports};
 
 /// How the listener is set up.
@@ -36,6 +37,10 @@ pub struct ListenerConfig {
     pub reset_key: Option<[u8; 32]>,
     /// Handshakes allowed in flight at once; beyond it new ones are turned away.
     pub max_pending: usize,
+    /// Addresses of the apps of a previous run of this sidecar, and the QUIC
+    /// connection IDs it had issued: each gets a stateless reset before the
+    /// listener starts, so those apps learn of the restart at once (needs `reset_key`).
+    pub reset_previous: (Vec<SocketAddr>, Vec<Vec<u8>>),
 }
 
 /// What the authenticator sees of a hello.
@@ -86,6 +91,7 @@ pub struct Listener {
     addr: SocketAddr,
     rx: mpsc::Receiver<Channel>,
     stop: CancellationToken,
+    cids: Arc<CidLog>,
 }
 
 struct Shared {
@@ -130,6 +136,11 @@ impl Listener {
         self.rx.recv().await
     }
 
+    /// The QUIC connection IDs issued lately (for [`ListenerConfig::reset_previous`] after a restart).
+    pub fn recent_cids(&self) -> Vec<Vec<u8>> {
+        self.cids.snapshot()
+    }
+
     /// Stops accepting new connections; channels already handed up live on.
     pub fn close(&self) {
         self.stop.cancel();
@@ -143,6 +154,7 @@ impl Drop for Listener {
 }
 
 struct Bound {
+    cids: Arc<CidLog>,
     addr: SocketAddr,
     quic: Option<quinn::Endpoint>,
     tcp: Option<TcpListener>,
@@ -158,6 +170,7 @@ fn cid_key(reset_key: &[u8; 32]) -> u64 {
 
 async fn bind_sockets(config: &ListenerConfig) -> Result<Bound, BindError> {
     let mut addr = config.addr;
+    let cids = Arc::new(CidLog::default());
     let quic = if config.transports.quic {
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(config.tls.clone())
             .map_err(|e| BindError::Tls(e.to_string()))?;
@@ -172,11 +185,18 @@ async fn bind_sockets(config: &ListenerConfig) -> Result<Bound, BindError> {
             // the generator from the persisted key too, so a restarted
             // sidecar recognises its previous life's IDs and resets them.
             let cid_key = cid_key(&key);
-            endpoint_config
-                .cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+            let log = cids.clone();
+            endpoint_config.cid_generator(move || Box::new(RecordingCids::new(cid_key, log.clone())));
         }
         let socket =
             std::net::UdpSocket::bind(addr).map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
+        if let Some(key) = &config.reset_key {
+            let (peers, previous) = &config.reset_previous;
+            let sent = reset_previous(&socket, key, peers, previous);
+            if sent > 0 {
+                info!(sent, peers = peers.len(), "sent stateless resets to the apps of the previous run");
+            }
+        }
         let runtime =
             quinn::default_runtime().ok_or_else(|| BindError::Tls("no async runtime for quinn".to_string()))?;
         let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)
@@ -193,7 +213,7 @@ async fn bind_sockets(config: &ListenerConfig) -> Result<Bound, BindError> {
     } else {
         None
     };
-    Ok(Bound { addr, quic, tcp })
+    Ok(Bound { cids, addr, quic, tcp })
 }
 
 fn start(config: ListenerConfig, bound: Bound, auth: Arc<dyn Authenticator>) -> Listener {
@@ -213,7 +233,7 @@ fn start(config: ListenerConfig, bound: Bound, auth: Arc<dyn Authenticator>) -> 
     if let Some(tcp) = bound.tcp {
         tokio::spawn(accept_tcp(tcp, Arc::new(tokio_rustls::TlsAcceptor::from(config.tls)), shared));
     }
-    Listener { addr: bound.addr, rx, stop }
+    Listener { addr: bound.addr, rx, stop, cids: bound.cids }
 }
 
 async fn accept_quic(endpoint: quinn::Endpoint, shared: Arc<Shared>) {

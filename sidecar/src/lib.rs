@@ -143,6 +143,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 ping_interval: config.ping_interval,
                 handshake: config.timeouts.handshake,
                 drain: config.shutdown_grace,
+                state_dir: config.state_dir.clone(),
             };
             tasks.push(tokio::spawn(callback::accept_loop(listener, info.registry.clone(), policy, stop.clone())));
             (AppChannel::Callback(info.registry.clone()), Some(info))
@@ -242,6 +243,7 @@ async fn bind_callback(
             timeouts: config.timeouts,
             reset_key: Some(reset_key),
             max_pending: 256,
+            reset_previous: statedir::load_peers(&state_dir),
         },
         auth,
     )

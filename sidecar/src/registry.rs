@@ -164,6 +164,11 @@ impl Registry {
         self.current.send_replace(None)
     }
 
+    /// A receiver that sees every change of the current channel.
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Live>>> {
+        self.current.subscribe()
+    }
+
     /// The current channel, if one is up.
     pub fn current(&self) -> Option<Arc<Live>> {
         self.current.borrow().clone()

@@ -43,10 +43,66 @@ pub fn reset_key(dir: &Path) -> Result<[u8; 32], StartError> {
     Ok(key)
 }
 
+/// The file naming the QUIC apps of this run and the connection IDs issued.
+const PEERS_FILE: &str = "quic-peers";
+
+/// Reads what a previous run left: its QUIC apps' addresses and the
+/// connection IDs it issued. Anything unreadable counts as nothing.
+pub fn load_peers(dir: &Path) -> (Vec<std::net::SocketAddr>, Vec<Vec<u8>>) {
+    let text = std::fs::read_to_string(dir.join(PEERS_FILE)).unwrap_or_default();
+    parse_peers(&text)
+}
+
+fn parse_peers(text: &str) -> (Vec<std::net::SocketAddr>, Vec<Vec<u8>>) {
+    let (mut peers, mut cids) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some(("peer", a)) => peers.extend(a.parse::<std::net::SocketAddr>().ok()),
+            Some(("cid", h)) if h.len() % 2 == 0 && h.len() <= 40 => {
+                let bytes: Option<Vec<u8>> =
+                    (0..h.len()).step_by(2).map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok()).collect();
+                cids.extend(bytes);
+            }
+            _ => {}
+        }
+    }
+    (peers, cids)
+}
+
+/// The file content for `peers` and `cids`.
+pub fn format_peers(peers: &[std::net::SocketAddr], cids: &[Vec<u8>]) -> String {
+    let mut out = String::new();
+    for p in peers {
+        out.push_str(&format!("peer {p}\n"));
+    }
+    for c in cids {
+        out.push_str("cid ");
+        out.extend(c.iter().map(|b| format!("{b:02x}")));
+        out.push('\n');
+    }
+    out
+}
+
+/// Replaces the peers file with `content` (atomically); fails on I/O errors.
+pub fn save_peers(dir: &Path, content: &str) -> std::io::Result<()> {
+    let tmp = dir.join("quic-peers.tmp");
+    std::fs::write(&tmp, content)?;
+    std::fs::rename(&tmp, dir.join(PEERS_FILE))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_round_trip_and_garbage_is_ignored() {
+        let peers = vec!["127.0.0.1:5000".parse().unwrap(), "[::1]:6000".parse().unwrap()];
+        let cids = vec![vec![1, 2, 3, 255], vec![0; 8]];
+        let text = format_peers(&peers, &cids);
+        assert_eq!(parse_peers(&text), (peers, cids));
+        assert_eq!(parse_peers("peer nonsense\ncid zz\ncid 123\nbogus\n"), (vec![], vec![]));
+    }
 
     #[test]
     fn reset_key_persists() {

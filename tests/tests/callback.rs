@@ -261,3 +261,30 @@ async fn a_missed_ping_deadline_closes_the_channel() {
     assert!(reason.contains("Ping"), "{reason}");
     let _ = Duration::ZERO;
 }
+
+/// With keepalives far apart, only the restarted sidecar's own stateless
+/// resets (for the connection IDs its previous run issued, sent to the
+/// app's last address) can tell the app its channel is gone in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_sidecar_resets_the_quic_app_without_waiting_for_it_to_speak() {
+    let slow =
+        ["--callback-keepalive-interval", "90s", "--callback-idle-timeout", "300s", "--callback-ping-interval", "90s"];
+    let mut sc = SidecarBuilder::callback("echo").args(slow).spawn().await;
+    let mut app = AppBuilder::echo(sc.grpc)
+        .transport("quic")
+        .args(["--keepalive-ms", "90000", "--idle-timeout-ms", "300000"])
+        .spawn();
+    app.wait_connected().await;
+    reachable_over(&sc, "quic").await;
+    // The sidecar records its app and connection IDs in the state dir.
+    eventually("the QUIC peers recorded", PATIENCE, || async {
+        let text = std::fs::read_to_string(sc.state_dir.join("quic-peers")).ok()?;
+        (text.contains("peer ") && text.contains("cid ")).then_some(())
+    })
+    .await;
+    sc.kill().await;
+    let sc2 = sc.restart().await;
+    app.wait_line("echo: disconnected").await;
+    assert_eq!(app.wait_connected().await, "quic");
+    reachable_over(&sc2, "quic").await;
+}
