@@ -113,7 +113,10 @@ async fn main() -> anyhow::Result<()> {
         })
         .await;
         let md = dialback_e2e::metadata(sc.http).await?;
-        println!("  the channel is still {} (peer as the sidecar sees it: {})", md["appChannel"]["transport"], md["appChannel"]["peerAddress"]);
+        println!(
+            "  the channel is still {} (peer as the sidecar sees it: {})",
+            md["appChannel"]["transport"], md["appChannel"]["peerAddress"]
+        );
         events.push((transport, "address change", line));
         // A NAT in the path forgets the mapping and picks a new port.
         let line = under_load(&sc, "NAT rebinding (relay moves to a new source port)", async {
