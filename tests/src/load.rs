@@ -99,6 +99,13 @@ impl CallLoop {
         self.start.elapsed()
     }
 
+    /// How long after `t_ref` (time since the loop started) the first call
+    /// sent at or after `t_ref` was answered; `None` while none has been.
+    pub fn first_ok_after(&self, t_ref: Duration) -> Option<Duration> {
+        let outcomes = self.outcomes.lock().expect("lock");
+        outcomes.iter().filter(|o| o.result.is_ok() && o.sent >= t_ref).map(|o| o.sent + o.took - t_ref).min()
+    }
+
     /// Calls answered so far.
     pub fn ok_so_far(&self) -> usize {
         self.outcomes.lock().expect("lock").iter().filter(|o| o.result.is_ok()).count()
@@ -108,6 +115,9 @@ impl CallLoop {
     /// returns what happened.
     pub async fn stop(self, limit: Duration) -> Summary {
         self.task.abort();
+        // Wait until the sender has really stopped, so no call it counted
+        // as sent is missing from the list below.
+        let _ = self.task.await;
         let pending: Vec<_> = std::mem::take(&mut *self.inflight.lock().expect("lock"));
         let _ = tokio::time::timeout(limit, futures_join(pending)).await;
         let sent = *self.sent.lock().expect("lock");

@@ -20,32 +20,36 @@ pub struct Binaries {
     pub echo: PathBuf,
 }
 
-/// Builds `dialbackd` and the echo example once per test binary (cargo
-/// does nothing when they are fresh) and returns their paths.
+/// Builds `dialbackd` and the echo example once per process (cargo does
+/// nothing when they are fresh) and returns their paths. They are built
+/// with the profile this crate was built with: debug for tests, release
+/// for benchmarks.
 pub fn binaries() -> &'static Binaries {
     static BINS: OnceLock<Binaries> = OnceLock::new();
     BINS.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-        let status = std::process::Command::new(cargo)
-            .current_dir(&root)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "dialback-sidecar",
-                "--bin",
-                "dialbackd",
-                "-p",
-                "dialback",
-                "--example",
-                "echo",
-            ])
-            .status()
-            .expect("run cargo build");
+        let release = !cfg!(debug_assertions);
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.current_dir(&root).args([
+            "build",
+            "--quiet",
+            "-p",
+            "dialback-sidecar",
+            "--bin",
+            "dialbackd",
+            "-p",
+            "dialback",
+            "--example",
+            "echo",
+        ]);
+        if release {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "building dialbackd and the echo example failed");
         let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-        let dir = target.join("debug");
+        let dir = target.join(if release { "release" } else { "debug" });
         Binaries { dialbackd: dir.join("dialbackd"), echo: dir.join("examples").join("echo") }
     })
 }

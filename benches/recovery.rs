@@ -1,0 +1,212 @@
+//! Recovery benchmark: how fast the app is reachable again after a network
+//! change or a process restart, over QUIC, TCP+TLS and auto, with a call
+//! through the sidecar's HTTP API every 5 ms throughout.
+//!
+//! `cargo bench -p dialback-benches --bench recovery` (full: 10 repeats,
+//! RTT 0 and 50 ms); `-- --quick` for a smoke run; `-- --repeats N`,
+//! `-- --rtt-ms 0,50` and `-- --no-long` (skip the 20 s blackhole) to
+//! choose. Prints one table and writes `target/bench-recovery.json`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::{Duration, Instant};
+
+use dialback_benches::{ms, percentile};
+use dialback_e2e::{AppBuilder, CallLoop, PATIENCE, SidecarBuilder, eventually};
+use dialback_netsim::{Relay, RelayConfig};
+use serde_json::json;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Event {
+    NatRebind,
+    AddressChange,
+    SidecarRestart,
+    AppRestart,
+    Blackhole(u64),
+    UdpBlocked,
+}
+
+impl Event {
+    fn name(self) -> String {
+        match self {
+            Event::NatRebind => "nat-rebind".into(),
+            Event::AddressChange => "addr-change".into(),
+            Event::SidecarRestart => "sidecar-restart".into(),
+            Event::AppRestart => "app-restart".into(),
+            Event::Blackhole(s) => format!("blackhole-{s}s"),
+            Event::UdpBlocked => "udp-blocked".into(),
+        }
+    }
+}
+
+/// One run's result.
+struct Sample {
+    /// From the event (or the fault's end) to the first answered call sent after it.
+    recovery: Duration,
+    /// UDP blocked only: from UDP's return to the channel being on QUIC.
+    back_on_quic: Option<Duration>,
+    sent: u64,
+    failed: usize,
+    lost: u64,
+}
+
+async fn run_once(transport: &str, event: Event, rtt: Duration) -> anyhow::Result<Sample> {
+    let relay = Relay::start(RelayConfig::new("127.0.0.1:0".parse()?, "127.0.0.1:9".parse()?)).await?;
+    relay.set_delay(rtt / 2);
+    let mut sc = SidecarBuilder::callback("echo")
+        .args(["--callback-advertise-address".to_string(), relay.addr().to_string()])
+        .spawn()
+        .await;
+    relay.set_target(sc.callback.expect("callback address"));
+    let app_builder = AppBuilder::echo(sc.grpc).transport(transport).args([
+        "--local-ip",
+        "127.0.0.2",
+        "--rebind-ip",
+        "127.0.0.3",
+        "--quic-probe-ms",
+        "1000",
+    ]);
+    if event == Event::UdpBlocked {
+        relay.set_block_udp(true);
+    }
+    let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(5));
+    let spawned = calls.elapsed();
+    let mut app = app_builder.spawn();
+    app.wait_connected().await;
+    let mut keep = Vec::new();
+    let mut back_on_quic = None;
+    let t_ref = match event {
+        Event::UdpBlocked => {
+            // Time from the app's start to its first answered call (on TCP).
+            let t_ref = spawned;
+            eventually("a first answer", PATIENCE, || async { calls.first_ok_after(t_ref).map(|_| ()) }).await;
+            relay.set_block_udp(false);
+            let unblocked = Instant::now();
+            eventually("the channel back on QUIC", PATIENCE, || async {
+                let md = dialback_e2e::metadata(sc.http).await.ok()?;
+                (md["appChannel"]["transport"] == "quic").then_some(())
+            })
+            .await;
+            back_on_quic = Some(unblocked.elapsed());
+            t_ref
+        }
+        _ => {
+            let base = calls.ok_so_far();
+            eventually("warm-up calls", PATIENCE, || async { (calls.ok_so_far() >= base + 10).then_some(()) }).await;
+            match event {
+                Event::NatRebind => {
+                    let t = calls.elapsed();
+                    relay.rebind();
+                    t
+                }
+                Event::AddressChange => {
+                    let t = calls.elapsed();
+                    app.signal("USR1");
+                    t
+                }
+                Event::SidecarRestart => {
+                    sc.kill().await;
+                    let sc2 = sc.restart().await;
+                    let t = calls.elapsed();
+                    keep.push(sc2);
+                    t
+                }
+                Event::AppRestart => {
+                    app.kill().await;
+                    let t = calls.elapsed();
+                    app = app.respawn();
+                    t
+                }
+                Event::Blackhole(secs) => {
+                    relay.set_blackhole(true);
+                    tokio::time::sleep(Duration::from_secs(secs)).await;
+                    relay.set_blackhole(false);
+                    calls.elapsed()
+                }
+                Event::UdpBlocked => unreachable!(),
+            }
+        }
+    };
+    let recovery =
+        eventually("a call answered after the event", PATIENCE, || async { calls.first_ok_after(t_ref) }).await;
+    // Let calls sent around the event settle, then count.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let s = calls.stop(PATIENCE).await;
+    drop(app);
+    Ok(Sample { recovery, back_on_quic, sent: s.sent, failed: s.failures().len(), lost: s.lost() })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let repeats: usize = if quick { 1 } else { 10 };
+    let rtts: Vec<Duration> =
+        if quick { vec![Duration::ZERO] } else { vec![Duration::ZERO, Duration::from_millis(50)] };
+    let mut events =
+        vec![Event::NatRebind, Event::AddressChange, Event::SidecarRestart, Event::AppRestart, Event::Blackhole(2)];
+    if !quick {
+        events.push(Event::Blackhole(20));
+    }
+    dialback_e2e::binaries();
+    println!("recovery benchmark: {repeats} repeat(s) per cell, a call every 5 ms\n");
+    println!(
+        "{:<5} {:<16} {:>6} {:>3} {:>10} {:>10} {:>7} {:>7} {:>5}",
+        "tx", "event", "rtt", "n", "median ms", "p95 ms", "sent", "failed", "lost"
+    );
+    let mut cells = Vec::new();
+    for rtt in &rtts {
+        for transport in ["quic", "tcp", "auto"] {
+            let mut evs = events.clone();
+            if transport == "auto" {
+                evs.push(Event::UdpBlocked);
+            }
+            for event in evs {
+                let mut samples = Vec::new();
+                for _ in 0..repeats {
+                    samples.push(run_once(transport, event, *rtt).await?);
+                }
+                let rec: Vec<Duration> = samples.iter().map(|s| s.recovery).collect();
+                let back: Vec<Duration> = samples.iter().filter_map(|s| s.back_on_quic).collect();
+                let (sent, failed, lost) =
+                    samples.iter().fold((0, 0, 0), |(a, b, c), s| (a + s.sent, b + s.failed, c + s.lost));
+                println!(
+                    "{:<5} {:<16} {:>6} {:>3} {:>10} {:>10} {:>7} {:>7} {:>5}{}",
+                    transport,
+                    event.name(),
+                    format!("{}ms", rtt.as_millis()),
+                    samples.len(),
+                    ms(percentile(&rec, 50.0)),
+                    ms(percentile(&rec, 95.0)),
+                    sent,
+                    failed,
+                    lost,
+                    if back.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  back on QUIC: median {} ms", ms(percentile(&back, 50.0)))
+                    }
+                );
+                cells.push(json!({
+                    "transport": transport,
+                    "event": event.name(),
+                    "rtt_ms": rtt.as_millis() as u64,
+                    "recovery_ms": rec.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
+                    "median_ms": percentile(&rec, 50.0).map(|d| d.as_secs_f64() * 1000.0),
+                    "p95_ms": percentile(&rec, 95.0).map(|d| d.as_secs_f64() * 1000.0),
+                    "back_on_quic_ms": back.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
+                    "sent": sent,
+                    "failed": failed,
+                    "lost": lost,
+                }));
+            }
+        }
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = root.join("target").join("bench-recovery.json");
+    std::fs::write(
+        &out,
+        serde_json::to_string_pretty(&json!({ "quick": quick, "repeats": repeats, "cells": cells }))?,
+    )?;
+    println!("\nwrote {}", out.display());
+    Ok(())
+}
