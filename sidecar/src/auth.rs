@@ -25,8 +25,11 @@ pub const RECONNECT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// accepted channels.
 #[derive(Debug, Default)]
 pub struct TokenStore {
-    live: HashMap<String, Instant>,
-    reconnect: HashMap<String, Instant>,
+    /// Token -> (expiry, issue order).
+    live: HashMap<String, (Instant, u64)>,
+    /// Token -> (expiry, issue order).
+    reconnect: HashMap<String, (Instant, u64)>,
+    issued: u64,
     /// Tokens already presented, kept until they would have expired, so a
     /// replay is told "used" rather than "unknown".
     used: HashMap<String, Instant>,
@@ -38,25 +41,29 @@ impl TokenStore {
         self.prune(now);
         if self.live.len() >= MAX_TOKENS {
             // Drop the oldest: a flood of ConnectAppCallback calls cannot eat memory.
-            if let Some(oldest) = self.live.iter().min_by_key(|(_, e)| **e).map(|(t, _)| t.clone()) {
+            if let Some(oldest) = self.live.iter().min_by_key(|(_, (_, n))| *n).map(|(t, _)| t.clone()) {
                 self.live.remove(&oldest);
             }
         }
         let token = random_token();
-        self.live.insert(token.clone(), now + ttl);
+        self.issued += 1;
+        self.live.insert(token.clone(), (now + ttl, self.issued));
         token
     }
 
     /// Mints a reconnect token valid until `now + ttl`: reusable, so an app
     /// can redial this sidecar process directly; gone when it restarts.
     pub fn issue_reconnect(&mut self, now: Instant, ttl: Duration) -> String {
-        self.reconnect.retain(|_, e| *e > now);
+        self.reconnect.retain(|_, (e, _)| *e > now);
         while self.reconnect.len() >= MAX_RECONNECT_TOKENS {
-            let Some(oldest) = self.reconnect.iter().min_by_key(|(_, e)| **e).map(|(t, _)| t.clone()) else { break };
+            let Some(oldest) = self.reconnect.iter().min_by_key(|(_, (_, n))| *n).map(|(t, _)| t.clone()) else {
+                break;
+            };
             self.reconnect.remove(&oldest);
         }
         let token = random_token();
-        self.reconnect.insert(token.clone(), now + ttl);
+        self.issued += 1;
+        self.reconnect.insert(token.clone(), (now + ttl, self.issued));
         token
     }
 
@@ -64,7 +71,7 @@ impl TokenStore {
     /// earlier sidecar process) or expired.
     pub fn check_reconnect(&self, token: &str, now: Instant) -> Result<(), Refusal> {
         match self.reconnect.get(token) {
-            Some(e) if *e >= now => Ok(()),
+            Some((e, _)) if *e >= now => Ok(()),
             Some(_) => Err(Refusal::new(
                 RefusalReason::TokenExpired,
                 "the reconnect token has expired; call ConnectAppCallback",
@@ -76,7 +83,7 @@ impl TokenStore {
     /// Spends `token`; fails when it is unknown, used or expired. A token
     /// is spent by its first presentation, whatever the outcome.
     pub fn redeem(&mut self, token: &str, now: Instant) -> Result<(), Refusal> {
-        if let Some(expires) = self.live.remove(token) {
+        if let Some((expires, _)) = self.live.remove(token) {
             self.used.insert(token.to_string(), expires);
             if now > expires {
                 return Err(Refusal::new(
@@ -96,8 +103,8 @@ impl TokenStore {
     }
 
     fn prune(&mut self, now: Instant) {
-        self.reconnect.retain(|_, e| *e > now);
-        self.live.retain(|_, e| *e + Duration::from_secs(60) > now);
+        self.reconnect.retain(|_, (e, _)| *e > now);
+        self.live.retain(|_, (e, _)| *e + Duration::from_secs(60) > now);
         self.used.retain(|_, e| *e + Duration::from_secs(60) > now);
     }
 }
