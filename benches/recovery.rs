@@ -139,12 +139,16 @@ async fn run_once(transport: &str, event: Event, rtt: Duration) -> anyhow::Resul
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let repeats: usize = if quick { 1 } else { 10 };
-    let rtts: Vec<Duration> =
-        if quick { vec![Duration::ZERO] } else { vec![Duration::ZERO, Duration::from_millis(50)] };
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
+    let repeats: usize = flag("--repeats").and_then(|v| v.parse().ok()).unwrap_or(if quick { 1 } else { 10 });
+    let rtts: Vec<Duration> = match flag("--rtt-ms") {
+        Some(list) => list.split(',').filter_map(|v| v.parse().ok()).map(Duration::from_millis).collect(),
+        None if quick => vec![Duration::ZERO],
+        None => vec![Duration::ZERO, Duration::from_millis(50)],
+    };
     let mut events =
         vec![Event::NatRebind, Event::AddressChange, Event::SidecarRestart, Event::AppRestart, Event::Blackhole(2)];
-    if !quick {
+    if !quick && !args.iter().any(|a| a == "--no-long") {
         events.push(Event::Blackhole(20));
     }
     dialback_e2e::binaries();

@@ -50,6 +50,16 @@ async fn behind_relay(extra: &[&str]) -> (Relay, Sidecar) {
     (relay, sc)
 }
 
+/// An app that connected, then exited: the channel is down.
+async fn app_that_went_away(sc: &Sidecar) -> dialback_e2e::App {
+    let mut app = AppBuilder::echo(sc.grpc).transport("quic").spawn();
+    app.wait_connected().await;
+    app.terminate().await;
+    eventually("the channel down", PATIENCE, || async { (channel(sc).await["state"] == "disconnected").then_some(()) })
+        .await;
+    app
+}
+
 async fn address_change(transport: &str) {
     let sc = SidecarBuilder::callback("echo").spawn().await;
     let mut app = AppBuilder::echo(sc.grpc)
@@ -211,16 +221,11 @@ async fn udp_blocked_auto_lands_on_tcp_and_moves_back_to_quic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_during_an_outage_waits_and_succeeds() {
     let sc = SidecarBuilder::callback("echo").args(["--callback-wait-timeout", "60s"]).spawn().await;
-    let mut app = AppBuilder::echo(sc.grpc).transport("quic").spawn();
-    app.wait_connected().await;
-    app.terminate().await;
-    eventually("the channel down", PATIENCE, || async {
-        (channel(&sc).await["state"] == "disconnected").then_some(())
-    })
-    .await;
+    let app = app_that_went_away(&sc).await;
     let url = format!("{}/v1.0/invoke/echo/method/during-outage", sc.http_base());
     let call = tokio::spawn(async move { http_call("POST", &url, &[], "patient").await.unwrap() });
     let mut app2 = app.respawn();
+    drop(app);
     app2.wait_connected().await;
     let r = tokio::time::timeout(PATIENCE, call).await.expect("the waiting call never finished").unwrap();
     assert_eq!((r.status, r.text()), (200, "patient".to_string()));
@@ -229,13 +234,7 @@ async fn a_call_during_an_outage_waits_and_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_during_an_outage_times_out_with_a_clear_error() {
     let sc = SidecarBuilder::callback("echo").args(["--callback-wait-timeout", "300ms"]).spawn().await;
-    let mut app = AppBuilder::echo(sc.grpc).transport("quic").spawn();
-    app.wait_connected().await;
-    app.terminate().await;
-    eventually("the channel down", PATIENCE, || async {
-        (channel(&sc).await["state"] == "disconnected").then_some(())
-    })
-    .await;
+    let _app = app_that_went_away(&sc).await;
     let r = http_call("POST", &format!("{}/v1.0/invoke/echo/method/x", sc.http_base()), &[], "x").await.unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["errorCode"], "ERR_DIRECT_INVOKE");
