@@ -24,6 +24,12 @@ use crate::{Io, KeepAlive};
 const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 const CONN_WINDOW: u32 = 16 * 1024 * 1024;
 
+/// How long an HTTP/2 PING may go unanswered: what is left of the idle
+/// timeout after one interval, and never less than an interval.
+fn ping_timeout(keep_alive: KeepAlive) -> std::time::Duration {
+    keep_alive.idle_timeout.saturating_sub(keep_alive.interval).max(keep_alive.interval)
+}
+
 /// The sidecar's handle for calling the app over a channel: clone it
 /// freely; every clone shares the one HTTP/2 connection. Works as the
 /// transport of any tonic generated client.
@@ -45,7 +51,7 @@ pub async fn client(io: Io, keep_alive: KeepAlive) -> Result<(H2Client, ClientCo
         .initial_connection_window_size(CONN_WINDOW)
         .max_frame_size(64 * 1024)
         .keep_alive_interval(keep_alive.interval)
-        .keep_alive_timeout(keep_alive.idle_timeout.saturating_sub(keep_alive.interval).max(keep_alive.interval))
+        .keep_alive_timeout(ping_timeout(keep_alive))
         .keep_alive_while_idle(true)
         .handshake(TokioIo::new(io))
         .await?;
@@ -101,7 +107,7 @@ where
         .initial_connection_window_size(CONN_WINDOW)
         .max_frame_size(64 * 1024)
         .keep_alive_interval(keep_alive.interval)
-        .keep_alive_timeout(keep_alive.idle_timeout.saturating_sub(keep_alive.interval).max(keep_alive.interval))
+        .keep_alive_timeout(ping_timeout(keep_alive))
         .serve_connection(TokioIo::new(io), hyper_util::service::TowerToHyperService::new(service))
         .await
 }
