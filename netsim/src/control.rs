@@ -25,6 +25,8 @@ pub(crate) struct Control {
     pub(crate) tcp_connections: AtomicU64,
     pub(crate) udp_sessions: AtomicU64,
     rebinds: AtomicU64,
+    /// Bumped by every "the client's own NAT forgot its mappings".
+    forgets: AtomicU64,
     /// Where traffic goes; settable after start (a relay started before its target).
     target: std::sync::Mutex<std::net::SocketAddr>,
 }
@@ -33,6 +35,7 @@ impl Control {
     pub(crate) fn new(target: std::net::SocketAddr) -> Self {
         Self {
             target: std::sync::Mutex::new(target),
+            forgets: AtomicU64::new(0),
             blackhole: AtomicBool::new(false),
             block_udp: AtomicBool::new(false),
             delay_nanos: AtomicU64::new(0),
@@ -46,6 +49,17 @@ impl Control {
             udp_sessions: AtomicU64::new(0),
             rebinds: AtomicU64::new(0),
         }
+    }
+
+    /// Kills every existing UDP client session (see `Relay::forget_clients`).
+    pub(crate) fn forget_clients(&self) {
+        self.forgets.fetch_add(1, Ordering::SeqCst);
+        self.changed();
+    }
+
+    /// How many times client sessions were forgotten.
+    pub(crate) fn forgets(&self) -> u64 {
+        self.forgets.load(Ordering::SeqCst)
     }
 
     /// The current target.

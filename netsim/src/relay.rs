@@ -100,6 +100,14 @@ impl Relay {
         self.control.rebind();
     }
 
+    /// The client side's own NAT forgets its mappings (UDP): datagrams from
+    /// and to every client address seen so far are dropped for good, while a
+    /// new client address (a new source port) gets a working session. An app
+    /// recovers only by moving its socket; never fails.
+    pub fn forget_clients(&self) {
+        self.control.forget_clients();
+    }
+
     /// Sends new UDP sessions and TCP connections to `target` (existing ones keep theirs), for a
     /// relay started before what it fronts; never fails.
     pub fn set_target(&self, target: SocketAddr) {

@@ -37,6 +37,8 @@ pub(crate) struct UdpRelay {
 /// One client address's mapping: its upstream socket and the client-to-target delay queue feed.
 struct Session {
     client: SocketAddr,
+    /// `Control::forgets()` when the session was made: older sessions are dead.
+    born_forgets: u64,
     upstream: Mutex<Upstream>,
     /// Client-to-target datagrams that must wait (delay on, or earlier ones still waiting).
     up_tx: mpsc::Sender<Delayed>,
@@ -133,6 +135,9 @@ impl UdpRelay {
         let Some(session) = self.session(from, shutdown) else {
             return self.dropped();
         };
+        if session.born_forgets < self.control.forgets() {
+            return self.dropped();
+        }
         session.touch(self);
         let delay = self.control.delay();
         if delay.is_zero() && session.up_pending.load(Ordering::SeqCst) == 0 {
@@ -161,7 +166,8 @@ impl UdpRelay {
 
     /// Sends one datagram back to the client from the front socket.
     async fn send_down(&self, client: SocketAddr, data: &[u8]) {
-        if self.control.udp_blocked() {
+        let forgotten = lock(&self.sessions).get(&client).is_some_and(|s| s.born_forgets < self.control.forgets());
+        if self.control.udp_blocked() || forgotten {
             return self.dropped();
         }
         Control::count(&self.control.udp_forwarded, 1);
@@ -187,6 +193,7 @@ impl UdpRelay {
         let (up_tx, up_rx) = mpsc::channel(QUEUE_CAPACITY);
         let session = Arc::new(Session {
             client,
+            born_forgets: self.control.forgets(),
             upstream: Mutex::new(Upstream { generation: self.control.generation(), socket: Arc::new(socket) }),
             up_tx,
             up_pending: AtomicUsize::new(0),

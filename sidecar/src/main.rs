@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use clap::error::ErrorKind;
 use dialback_sidecar::config::{CertsCommand, Command};
 use dialback_sidecar::{Cli, Config};
 
@@ -10,7 +11,20 @@ use dialback_sidecar::{Cli, Config};
 const EX_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line, not clap's usage block: the first line says what is wrong.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
+            eprintln!("dialbackd: {first} (see dialbackd --help)");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     if let Some(Command::Certs { command: CertsCommand::Init { out, app_ids, server_names, force } }) = cli.command {
         return match dialback_certs::write_dev_set(&out, &server_names, &app_ids, force) {
             Ok(paths) => {

@@ -240,3 +240,40 @@ async fn a_call_during_an_outage_times_out_with_a_clear_error() {
     assert_eq!(r.json()["errorCode"], "ERR_DIRECT_INVOKE");
     assert!(r.text().contains("app channel is down"), "{}", r.text());
 }
+
+/// The app's own NAT forgets its mapping: nothing from its current port
+/// gets through, while a new port would. Only the SDK moving its QUIC
+/// socket by itself, on late pings, brings the same connection back (the
+/// idle timeouts here are far too long to redial in time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_app_side_mapping_makes_the_sdk_move_its_socket_by_itself() {
+    let quick_pings = [
+        "--callback-keepalive-interval",
+        "300ms",
+        "--callback-idle-timeout",
+        "120s",
+        "--callback-ping-interval",
+        "300ms",
+    ];
+    let (relay, sc) = behind_relay(&quick_pings).await;
+    let mut app = AppBuilder::echo(sc.grpc)
+        .transport("quic")
+        .args(["--keepalive-ms", "300", "--idle-timeout-ms", "120000"])
+        .spawn();
+    app.wait_connected().await;
+    let before = channel(&sc).await;
+    let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(20));
+    answered(&calls, 5).await;
+    relay.forget_clients();
+    eventually("the sidecar to see the app from a new port", PATIENCE, || async {
+        let now = channel(&sc).await;
+        (now["peerAddress"] != before["peerAddress"]).then_some(())
+    })
+    .await;
+    answered(&calls, 5).await;
+    let summary = calls.stop(PATIENCE).await;
+    assert_eq!(summary.lost(), 0);
+    let after = channel(&sc).await;
+    assert_eq!(after["channelId"], before["channelId"], "the same QUIC connection came back: {after}");
+    assert_eq!(after["state"], "connected");
+}
