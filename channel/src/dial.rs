@@ -355,5 +355,6 @@ fn info(hello: &Hello, transport: Transport, addr: SocketAddr, v: &Verdict) -> C
         peer_addr: addr,
         channel_id: v.channel_id,
         reconnect_token: v.reconnect_token.clone(),
+        credential: crate::listener::credential_name(hello.credential.as_ref()),
     }
 }

@@ -60,6 +60,9 @@ pub struct ChannelInfo {
     pub channel_id: u64,
     /// The app's side: the sidecar's reconnect token from the verdict (empty if none).
     pub reconnect_token: String,
+    /// How the app proved itself: `one-time-token`, `reconnect-token`,
+    /// `api-token` or `client-certificate`.
+    pub credential: &'static str,
 }
 
 /// A handle on a channel's underlying connection: cheap to clone.

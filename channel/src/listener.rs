@@ -431,6 +431,17 @@ fn decide(
     shared.auth.authenticate(&HelloContext { hello, transport, peer_addr: peer, client_cert })
 }
 
+/// The name of a credential kind, for logs and metadata.
+pub(crate) fn credential_name(c: Option<&crate::Credential>) -> &'static str {
+    match c {
+        Some(crate::Credential::OneTimeToken(_)) => "one-time-token",
+        Some(crate::Credential::ReconnectToken(_)) => "reconnect-token",
+        Some(crate::Credential::ApiToken(_)) => "api-token",
+        Some(crate::Credential::ClientCertificate(_)) => "client-certificate",
+        None => "none",
+    }
+}
+
 async fn deliver(
     shared: &Shared,
     hello: Hello,
@@ -440,6 +451,7 @@ async fn deliver(
     io: Io,
     conn: Connection,
 ) {
+    let credential = credential_name(hello.credential.as_ref());
     let info = ChannelInfo {
         app_id: hello.app_id,
         instance: hello.instance,
@@ -447,6 +459,7 @@ async fn deliver(
         peer_addr: peer,
         channel_id,
         reconnect_token: String::new(),
+        credential,
     };
     info!(app_id = %info.app_id, %transport, %peer, channel_id, "callback channel authenticated");
     if shared.tx.send(Channel { io, info, conn: conn.clone() }).await.is_err() {

@@ -68,6 +68,7 @@ async fn invokes_over(transport: &str) {
     assert_eq!(md["appChannel"]["state"], "connected");
     assert_eq!(md["appChannel"]["transport"], transport);
     assert_eq!(md["appChannel"]["instance"], format!("pid {}", app.pid()));
+    assert_eq!(md["appChannel"]["credential"], "one-time-token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,6 +130,8 @@ async fn sidecar_restart(transport: &str) {
     reachable_over(&sc2, transport).await;
     // Same state dir, same identity.
     assert_eq!(sc2.cert_sha256, sc.cert_sha256);
+    // A new process refuses the old reconnect token: the app fell back to ConnectAppCallback.
+    assert_eq!(metadata(sc2.http).await.unwrap()["appChannel"]["credential"], "one-time-token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

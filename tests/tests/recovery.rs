@@ -186,6 +186,9 @@ async fn blackhole(transport: &str) {
     answered(&calls, 5).await;
     let summary = calls.stop(PATIENCE).await;
     assert_failures_are_clear(&summary, &format!("blackhole over {transport}"));
+    // The same sidecar process: the app redialed with its cached reconnect
+    // token, without a ConnectAppCallback round trip.
+    assert_eq!(channel(&sc).await["credential"], "reconnect-token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
