@@ -24,6 +24,9 @@ pub enum Error {
     /// The channel was replaced by another instance of this app; this one stopped.
     #[error("the channel was replaced by another instance of this app")]
     Replaced,
+    /// The call needs a live channel and none is up (e.g. a rebind while reconnecting).
+    #[error("no channel is up")]
+    NotConnected,
     /// The builder was given a combination that cannot work.
     #[error("bad configuration: {0}")]
     Config(String),

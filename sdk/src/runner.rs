@@ -158,7 +158,7 @@ impl Runner {
 
     fn refuse(&self, cmd: Option<Command>) {
         if let Some(Command::Rebind(_, reply)) = cmd {
-            let _ = reply.send(Err(Error::Timeout(Duration::ZERO)));
+            let _ = reply.send(Err(Error::NotConnected));
         }
     }
 

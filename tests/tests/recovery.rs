@@ -50,6 +50,14 @@ async fn behind_relay(extra: &[&str]) -> (Relay, Sidecar) {
     (relay, sc)
 }
 
+/// Waits until the sidecar sees the app's traffic from another address than in `before`.
+async fn peer_moved(sc: &Sidecar, before: &serde_json::Value) {
+    eventually("the sidecar to see the app from a new address", PATIENCE, || async {
+        (channel(sc).await["peerAddress"] != before["peerAddress"]).then_some(())
+    })
+    .await;
+}
+
 /// An app that connected, then exited: the channel is down.
 async fn app_that_went_away(sc: &Sidecar) -> dialback_e2e::App {
     let mut app = AppBuilder::echo(sc.grpc).transport("quic").spawn();
@@ -110,11 +118,7 @@ async fn nat_rebinding_quic_loses_no_call() {
     let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(10));
     answered(&calls, 5).await;
     relay.rebind();
-    eventually("the sidecar to see the app's new port", PATIENCE, || async {
-        let now = channel(&sc).await;
-        (now["peerAddress"] != before["peerAddress"]).then_some(())
-    })
-    .await;
+    peer_moved(&sc, &before).await;
     answered(&calls, 5).await;
     let summary = calls.stop(PATIENCE).await;
     assert_no_failure(&summary, "NAT rebinding over QUIC");
@@ -268,11 +272,7 @@ async fn a_dead_app_side_mapping_makes_the_sdk_move_its_socket_by_itself() {
     let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(20));
     answered(&calls, 5).await;
     relay.forget_clients();
-    eventually("the sidecar to see the app from a new port", PATIENCE, || async {
-        let now = channel(&sc).await;
-        (now["peerAddress"] != before["peerAddress"]).then_some(())
-    })
-    .await;
+    peer_moved(&sc, &before).await;
     answered(&calls, 5).await;
     let summary = calls.stop(PATIENCE).await;
     assert_eq!(summary.lost(), 0);
