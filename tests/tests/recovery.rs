@@ -50,6 +50,34 @@ async fn behind_relay(extra: &[&str]) -> (Relay, Sidecar) {
     (relay, sc)
 }
 
+/// A relay, a sidecar behind it and an echo app, all with timeouts short
+/// enough (200 ms keepalive and Ping, 1 s idle) to see a dead path quickly.
+async fn quick_to_detect(transport: &str) -> (Relay, Sidecar, dialback_e2e::App) {
+    let fast = [
+        "--callback-keepalive-interval",
+        "200ms",
+        "--callback-idle-timeout",
+        "1s",
+        "--callback-ping-interval",
+        "200ms",
+    ];
+    let (relay, sc) = behind_relay(&fast).await;
+    let app = AppBuilder::echo(sc.grpc)
+        .transport(transport)
+        .args(["--keepalive-ms", "200", "--idle-timeout-ms", "1000"])
+        .spawn();
+    (relay, sc, app)
+}
+
+/// Waits until the sidecar serves a channel other than the one in `before`.
+async fn new_channel(sc: &Sidecar, before: &serde_json::Value) {
+    eventually("a new channel at the sidecar", PATIENCE, || async {
+        let now = channel(sc).await;
+        (now["state"] == "connected" && now["channelId"] != before["channelId"]).then_some(())
+    })
+    .await;
+}
+
 /// Waits until the sidecar sees the app's traffic from another address than in `before`.
 async fn peer_moved(sc: &Sidecar, before: &serde_json::Value) {
     eventually("the sidecar to see the app from a new address", PATIENCE, || async {
@@ -127,17 +155,7 @@ async fn nat_rebinding_quic_loses_no_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nat_rebinding_tcp_is_detected_and_redialed() {
-    let fast = [
-        "--callback-keepalive-interval",
-        "200ms",
-        "--callback-idle-timeout",
-        "1s",
-        "--callback-ping-interval",
-        "200ms",
-    ];
-    let (relay, sc) = behind_relay(&fast).await;
-    let mut app =
-        AppBuilder::echo(sc.grpc).transport("tcp").args(["--keepalive-ms", "200", "--idle-timeout-ms", "1000"]).spawn();
+    let (relay, sc, mut app) = quick_to_detect("tcp").await;
     app.wait_connected().await;
     let before = channel(&sc).await;
     let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(20));
@@ -145,30 +163,14 @@ async fn nat_rebinding_tcp_is_detected_and_redialed() {
     relay.rebind();
     // The old path is dead; both sides notice and the app dials again.
     assert_eq!(app.wait_connected().await, "tcp");
-    eventually("a new channel at the sidecar", PATIENCE, || async {
-        let now = channel(&sc).await;
-        (now["state"] == "connected" && now["channelId"] != before["channelId"]).then_some(())
-    })
-    .await;
+    new_channel(&sc, &before).await;
     answered(&calls, 5).await;
     let summary = calls.stop(PATIENCE).await;
     assert_failures_are_clear(&summary, "NAT rebinding over TCP");
 }
 
 async fn blackhole(transport: &str) {
-    let fast = [
-        "--callback-keepalive-interval",
-        "200ms",
-        "--callback-idle-timeout",
-        "1s",
-        "--callback-ping-interval",
-        "200ms",
-    ];
-    let (relay, sc) = behind_relay(&fast).await;
-    let mut app = AppBuilder::echo(sc.grpc)
-        .transport(transport)
-        .args(["--keepalive-ms", "200", "--idle-timeout-ms", "1000"])
-        .spawn();
+    let (relay, sc, mut app) = quick_to_detect(transport).await;
     app.wait_connected().await;
     let before = channel(&sc).await;
     let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(20));
@@ -182,11 +184,7 @@ async fn blackhole(transport: &str) {
     app.wait_line("echo: disconnected").await;
     relay.set_blackhole(false);
     assert_eq!(app.wait_connected().await, transport);
-    eventually("a new channel at the sidecar", PATIENCE, || async {
-        let now = channel(&sc).await;
-        (now["state"] == "connected" && now["channelId"] != before["channelId"]).then_some(())
-    })
-    .await;
+    new_channel(&sc, &before).await;
     answered(&calls, 5).await;
     let summary = calls.stop(PATIENCE).await;
     assert_failures_are_clear(&summary, &format!("blackhole over {transport}"));
