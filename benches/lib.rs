@@ -1,5 +1,5 @@
 //! Shared pieces of dialback's benchmarks: percentiles and table output.
-//! The benchmarks themselves are the `[[bench]]` targets (`recovery.rs`).
+//! The benchmarks themselves are the `[[bench]]` targets (`recovery.rs`, `cost.rs`).
 
 use std::time::Duration;
 

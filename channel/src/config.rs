@@ -66,3 +66,44 @@ impl KeepAlive {
         Ok(())
     }
 }
+
+/// Socket buffer size asked for on every QUIC socket. The kernel's default
+/// (about 208 KiB on Linux) overflows under a burst of a few megabytes and
+/// drops datagrams, which QUIC reads as congestion; the kernel caps the ask at
+/// `net.core.rmem_max` / `wmem_max`.
+pub(crate) const UDP_BUFFER: usize = 4 * 1024 * 1024;
+
+/// A UDP socket bound to `addr` with [`UDP_BUFFER`]-sized buffers (best effort).
+pub(crate) fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let sock = socket2::SockRef::from(&socket);
+    if let Err(e) = sock.set_recv_buffer_size(UDP_BUFFER) {
+        tracing::debug!(error = %e, "could not grow the UDP receive buffer");
+    }
+    if let Err(e) = sock.set_send_buffer_size(UDP_BUFFER) {
+        tracing::debug!(error = %e, "could not grow the UDP send buffer");
+    }
+    Ok(socket)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    /// QUIC sockets get the larger buffers, as far as the kernel allows.
+    #[test]
+    fn udp_socket_buffers_grow() {
+        let socket = udp_socket("127.0.0.1:0".parse().unwrap()).unwrap();
+        let sock = socket2::SockRef::from(&socket);
+        let cap = |f: &str| std::fs::read_to_string(f).ok().and_then(|v| v.trim().parse::<usize>().ok());
+        for (got, cap) in [
+            (sock.recv_buffer_size().unwrap(), cap("/proc/sys/net/core/rmem_max")),
+            (sock.send_buffer_size().unwrap(), cap("/proc/sys/net/core/wmem_max")),
+        ] {
+            // Linux reports twice what was set, and caps what is set at the sysctl.
+            let want = UDP_BUFFER.min(cap.unwrap_or(UDP_BUFFER));
+            assert!(got >= want, "buffer {got} bytes, wanted at least {want}");
+        }
+    }
+}

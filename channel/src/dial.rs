@@ -113,7 +113,7 @@ impl Dialer {
         };
         let current = endpoint.local_addr().map_err(DialError::Socket)?;
         let ip = self.local_ip.unwrap_or(current.ip());
-        let socket = std::net::UdpSocket::bind(SocketAddr::new(ip, 0)).map_err(DialError::Socket)?;
+        let socket = crate::config::udp_socket(SocketAddr::new(ip, 0)).map_err(DialError::Socket)?;
         endpoint.rebind(socket).map_err(DialError::Socket)?;
         endpoint.local_addr().map_err(DialError::Socket)
     }
@@ -133,7 +133,11 @@ impl Dialer {
                 return Ok(e.clone());
             }
         }
-        let endpoint = quinn::Endpoint::client(SocketAddr::new(ip, 0)).map_err(DialError::Socket)?;
+        let socket = crate::config::udp_socket(SocketAddr::new(ip, 0)).map_err(DialError::Socket)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| DialError::Socket(std::io::Error::other("no async runtime for quinn")))?;
+        let endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).map_err(DialError::Socket)?;
         self.quic = Some(endpoint.clone());
         Ok(endpoint)
     }

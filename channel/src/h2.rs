@@ -19,10 +19,13 @@ pub use hyper::body::Incoming;
 
 use crate::{Io, KeepAlive};
 
-/// Stream and connection flow-control windows: large enough that one
-/// channel carrying many calls, or a 1 MiB payload, is not window-bound.
-const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
-const CONN_WINDOW: u32 = 16 * 1024 * 1024;
+/// HTTP/2 stream flow-control window: a 1 MiB payload is not window-bound.
+/// The classic `--app-port` channel uses the same, so the two compare fairly.
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// HTTP/2 connection flow-control window: one channel carries many calls.
+pub const CONN_WINDOW: u32 = 16 * 1024 * 1024;
+/// Largest HTTP/2 frame either end accepts: fewer frames for large payloads.
+pub const MAX_FRAME: u32 = 64 * 1024;
 
 /// How long an HTTP/2 PING may go unanswered: what is left of the idle
 /// timeout after one interval, and never less than an interval.
@@ -49,7 +52,7 @@ pub async fn client(io: Io, keep_alive: KeepAlive) -> Result<(H2Client, ClientCo
         .timer(TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
-        .max_frame_size(64 * 1024)
+        .max_frame_size(MAX_FRAME)
         .keep_alive_interval(keep_alive.interval)
         .keep_alive_timeout(ping_timeout(keep_alive))
         .keep_alive_while_idle(true)
@@ -105,7 +108,7 @@ where
         .timer(TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
-        .max_frame_size(64 * 1024)
+        .max_frame_size(MAX_FRAME)
         .keep_alive_interval(keep_alive.interval)
         .keep_alive_timeout(ping_timeout(keep_alive))
         .serve_connection(TokioIo::new(io), hyper_util::service::TowerToHyperService::new(service))

@@ -189,7 +189,7 @@ async fn bind_sockets(config: &ListenerConfig) -> Result<Bound, BindError> {
             endpoint_config.cid_generator(move || Box::new(RecordingCids::new(cid_key, log.clone())));
         }
         let socket =
-            std::net::UdpSocket::bind(addr).map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
+            crate::config::udp_socket(addr).map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
         if let Some(key) = &config.reset_key {
             let (peers, previous) = &config.reset_previous;
             let sent = reset_previous(&socket, key, peers, previous);

@@ -11,6 +11,10 @@
 //!
 //! It prints one line per channel change (`echo: connected transport=quic ...`).
 //! SIGUSR1 moves its QUIC socket to a new port, as on a network change.
+//!
+//! With `--listen 127.0.0.1:0` it is instead a classic app: it serves the same
+//! handler on a listening gRPC port for a sidecar started with `--app-port`,
+//! and prints `echo: listening port=<port>` (the cost benchmark's baseline).
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -40,6 +44,9 @@ struct Args {
     /// Declare the channel dead after this long without hearing the sidecar, in ms.
     #[arg(long, value_parser = parse_ms, default_value = "6000")]
     idle_timeout_ms: Duration,
+    /// Classic mode: listen here for a sidecar started with `--app-port`, and dial nothing.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
 }
 
 fn parse_ms(s: &str) -> Result<Duration, String> {
@@ -69,6 +76,10 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    let handlers = dialback::InvokeHandlers::new().fallback(echo);
+    if let Some(addr) = args.listen {
+        return serve_classic(addr, handlers).await;
+    }
     let options = ChannelOptions {
         transports: args.transport,
         local_ip: args.local_ip,
@@ -79,7 +90,6 @@ async fn main() -> anyhow::Result<()> {
         },
         ..ChannelOptions::default()
     };
-    let handlers = dialback::InvokeHandlers::new().fallback(echo);
     let handle = CallbackServer::builder()
         .sidecar(SidecarOptions::from_env())
         .options(options)
@@ -122,5 +132,27 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::time::timeout(Duration::from_secs(5), handle.shutdown()).await.ok();
     printer.abort();
+    Ok(())
+}
+
+/// Classic mode: a plain gRPC server on `addr` until SIGTERM or Ctrl-C, with
+/// Nagle off and the same HTTP/2 settings as the SDK's callback server.
+async fn serve_classic(addr: std::net::SocketAddr, handlers: dialback::InvokeHandlers) -> anyhow::Result<()> {
+    let incoming = tonic::transport::server::TcpIncoming::bind(addr)?.with_nodelay(Some(true));
+    println!("echo: listening port={}", incoming.local_addr()?.port());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    tonic::transport::Server::builder()
+        .initial_stream_window_size(dialback_channel::h2::STREAM_WINDOW)
+        .initial_connection_window_size(dialback_channel::h2::CONN_WINDOW)
+        .max_frame_size(dialback_channel::h2::MAX_FRAME)
+        .add_service(handlers.into_service())
+        .serve_with_incoming_shutdown(incoming, stop)
+        .await?;
     Ok(())
 }

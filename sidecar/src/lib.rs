@@ -133,6 +133,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             let ep = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
                 .map_err(|_| StartError::AppAddress(address.clone()))?
                 .tcp_nodelay(true)
+                .initial_stream_window_size(dialback_channel::h2::STREAM_WINDOW)
+                .initial_connection_window_size(dialback_channel::h2::CONN_WINDOW)
+                .max_frame_size(dialback_channel::h2::MAX_FRAME)
                 .connect_timeout(Duration::from_secs(5));
             (AppChannel::Classic(ep.connect_lazy()), None)
         }

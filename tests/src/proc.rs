@@ -289,6 +289,12 @@ impl AppBuilder {
         AppBuilder { grpc_port, args: vec![], env: vec![] }
     }
 
+    /// A classic echo app: it listens on a loopback port (see
+    /// [`App::wait_listening`]) for a sidecar started with `--app-port`.
+    pub fn classic() -> AppBuilder {
+        AppBuilder::echo(0).args(["--listen", "127.0.0.1:0"])
+    }
+
     /// Transport: quic, tcp or auto.
     pub fn transport(self, t: &str) -> Self {
         self.args(["--transport", t])
@@ -337,6 +343,12 @@ impl App {
     pub async fn wait_connected(&mut self) -> String {
         let line = self.proc.wait_line("a connected line", PATIENCE, |l| l.starts_with("echo: connected")).await;
         line.split_whitespace().find_map(|w| w.strip_prefix("transport=")).unwrap_or_default().to_string()
+    }
+
+    /// Waits for a classic app's "listening" line and returns its port.
+    pub async fn wait_listening(&mut self) -> u16 {
+        let line = self.wait_line("echo: listening").await;
+        line.split_whitespace().find_map(|w| w.strip_prefix("port=")).and_then(|p| p.parse().ok()).unwrap_or(0)
     }
 
     /// Waits for a stdout line starting with `prefix`.

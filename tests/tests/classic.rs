@@ -232,3 +232,22 @@ async fn app_port_and_callback_channel_are_mutually_exclusive() {
     assert_eq!(lines.len(), 1, "want a one-line error, got:\n{stderr}");
     assert!(lines[0].contains("mutually exclusive"), "the error must say the flags are mutually exclusive: {stderr}");
 }
+
+/// The echo example's classic mode (`--listen`, the cost benchmark's
+/// baseline) is a real app process that a classic sidecar reaches on both
+/// APIs, with a payload larger than one HTTP/2 frame intact both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_echo_process_serves_both_apis() {
+    let mut app = dialback_e2e::AppBuilder::classic().spawn();
+    let port = app.wait_listening().await;
+    assert_ne!(port, 0, "the echo app printed no port; log:\n{}", app.log_tail());
+    let sc = SidecarBuilder::classic("echo", port).spawn().await;
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let url = format!("{}/v1.0/invoke/echo/method/echo", sc.http_base());
+    let reply = http_call("POST", &url, &[("content-type", "application/octet-stream")], big.clone()).await.unwrap();
+    assert_eq!(reply.status, 200, "HTTP API: {}", reply.text());
+    assert!(reply.body == big, "HTTP API: {} bytes came back, not the 200000 sent", reply.body.len());
+    let resp = sdk_client(&sc).invoke("echo", "echo", big.clone(), "application/octet-stream").await.unwrap();
+    assert!(resp.data.expect("data").value == big, "gRPC API: the payload came back changed");
+    assert!(app.terminate().await.success(), "the echo app did not exit cleanly on SIGTERM");
+}
