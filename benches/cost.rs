@@ -88,7 +88,7 @@ impl Pair {
         Pair { mode, sidecar, app, grpc, http, url }
     }
 
-    /// One call; `Ok` only when the payload came back whole.
+    /// One call; `Ok` only when as many bytes came back as were sent.
     async fn call(&self, api: Api, payload: &Bytes) -> anyhow::Result<()> {
         let got = match api {
             Api::Grpc => {
@@ -383,9 +383,19 @@ async fn main() -> anyhow::Result<()> {
             pair.sidecar.pid(),
             pair.app.pid()
         );
+        // Until SIGTERM or Ctrl-C; then the pairs drop, which kills their processes.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
-            let _ = load(pair, args.apis[0], args.conc[0], &payload, Duration::from_secs(3600)).await;
+            tokio::select! {
+                (lat, _) = load(pair, args.apis[0], args.conc[0], &payload, Duration::from_secs(5)) => {
+                    eprintln!("held: {:.0} calls/s", lat.len() as f64 / 5.0);
+                }
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => break,
+            }
         }
+        drop(pairs);
+        return Ok(());
     }
     let dur = Duration::from_secs_f64(args.seconds);
     println!(
@@ -413,9 +423,11 @@ async fn main() -> anyhow::Result<()> {
         "RSS x"
     );
     let mut cells = Vec::new();
-    for &api in &args.apis {
-        for &payload_len in &args.payloads {
-            for &conc in &args.conc {
+    // Payload outermost: the allocators keep what a cell grew to, so the
+    // peak RSS of a cell is that of the largest payload so far, its own.
+    for &payload_len in &args.payloads {
+        for &conc in &args.conc {
+            for &api in &args.apis {
                 let payload = Bytes::from(vec![0x5a; payload_len]);
                 let mut runs: Vec<Vec<Run>> = vec![Vec::new(); pairs.len()];
                 for round in 0..args.rounds {
