@@ -14,7 +14,7 @@ mod http;
 mod invoke;
 mod registry;
 mod state;
-mod statedir;
+pub mod statedir;
 
 use std::future::Future;
 use std::net::SocketAddr;

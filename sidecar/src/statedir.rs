@@ -1,5 +1,9 @@
 //! The state directory: what must survive a restart (the generated
-//! identity, the QUIC stateless-reset key).
+//! identity, the QUIC stateless-reset key, the QUIC apps of the last run).
+//!
+//! The parsers here read files anyone with access to the directory may have
+//! written: they never panic, bound what they read and keep, and treat
+//! anything they do not understand as absent.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,15 +21,20 @@ pub fn ensure(dir: &Path) -> Result<PathBuf, StartError> {
 /// The QUIC stateless-reset key, generated once and kept, so that a
 /// restarted sidecar can reset connections of its previous life at once.
 pub fn reset_key(dir: &Path) -> Result<[u8; 32], StartError> {
+    use std::io::Read;
     let path = dir.join("quic-reset-key");
     let err = |source| StartError::StateDir { path: path.clone(), source };
-    match std::fs::read(&path) {
-        Ok(bytes) if bytes.len() == 32 => {
-            let mut key = [0u8; 32];
-            key.copy_from_slice(&bytes);
-            return Ok(key);
-        }
-        Ok(_) => tracing::warn!(path = %path.display(), "reset key has the wrong size; making a new one"),
+    // Read one byte more than a key, so that a longer file is seen as wrong.
+    let read = std::fs::File::open(&path).and_then(|f| {
+        let mut bytes = Vec::new();
+        f.take(33).read_to_end(&mut bytes)?;
+        Ok(bytes)
+    });
+    match read {
+        Ok(bytes) => match parse_reset_key(&bytes) {
+            Some(key) => return Ok(key),
+            None => tracing::warn!(path = %path.display(), "reset key has the wrong size; making a new one"),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }
@@ -43,20 +52,45 @@ pub fn reset_key(dir: &Path) -> Result<[u8; 32], StartError> {
     Ok(key)
 }
 
+/// A reset key file's content: exactly 32 bytes, else `None`.
+pub fn parse_reset_key(bytes: &[u8]) -> Option<[u8; 32]> {
+    <[u8; 32]>::try_from(bytes).ok()
+}
+
 /// The file naming the QUIC apps of this run and the connection IDs issued.
 const PEERS_FILE: &str = "quic-peers";
+
+/// The most of the peers file that is read: what the sidecar writes is a
+/// few kilobytes (8 peers, 256 connection IDs).
+pub const MAX_PEERS_FILE: u64 = 64 * 1024;
+/// Peers kept from the file at most.
+pub const MAX_PEERS: usize = 8;
+/// Connection IDs kept from the file at most.
+pub const MAX_CIDS: usize = 256;
 
 /// Reads what a previous run left: its QUIC apps' addresses and the
 /// connection IDs it issued. Anything unreadable counts as nothing.
 pub fn load_peers(dir: &Path) -> (Vec<std::net::SocketAddr>, Vec<Vec<u8>>) {
-    let text = std::fs::read_to_string(dir.join(PEERS_FILE)).unwrap_or_default();
-    parse_peers(&text)
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    if let Ok(f) = std::fs::File::open(dir.join(PEERS_FILE)) {
+        let _ = f.take(MAX_PEERS_FILE).read_to_end(&mut bytes);
+    }
+    parse_peers(&String::from_utf8_lossy(&bytes))
 }
 
-fn parse_peers(text: &str) -> (Vec<std::net::SocketAddr>, Vec<Vec<u8>>) {
+/// Parses the peers file: `peer ADDR` and `cid HEX` lines (at most
+/// [`MAX_PEERS`] and [`MAX_CIDS`] of them, connection IDs of 20 bytes at
+/// most); any other line is skipped.
+pub fn parse_peers(text: &str) -> (Vec<std::net::SocketAddr>, Vec<Vec<u8>>) {
     let (mut peers, mut cids) = (Vec::new(), Vec::new());
     for line in text.lines() {
+        if peers.len() >= MAX_PEERS && cids.len() >= MAX_CIDS {
+            break;
+        }
         match line.split_once(' ') {
+            Some(("peer", _)) if peers.len() >= MAX_PEERS => {}
+            Some(("cid", _)) if cids.len() >= MAX_CIDS => {}
             Some(("peer", a)) => peers.extend(a.parse::<std::net::SocketAddr>().ok()),
             Some(("cid", h)) if h.len() % 2 == 0 && h.len() <= 40 => {
                 let bytes: Option<Vec<u8>> =
