@@ -41,6 +41,10 @@ impl Default for Timeouts {
 impl KeepAlive {
     /// quinn's transport config for this policy.
     pub(crate) fn quic_transport(&self) -> Arc<quinn::TransportConfig> {
+        Arc::new(self.quic_transport_config())
+    }
+
+    fn quic_transport_config(&self) -> quinn::TransportConfig {
         let mut t = quinn::TransportConfig::default();
         t.keep_alive_interval(Some(self.interval));
         // An idle timeout beyond QUIC's varint range falls back to quinn's default.
@@ -48,9 +52,22 @@ impl KeepAlive {
             t.max_idle_timeout(Some(idle));
         }
         // One stream carries every call: give it room for large payloads.
-        t.stream_receive_window(quinn::VarInt::from_u32(8 * 1024 * 1024));
-        t.receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
-        t.send_window(16 * 1024 * 1024);
+        t.stream_receive_window(quinn::VarInt::from_u32(STREAM_RECEIVE_WINDOW));
+        t.receive_window(quinn::VarInt::from_u32(CONN_RECEIVE_WINDOW));
+        t.send_window(u64::from(CONN_RECEIVE_WINDOW));
+        t
+    }
+
+    /// The sidecar's transport config: as [`KeepAlive::quic_transport`], but
+    /// what a peer that has not yet proven itself can make it hold is small:
+    /// one bidirectional stream (the hello's), no unidirectional streams, and
+    /// a connection window of [`PRE_HELLO_WINDOW`]. The window opens to
+    /// [`CONN_RECEIVE_WINDOW`] once the hello is accepted.
+    pub(crate) fn quic_transport_before_hello(&self) -> Arc<quinn::TransportConfig> {
+        let mut t = self.quic_transport_config();
+        t.receive_window(quinn::VarInt::from_u32(PRE_HELLO_WINDOW));
+        t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1));
+        t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
         Arc::new(t)
     }
 
@@ -66,6 +83,14 @@ impl KeepAlive {
         Ok(())
     }
 }
+
+/// QUIC stream receive window of a live channel.
+pub(crate) const STREAM_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
+/// QUIC connection receive window of a live channel.
+pub(crate) const CONN_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
+/// QUIC connection receive window before the hello is accepted: room for
+/// the largest hello and then some, and no more.
+pub(crate) const PRE_HELLO_WINDOW: u32 = 64 * 1024;
 
 /// Socket buffer size asked for on every QUIC socket. The kernel's default
 /// (about 208 KiB on Linux) overflows under a burst of a few megabytes and

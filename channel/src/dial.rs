@@ -360,5 +360,7 @@ fn info(hello: &Hello, transport: Transport, addr: SocketAddr, v: &Verdict) -> C
         channel_id: v.channel_id,
         reconnect_token: v.reconnect_token.clone(),
         credential: crate::listener::credential_name(hello.credential.as_ref()),
+        standby: hello.standby,
+        max_message_bytes: hello.max_message_bytes,
     }
 }

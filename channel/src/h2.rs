@@ -26,6 +26,12 @@ pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
 pub const CONN_WINDOW: u32 = 16 * 1024 * 1024;
 /// Largest HTTP/2 frame either end accepts: fewer frames for large payloads.
 pub const MAX_FRAME: u32 = 64 * 1024;
+/// Concurrent HTTP/2 streams the app's side of a channel accepts.
+pub const MAX_STREAMS: u32 = 256;
+/// Of [`MAX_STREAMS`], how many the sidecar uses for calls at most: the
+/// rest stay free for the Ping stream and a close notice, so liveness never
+/// queues behind slow calls.
+pub const APP_CALL_STREAMS: usize = MAX_STREAMS as usize - 4;
 
 /// How long an HTTP/2 PING may go unanswered: what is left of the idle
 /// timeout after one interval, and never less than an interval.
@@ -109,6 +115,7 @@ where
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
         .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(MAX_STREAMS)
         .keep_alive_interval(keep_alive.interval)
         .keep_alive_timeout(ping_timeout(keep_alive))
         .serve_connection(TokioIo::new(io), hyper_util::service::TowerToHyperService::new(service))

@@ -127,6 +127,7 @@ mod tests {
             app_id: "app".into(),
             credential: Some(Credential::OneTimeToken("t".into())),
             instance: "i".into(),
+            ..Default::default()
         }
     }
 

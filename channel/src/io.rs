@@ -63,6 +63,10 @@ pub struct ChannelInfo {
     /// How the app proved itself: `one-time-token`, `reconnect-token`,
     /// `api-token` or `client-certificate`.
     pub credential: &'static str,
+    /// The hello asked for the channel only if no other is live.
+    pub standby: bool,
+    /// The largest message the app said it accepts (0: not said).
+    pub max_message_bytes: u32,
 }
 
 /// A handle on a channel's underlying connection: cheap to clone.

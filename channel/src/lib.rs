@@ -15,6 +15,7 @@ pub mod h2;
 pub mod handshake;
 mod io;
 mod listener;
+pub mod lograte;
 pub mod reset;
 mod transport;
 

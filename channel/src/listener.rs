@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use crate::error::{AcceptError, BindError};
 use crate::handshake::{self, FrameError};
 use crate::io::{Channel, ChannelInfo, CloseCode, Connection, Io};
+use crate::lograte::RateLimited;
 use crate::reset::{CidLog, RecordingCids, reset_previous};
 use crate::{Hello, RefusalReason, Timeouts, Transport, Transports};
 
@@ -35,8 +36,11 @@ pub struct ListenerConfig {
     /// The QUIC stateless-reset key; persist it so that a restarted sidecar
     /// resets the app's old connection at once. `None`: a random key.
     pub reset_key: Option<[u8; 32]>,
-    /// Handshakes allowed in flight at once; beyond it new ones are turned away.
-    pub max_pending: usize,
+    /// Handshakes allowed in flight at once, per transport (QUIC and TCP
+    /// each have this many); beyond it new ones are turned away.
+    pub max_handshakes: usize,
+    /// Handshakes allowed in flight at once from one IP address.
+    pub max_handshakes_per_ip: usize,
     /// Addresses of the apps of a previous run of this sidecar, and the QUIC
     /// connection IDs it had issued: each gets a stateless reset before the
     /// listener starts, so those apps learn of the restart at once (needs `reset_key`).
@@ -84,6 +88,11 @@ pub struct Grant {
 pub trait Authenticator: Send + Sync + 'static {
     /// `Ok` accepts the channel; `Err` refuses it with the given reason.
     fn authenticate(&self, ctx: &HelloContext<'_>) -> Result<Grant, Refusal>;
+
+    /// Called instead of [`Authenticator::authenticate`] for a hello refused
+    /// before its credential was looked at (wrong ALPN, version or app-id
+    /// shape): spend whatever single-use credential it carries.
+    fn discard(&self, _hello: &Hello) {}
 }
 
 /// Accepts app channels. Dropping it stops accepting; live channels stay.
@@ -98,9 +107,62 @@ struct Shared {
     auth: Arc<dyn Authenticator>,
     timeouts: Timeouts,
     tx: mpsc::Sender<Channel>,
-    pending: Arc<Semaphore>,
+    /// Handshake slots, one budget per transport.
+    quic_slots: Arc<Semaphore>,
+    tcp_slots: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
     next_id: AtomicU64,
     stop: CancellationToken,
+    /// One log line per interval for each kind of turned-away connection.
+    log_refused: RateLimited,
+    log_full: RateLimited,
+    log_per_ip: RateLimited,
+}
+
+/// How long a TCP peer has to send its whole TLS ClientHello: a stranger
+/// that connects and says nothing holds a slot this long, not the whole
+/// handshake timeout.
+const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Above this share of QUIC slots in use, a QUIC client must prove its
+/// address with a Retry round trip before it gets a slot.
+const RETRY_ABOVE: f64 = 0.5;
+
+/// Handshakes in flight per source IP.
+struct PerIp {
+    max: usize,
+    counts: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One handshake counted against its source IP until dropped.
+struct IpSlot {
+    per_ip: Arc<PerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut counts = self.counts.lock().ok()?;
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { per_ip: self.clone(), ip })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.per_ip.counts.lock()
+            && let Some(n) = counts.get_mut(&self.ip)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Listener {
@@ -175,7 +237,7 @@ async fn bind_sockets(config: &ListenerConfig) -> Result<Bound, BindError> {
         let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(config.tls.clone())
             .map_err(|e| BindError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(config.timeouts.keep_alive.quic_transport());
+        server.transport_config(config.timeouts.keep_alive.quic_transport_before_hello());
         server.migration(true);
         let mut endpoint_config = quinn::EndpointConfig::default();
         if let Some(key) = config.reset_key {
@@ -219,70 +281,109 @@ async fn bind_sockets(config: &ListenerConfig) -> Result<Bound, BindError> {
 fn start(config: ListenerConfig, bound: Bound, auth: Arc<dyn Authenticator>) -> Listener {
     let (tx, rx) = mpsc::channel(16);
     let stop = CancellationToken::new();
+    let every = Duration::from_secs(5);
     let shared = Arc::new(Shared {
         auth,
         timeouts: config.timeouts,
         tx,
-        pending: Arc::new(Semaphore::new(config.max_pending.max(1))),
+        quic_slots: Arc::new(Semaphore::new(config.max_handshakes.max(1))),
+        tcp_slots: Arc::new(Semaphore::new(config.max_handshakes.max(1))),
+        per_ip: Arc::new(PerIp { max: config.max_handshakes_per_ip.max(1), counts: Default::default() }),
         next_id: AtomicU64::new(1),
         stop: stop.clone(),
+        log_refused: RateLimited::new(every),
+        log_full: RateLimited::new(every),
+        log_per_ip: RateLimited::new(every),
     });
     if let Some(endpoint) = bound.quic {
-        tokio::spawn(accept_quic(endpoint, shared.clone()));
+        tokio::spawn(accept_quic(endpoint, config.max_handshakes.max(1), shared.clone()));
     }
     if let Some(tcp) = bound.tcp {
-        tokio::spawn(accept_tcp(tcp, Arc::new(tokio_rustls::TlsAcceptor::from(config.tls)), shared));
+        tokio::spawn(accept_tcp(tcp, config.tls, shared));
     }
     Listener { addr: bound.addr, rx, stop, cids: bound.cids }
 }
 
-async fn accept_quic(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+async fn accept_quic(endpoint: quinn::Endpoint, slots: usize, shared: Arc<Shared>) {
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i { Some(i) => i, None => return },
             () = shared.stop.cancelled() => return,
         };
-        let Ok(permit) = shared.pending.clone().try_acquire_owned() else {
-            warn!(peer = %incoming.remote_address(), "too many channel handshakes in flight; refusing a QUIC connection");
+        let peer = incoming.remote_address();
+        // Under load, make the client prove its address first (a Retry round
+        // trip): spoofed or bare Initials then cost no slot.
+        let in_use = slots.saturating_sub(shared.quic_slots.available_permits());
+        if in_use as f64 >= slots as f64 * RETRY_ABOVE && !incoming.remote_address_validated() && incoming.may_retry() {
+            if let Err(e) = incoming.retry() {
+                debug!(%peer, error = %e, "QUIC Retry failed");
+            }
+            continue;
+        }
+        let Some(ip_slot) = shared.per_ip.take(peer.ip()) else {
+            if let Some(n) = shared.log_per_ip.hit() {
+                warn!(%peer, suppressed = n, "too many channel handshakes from one address; refusing QUIC connections");
+            }
+            incoming.refuse();
+            continue;
+        };
+        let Ok(permit) = shared.quic_slots.clone().try_acquire_owned() else {
+            if let Some(n) = shared.log_full.hit() {
+                warn!(%peer, suppressed = n, "too many QUIC channel handshakes in flight; refusing connections");
+            }
             incoming.refuse();
             continue;
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            let peer = incoming.remote_address();
-            if let Err(e) = quic_handshake(incoming, &shared).await {
-                warn!(%peer, transport = "quic", error = %e, "callback channel refused");
+            if let Err(e) = quic_handshake(incoming, &shared).await
+                && let Some(n) = shared.log_refused.hit()
+            {
+                warn!(%peer, transport = "quic", error = %e, suppressed = n, "callback channel refused");
             }
-            drop(permit);
+            drop((permit, ip_slot));
         });
     }
 }
 
-async fn accept_tcp(listener: TcpListener, tls: Arc<tokio_rustls::TlsAcceptor>, shared: Arc<Shared>) {
+async fn accept_tcp(listener: TcpListener, tls: Arc<rustls::ServerConfig>, shared: Arc<Shared>) {
+    let accept_log = RateLimited::new(Duration::from_secs(5));
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(s) => s,
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly, keep serving.
-                    warn!(error = %e, "accepting a TCP connection failed");
+                    if let Some(n) = accept_log.hit() {
+                        warn!(error = %e, suppressed = n, "accepting a TCP connection failed");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             () = shared.stop.cancelled() => return,
         };
-        let Ok(permit) = shared.pending.clone().try_acquire_owned() else {
-            warn!(%peer, "too many channel handshakes in flight; dropping a TCP connection");
+        let Some(ip_slot) = shared.per_ip.take(peer.ip()) else {
+            if let Some(n) = shared.log_per_ip.hit() {
+                warn!(%peer, suppressed = n, "too many channel handshakes from one address; dropping TCP connections");
+            }
+            continue;
+        };
+        let Ok(permit) = shared.tcp_slots.clone().try_acquire_owned() else {
+            if let Some(n) = shared.log_full.hit() {
+                warn!(%peer, suppressed = n, "too many TCP channel handshakes in flight; dropping connections");
+            }
             continue;
         };
         let shared = shared.clone();
         let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = tcp_handshake(stream, peer, &tls, &shared).await {
-                warn!(%peer, transport = "tcp", error = %e, "callback channel refused");
+            if let Err(e) = tcp_handshake(stream, peer, tls, &shared).await
+                && let Some(n) = shared.log_refused.hit()
+            {
+                warn!(%peer, transport = "tcp", error = %e, suppressed = n, "callback channel refused");
             }
-            drop(permit);
+            drop((permit, ip_slot));
         });
     }
 }
@@ -307,6 +408,8 @@ async fn quic_handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<()
         exchange(&mut recv, &mut send, Transport::Quic, peer, alpn.as_deref(), client_cert, deadline, shared).await;
     match outcome {
         Ok((hello, channel_id)) => {
+            // Proven: open the window that was kept small for strangers.
+            conn.set_receive_window(quinn::VarInt::from_u32(crate::config::CONN_RECEIVE_WINDOW));
             let gone = CancellationToken::new();
             let gone_for_io = gone.clone();
             let connection = Connection::from_quic(conn.clone(), gone.clone());
@@ -334,7 +437,7 @@ async fn quic_handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<()
 async fn tcp_handshake(
     stream: TcpStream,
     peer: SocketAddr,
-    tls: &tokio_rustls::TlsAcceptor,
+    tls: Arc<rustls::ServerConfig>,
     shared: &Shared,
 ) -> Result<(), AcceptError> {
     let deadline = Instant::now() + shared.timeouts.handshake;
@@ -342,7 +445,14 @@ async fn tcp_handshake(
     if let Err(e) = shared.timeouts.keep_alive.apply_tcp(&stream) {
         debug!(%peer, error = %e, "could not set TCP keepalive");
     }
-    let mut tls_stream = tokio::time::timeout_at(deadline, tls.accept(stream))
+    // The ClientHello first, under a short deadline of its own.
+    let hello_limit = CLIENT_HELLO_TIMEOUT.min(limit);
+    let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
+    let start = tokio::time::timeout(hello_limit, start)
+        .await
+        .map_err(|_| AcceptError::Timeout(hello_limit))?
+        .map_err(AcceptError::Tls)?;
+    let mut tls_stream = tokio::time::timeout_at(deadline, start.into_stream(tls))
         .await
         .map_err(|_| AcceptError::Timeout(limit))?
         .map_err(AcceptError::Tls)?;
@@ -421,13 +531,18 @@ fn decide(
     client_cert: Option<&CertificateDer<'static>>,
     shared: &Shared,
 ) -> Result<Grant, Refusal> {
-    if alpn != Some(dialback_certs::ALPN) {
-        return Err(Refusal::new(
+    let pre = if alpn != Some(dialback_certs::ALPN) {
+        Err(Refusal::new(
             RefusalReason::WrongProtocol,
             format!("ALPN must be {:?}", String::from_utf8_lossy(dialback_certs::ALPN)),
-        ));
+        ))
+    } else {
+        handshake::check_hello(hello).map_err(|(reason, message)| Refusal { reason, message })
+    };
+    if let Err(refusal) = pre {
+        shared.auth.discard(hello);
+        return Err(refusal);
     }
-    handshake::check_hello(hello).map_err(|(reason, message)| Refusal { reason, message })?;
     shared.auth.authenticate(&HelloContext { hello, transport, peer_addr: peer, client_cert })
 }
 
@@ -460,6 +575,8 @@ async fn deliver(
         channel_id,
         reconnect_token: String::new(),
         credential,
+        standby: hello.standby,
+        max_message_bytes: hello.max_message_bytes,
     };
     info!(app_id = %info.app_id, %transport, %peer, channel_id, "callback channel authenticated");
     if shared.tx.send(Channel { io, info, conn: conn.clone() }).await.is_err() {

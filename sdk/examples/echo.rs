@@ -2,7 +2,8 @@
 //! channel, with no listening socket. `OnInvoke` returns the request's data
 //! and content type unchanged; method `whoami` returns the transport in use;
 //! method `sleep/<ms>` echoes after waiting that long (at most 30 s), for
-//! trying calls in flight across restarts.
+//! trying calls in flight across restarts; a call carrying the header
+//! (metadata) `x-echo-method` is answered with the method name it arrived as.
 //!
 //! ```text
 //! cargo run -p dialbackd -- --app-id echo --enable-callback-channel   # in one shell
@@ -44,6 +45,13 @@ struct Args {
     /// Declare the channel dead after this long without hearing the sidecar, in ms.
     #[arg(long, value_parser = parse_ms, default_value = "6000")]
     idle_timeout_ms: Duration,
+    /// After being replaced by another instance, how often to check whether
+    /// the channel is free again, in ms.
+    #[arg(long, value_parser = parse_ms, default_value = "15000")]
+    standby_probe_ms: Duration,
+    /// The largest message the app accepts, in bytes (told to the sidecar).
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    max_message_bytes: usize,
     /// Classic mode: listen here for a sidecar started with `--app-port`, and dial nothing.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
@@ -59,7 +67,14 @@ async fn echo(req: tonic::Request<InvokeRequest>) -> Result<InvokeResponse, toni
         tokio::time::sleep(Duration::from_millis(ms.min(30_000))).await;
     }
     let transport = req.extensions().get::<CallContext>().map(|c| c.transport.as_str()).unwrap_or("unknown");
+    let tell_method = req.metadata().contains_key("x-echo-method");
     let req = req.into_inner();
+    if tell_method {
+        return Ok(InvokeResponse {
+            data: Some(prost_types::Any { type_url: String::new(), value: req.method.into_bytes() }),
+            content_type: "text/plain".into(),
+        });
+    }
     if req.method == "whoami" {
         return Ok(InvokeResponse {
             data: Some(prost_types::Any { type_url: String::new(), value: transport.as_bytes().to_vec() }),
@@ -84,6 +99,8 @@ async fn main() -> anyhow::Result<()> {
         transports: args.transport,
         local_ip: args.local_ip,
         quic_probe_interval: args.quic_probe_ms,
+        standby_probe_interval: args.standby_probe_ms,
+        max_message_size: args.max_message_bytes,
         timeouts: dialback::Timeouts {
             keep_alive: dialback::KeepAlive { interval: args.keepalive_ms, idle_timeout: args.idle_timeout_ms },
             ..dialback::Timeouts::default()
@@ -93,7 +110,7 @@ async fn main() -> anyhow::Result<()> {
     let handle = CallbackServer::builder()
         .sidecar(SidecarOptions::from_env())
         .options(options)
-        .add_service(handlers.into_service())
+        .add_service(handlers.into_service().max_decoding_message_size(args.max_message_bytes))
         .start()?;
 
     let mut states = handle.watch();

@@ -21,7 +21,7 @@ pub enum Error {
     /// No channel came up within the wait.
     #[error("no channel within {0:?}")]
     Timeout(std::time::Duration),
-    /// The channel was replaced by another instance of this app; this one stopped.
+    /// The channel was replaced by another instance of this app; this one stands by.
     #[error("the channel was replaced by another instance of this app")]
     Replaced,
     /// The call needs a live channel and none is up (e.g. a rebind while reconnecting).

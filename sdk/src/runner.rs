@@ -29,7 +29,7 @@ use crate::state::{CallContext, ChannelState, Connected};
 enum End {
     /// Reconnect per the backoff.
     Lost(String),
-    /// Another instance took over: stop.
+    /// Another instance took over: stand by.
     Replaced,
     /// The app asked to stop.
     Stopped,
@@ -84,6 +84,8 @@ pub(crate) struct Runner {
     dialer: Dialer,
     channels: u64,
     cache: Option<Cached>,
+    /// Replaced by another instance: hellos ask for the channel only if it is free.
+    standby: bool,
 }
 
 /// What the SDK keeps from the last channel to redial the same sidecar
@@ -106,13 +108,19 @@ impl Runner {
         commands: mpsc::UnboundedReceiver<Command>,
     ) -> Runner {
         let dialer = Dialer::new(options.local_ip);
-        Runner { sidecar, options, routes, state, stop, commands, dialer, channels: 0, cache: None }
+        Runner { sidecar, options, routes, state, stop, commands, dialer, channels: 0, cache: None, standby: false }
     }
 
     pub(crate) async fn run(mut self) {
         let mut backoff = self.options.backoff.clone();
         loop {
-            let delay = backoff.next_delay(rand::rng().random::<f64>());
+            let delay = if self.standby {
+                // Slow and jittered: replicas standing by do not probe in step.
+                let jitter = rand::rng().random::<f64>() * 0.5;
+                self.options.standby_probe_interval.mul_f64(1.0 + jitter)
+            } else {
+                backoff.next_delay(rand::rng().random::<f64>())
+            };
             if !delay.is_zero() {
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
@@ -123,7 +131,9 @@ impl Runner {
             if self.stop.is_cancelled() {
                 break;
             }
-            self.state.send_replace(ChannelState::Connecting { attempt: backoff.attempts() });
+            if !self.standby {
+                self.state.send_replace(ChannelState::Connecting { attempt: backoff.attempts() });
+            }
             let transports = self.options.transports;
             let stop = self.stop.clone();
             let channel = tokio::select! {
@@ -131,7 +141,17 @@ impl Runner {
                 () = stop.cancelled() => break,
             };
             let mut session = match channel {
-                Ok(c) => self.start_session(c),
+                Ok(c) => {
+                    if self.standby {
+                        info!("the channel is free again; taking it back");
+                    }
+                    self.standby = false;
+                    self.start_session(c)
+                }
+                Err(e) if self.standby => {
+                    debug!(error = %e, "standing by: the channel is not free");
+                    continue;
+                }
                 Err(e) => {
                     warn!(error = %e, "callback channel not up");
                     self.state.send_replace(ChannelState::Disconnected { reason: e.to_string() });
@@ -146,9 +166,9 @@ impl Runner {
                     self.state.send_replace(ChannelState::Disconnected { reason });
                 }
                 End::Replaced => {
-                    warn!("another instance of this app took over the channel; stopping");
+                    warn!("another instance of this app took over the channel; standing by");
                     self.state.send_replace(ChannelState::Replaced);
-                    return;
+                    self.standby = true;
                 }
                 End::Stopped => break,
             }
@@ -301,7 +321,7 @@ impl Runner {
                 let sidecar = self.sidecar.clone();
                 let ask = async move { sidecar.connect_app_callback().await };
                 tokio::pin!(ask);
-                let hello = hello(&c.app_id, Credential::ReconnectToken(c.reconnect_token.clone()));
+                let hello = self.hello(&c.app_id, Credential::ReconnectToken(c.reconnect_token.clone()));
                 let head_start = self.options.tcp_head_start;
                 let outcome = {
                     let direct = async {
@@ -327,6 +347,7 @@ impl Runner {
                         self.remember(c.config, c.app_id, c.offered, &ch);
                         return Ok(ch);
                     }
+                    Err((e, _)) if slot_taken(&e) => return Err(e),
                     Err((e, answer)) => {
                         debug!(error = %e, "direct redial failed; using ConnectAppCallback");
                         self.cache = None;
@@ -379,7 +400,7 @@ impl Runner {
             }
             CredentialChoice::ClientCertificate(_) => Credential::ClientCertificate(true),
         };
-        let ch = pending.hello(&hello(&answer.app_id, credential)).await?;
+        let ch = pending.hello(&self.hello(&answer.app_id, credential)).await?;
         self.remember(config, answer.app_id, offered, &ch);
         Ok(ch)
     }
@@ -423,13 +444,25 @@ async fn watchdog(ping: &PingState, keep_alive: KeepAlive, suspected: Option<Ins
     }
 }
 
-fn hello(app_id: &str, credential: Credential) -> Hello {
-    Hello {
-        version: dialback_channel::handshake::VERSION,
-        app_id: app_id.to_string(),
-        credential: Some(credential),
-        instance: format!("pid {}", std::process::id()),
+impl Runner {
+    fn hello(&self, app_id: &str, credential: Credential) -> Hello {
+        Hello {
+            version: dialback_channel::handshake::VERSION,
+            app_id: app_id.to_string(),
+            credential: Some(credential),
+            instance: format!("pid {}", std::process::id()),
+            standby: self.standby,
+            max_message_bytes: u32::try_from(self.options.max_message_size).unwrap_or(u32::MAX),
+        }
     }
+}
+
+/// Whether the sidecar refused a standby hello because the slot is taken.
+fn slot_taken(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Dial(dialback_channel::DialError::Refused { reason: dialback_channel::RefusalReason::SlotTaken, .. })
+    )
 }
 
 fn offered(answer: &ConnectAppCallbackResponse) -> Transports {

@@ -68,6 +68,17 @@ pub struct ChannelOptions {
     /// While on TCP with QUIC allowed, how often to try QUIC again; when it
     /// works the channel moves to QUIC, make-before-break.
     pub quic_probe_interval: Duration,
+    /// After another instance of this app took the channel over, how often
+    /// (jittered by up to a half) to ask whether it is free again; a probe
+    /// never displaces a live instance, so two real replicas do not fight,
+    /// and a replaced app comes back when the one that replaced it is gone.
+    pub standby_probe_interval: Duration,
+    /// The largest message the app accepts, in bytes; told to the sidecar in
+    /// the hello, which then refuses larger calls itself (413 /
+    /// RESOURCE_EXHAUSTED) instead of sending them. Applied to the built-in
+    /// [`crate::InvokeHandlers`]; a service of your own should set the same
+    /// `max_decoding_message_size` (tonic's default is 4 MiB, as here).
+    pub max_message_size: usize,
 }
 
 impl Default for ChannelOptions {
@@ -81,6 +92,8 @@ impl Default for ChannelOptions {
             local_ip: None,
             backoff: Backoff::default(),
             quic_probe_interval: Duration::from_secs(5),
+            standby_probe_interval: Duration::from_secs(15),
+            max_message_size: 4 * 1024 * 1024,
         }
     }
 }
@@ -159,7 +172,9 @@ impl CallbackServerBuilder {
                     "invoke_handler() and an AppCallback service of your own cannot be combined".into(),
                 ));
             }
-            let handlers = std::mem::take(&mut self.handlers).into_service();
+            let handlers = std::mem::take(&mut self.handlers)
+                .into_service()
+                .max_decoding_message_size(self.options.max_message_size);
             self = self.add_service(handlers);
         }
         let sidecar = SidecarClient::new(self.sidecar.unwrap_or_else(SidecarOptions::from_env))?;

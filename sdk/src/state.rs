@@ -20,7 +20,9 @@ pub enum ChannelState {
         /// Why, in words.
         reason: String,
     },
-    /// Another instance of this app took over the channel; this one stopped.
+    /// Another instance of this app took over the channel; this one stands
+    /// by, probing every [`crate::ChannelOptions::standby_probe_interval`],
+    /// and takes the channel back only once it is free.
     Replaced,
     /// Shut down by the app.
     Stopped,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use dialback_channel::{Authenticator, Credential, Grant, HelloContext, Refusal, RefusalReason};
+use dialback_channel::{Authenticator, Credential, Grant, Hello, HelloContext, Refusal, RefusalReason};
 use rand::RngCore;
 
 /// At most this many live tokens; ConnectAppCallback may be unauthenticated,
@@ -119,6 +119,8 @@ pub struct ChannelAuth {
     pub tokens: Arc<Mutex<TokenStore>>,
     /// Whether client certificates are verified (a client CA is configured).
     pub mtls: bool,
+    /// The live channel, for standby hellos.
+    pub registry: Arc<crate::registry::Registry>,
 }
 
 fn random_token() -> String {
@@ -129,7 +131,12 @@ fn random_token() -> String {
 
 /// SHA-256, so that comparing tokens takes time independent of where they differ.
 pub fn sha256(s: &str) -> [u8; 32] {
-    let d = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+    sha256_bytes(s.as_bytes())
+}
+
+/// [`sha256`] of raw bytes (a header value need not be UTF-8).
+pub fn sha256_bytes(b: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, b);
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out
@@ -138,14 +145,37 @@ pub fn sha256(s: &str) -> [u8; 32] {
 impl Authenticator for ChannelAuth {
     fn authenticate(&self, ctx: &HelloContext<'_>) -> Result<Grant, Refusal> {
         self.check(ctx)?;
+        if ctx.hello.standby && self.registry.is_taken() {
+            return Err(Refusal::new(
+                RefusalReason::SlotTaken,
+                "another instance of this app holds the channel; standing by",
+            ));
+        }
         let mut tokens = self.tokens.lock().map_err(|_| Refusal::new(RefusalReason::Unspecified, "internal error"))?;
         Ok(Grant { reconnect_token: tokens.issue_reconnect(Instant::now(), RECONNECT_TTL) })
+    }
+
+    fn discard(&self, hello: &Hello) {
+        self.spend(hello);
     }
 }
 
 impl ChannelAuth {
+    /// Spends the hello's one-time token, if it carries one: a token is
+    /// good for one presentation, whatever else is wrong with the hello.
+    fn spend(&self, hello: &Hello) -> Option<Result<(), Refusal>> {
+        let Some(Credential::OneTimeToken(t)) = &hello.credential else { return None };
+        let mut tokens = match self.tokens.lock() {
+            Ok(t) => t,
+            Err(_) => return Some(Err(Refusal::new(RefusalReason::Unspecified, "internal error"))),
+        };
+        Some(tokens.redeem(t, Instant::now()))
+    }
+
     fn check(&self, ctx: &HelloContext<'_>) -> Result<(), Refusal> {
         let hello = ctx.hello;
+        // First of all, so that no refusal below leaves the token usable.
+        let spent = self.spend(hello);
         if hello.app_id != self.app_id {
             return Err(Refusal::new(
                 RefusalReason::WrongAppId,
@@ -154,11 +184,7 @@ impl ChannelAuth {
         }
         match &hello.credential {
             None => Err(Refusal::new(RefusalReason::NoCredential, "hello carries no credential")),
-            Some(Credential::OneTimeToken(t)) => {
-                let mut tokens =
-                    self.tokens.lock().map_err(|_| Refusal::new(RefusalReason::Unspecified, "internal error"))?;
-                tokens.redeem(t, Instant::now())
-            }
+            Some(Credential::OneTimeToken(_)) => spent.unwrap_or(Ok(())),
             Some(Credential::ReconnectToken(t)) => {
                 let tokens =
                     self.tokens.lock().map_err(|_| Refusal::new(RefusalReason::Unspecified, "internal error"))?;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use dialback_channel::{Channel, CloseCode, KeepAlive, Listener, h2};
 use dialback_proto::runtime::dapr_app_channel_callback_client::DaprAppChannelCallbackClient;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -97,18 +97,67 @@ async fn setup(ch: Channel, registry: Arc<Registry>, policy: CallbackPolicy) {
     };
     let live = Arc::new(Live::new(info, conn, client));
     let id = live.info.channel_id;
-    // The HTTP/2 connection task ends when the channel is gone.
+    // The HTTP/2 connection task ends when the channel is gone; an error
+    // (the app broke the protocol) is the reason the channel ends.
     let h2_done = CancellationToken::new();
     {
-        let h2_done = h2_done.clone();
+        let (h2_done, live) = (h2_done.clone(), live.clone());
         tokio::spawn(async move {
             if let Err(e) = h2_conn.await {
                 tracing::debug!(channel_id = id, error = %e, "HTTP/2 connection ended");
+                if let Some(why) = protocol_error(&e)
+                    && !live.stop.is_cancelled()
+                {
+                    live.fail(format!("HTTP/2 protocol error on the channel: {why}"));
+                }
             }
             h2_done.cancel();
         });
     }
-    if let Some(old) = registry.install(live.clone()) {
+    // Prove the channel live (HTTP/2 served, a Ping answered) before it may
+    // displace anything: a dial that authenticates and then dies must never
+    // take the healthy app's place.
+    let (proven_tx, proven_rx) = oneshot::channel();
+    tokio::spawn(ping_loop(live.clone(), policy.ping_interval, policy.keep_alive.idle_timeout, proven_tx));
+    let proven = tokio::select! {
+        r = proven_rx => r.unwrap_or_else(|_| Err("the Ping stream ended".to_string())),
+        () = h2_done.cancelled() => Err(live.failure().unwrap_or_else(|| "connection closed".to_string())),
+        c = live.conn.closed() => Err(match c {
+            Some((code, why)) => format!("closed by the app ({code:?}): {why}"),
+            None => "connection lost".to_string(),
+        }),
+    };
+    // However it ended, let the HTTP/2 task record a protocol error first.
+    let settle = |h2_done: CancellationToken| async move {
+        let _ = tokio::time::timeout(Duration::from_millis(500), h2_done.cancelled()).await;
+    };
+    let proven = match proven {
+        Ok(()) => Ok(()),
+        Err(reason) => {
+            settle(h2_done.clone()).await;
+            Err(live.failure().unwrap_or(reason))
+        }
+    };
+    if let Err(reason) = proven {
+        let reason = format!("channel {id} from {} failed before it went live: {reason}", live.info.peer_addr);
+        warn!(channel_id = id, %reason, "new app channel not installed");
+        registry.note_failed(&reason);
+        live.stop.cancel();
+        live.conn.close(CloseCode::PingTimeout, &reason);
+        return;
+    }
+    let installed =
+        if live.info.standby { registry.install_if_free(live.clone()) } else { Ok(registry.install(live.clone())) };
+    let old = match installed {
+        Ok(old) => old,
+        Err(()) => {
+            info!(channel_id = id, "a standby channel arrived while another is live; closing it");
+            live.stop.cancel();
+            live.conn.close(CloseCode::Refused, "another instance of this app holds the channel");
+            return;
+        }
+    };
+    if let Some(old) = old {
         info!(old = old.info.channel_id, new = id, "a new channel replaces the old one");
         tokio::spawn(retire(old, CloseCode::Replaced, policy.drain));
     }
@@ -116,7 +165,6 @@ async fn setup(ch: Channel, registry: Arc<Registry>, policy: CallbackPolicy) {
         app_id = %live.info.app_id, transport = %live.info.transport, peer = %live.info.peer_addr,
         channel_id = id, "app channel up"
     );
-    tokio::spawn(ping_loop(live.clone(), policy.ping_interval, policy.keep_alive.idle_timeout));
     // Watch for the end, whatever ends it.
     let reason = tokio::select! {
         () = h2_done.cancelled() => "connection closed".to_string(),
@@ -126,14 +174,35 @@ async fn setup(ch: Channel, registry: Arc<Registry>, policy: CallbackPolicy) {
         },
         () = live.stop.cancelled() => "retired".to_string(),
     };
-    // A failure recorded by the Ping loop explains the end better than the
-    // closed connection it caused.
+    // A failure recorded by the Ping loop or the HTTP/2 connection explains
+    // the end better than the closed connection it caused.
+    settle(h2_done.clone()).await;
     let reason = live.failure().unwrap_or(reason);
     if registry.remove_if(id, &reason) {
         warn!(channel_id = id, %reason, "app channel down");
     }
     live.stop.cancel();
     live.conn.close(CloseCode::Done, &reason);
+}
+
+/// The error's text with its causes, when it is the peer breaking HTTP/2
+/// (garbage, a frame or header block over the limits) rather than the
+/// connection going away, which the transport reports better.
+fn protocol_error(e: &hyper::Error) -> Option<String> {
+    if e.is_closed() || e.is_incomplete_message() || e.is_canceled() {
+        return None;
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.is::<std::io::Error>() || c.downcast_ref::<::h2::Error>().is_some_and(::h2::Error::is_io) {
+            return None;
+        }
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    Some(text)
 }
 
 /// Takes a channel out of service: tells the app why (replacement), lets
@@ -179,8 +248,16 @@ async fn notify_close(live: &Live, why: &'static str) -> bool {
 const NOTICE_WAIT: Duration = Duration::from_millis(250);
 
 /// The liveness stream: one Empty per `interval`, each answered within
-/// `deadline`, else the channel is closed on both sides.
-async fn ping_loop(live: Arc<Live>, interval: Duration, deadline: Duration) {
+/// `deadline`, else the channel is closed on both sides. `proven` hears the
+/// first answer (or why there was none); until then a failure is left to
+/// the caller, which has not installed the channel.
+async fn ping_loop(
+    live: Arc<Live>,
+    interval: Duration,
+    deadline: Duration,
+    proven: oneshot::Sender<Result<(), String>>,
+) {
+    let proven = std::sync::Mutex::new(Some(proven));
     let mut client = DaprAppChannelCallbackClient::new(live.client.clone());
     let (tx, rx) = mpsc::channel::<()>(1);
     let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|()| ((), rx)) });
@@ -200,7 +277,12 @@ async fn ping_loop(live: Arc<Live>, interval: Duration, deadline: Duration) {
                 return "Ping stream closed".to_string();
             }
             match tokio::time::timeout(deadline, inbound.message()).await {
-                Ok(Ok(Some(()))) => live.set_rtt(sent.elapsed()),
+                Ok(Ok(Some(()))) => {
+                    live.set_rtt(sent.elapsed());
+                    if let Some(p) = proven.lock().ok().and_then(|mut p| p.take()) {
+                        let _ = p.send(Ok(()));
+                    }
+                }
                 Ok(Ok(None)) => return "the app ended the Ping stream".to_string(),
                 Ok(Err(status)) => return format!("Ping stream failed: {}", status.message()),
                 Err(_) => return format!("no Ping answer within {deadline:?}"),
@@ -210,6 +292,10 @@ async fn ping_loop(live: Arc<Live>, interval: Duration, deadline: Duration) {
     };
     tokio::select! {
         reason = failure => {
+            if let Some(p) = proven.lock().ok().and_then(|mut p| p.take()) {
+                let _ = p.send(Err(reason));
+                return;
+            }
             if !live.stop.is_cancelled() {
                 warn!(channel_id = live.info.channel_id, %reason, "closing the app channel");
                 live.fail(reason.clone());

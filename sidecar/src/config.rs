@@ -151,6 +151,57 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 5)]
     pub dapr_graceful_shutdown_seconds: u64,
 
+    /// Largest request body (HTTP) or message (gRPC) either API accepts, as a
+    /// quantity (4Mi, 512Ki, 1048576); bigger calls get 413/RESOURCE_EXHAUSTED
+    /// before anything reaches the app. The app's own limit, sent in its
+    /// hello, lowers it for that app.
+    #[arg(long, default_value = "4Mi", value_parser = parse_size)]
+    pub max_body_size: u64,
+
+    /// Calls in flight to the app at once; -1: as many as the channel
+    /// carries (its HTTP/2 stream limit).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub app_max_concurrency: i64,
+
+    /// Calls that may wait for a free slot when the app is at its concurrency
+    /// limit; beyond it a call gets 429/RESOURCE_EXHAUSTED at once.
+    #[arg(long, default_value_t = 512)]
+    pub app_max_pending: usize,
+
+    /// Bound on one invocation, from arrival to the app's answer, waiting for
+    /// a channel or a slot included (504/DEADLINE_EXCEEDED); a gRPC caller's
+    /// shorter grpc-timeout wins.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub app_call_timeout: Duration,
+
+    /// Request bodies the HTTP API holds in memory at once, all calls
+    /// together, as a quantity; a call that would exceed it waits (within
+    /// its timeout) for room.
+    #[arg(long, default_value = "256Mi", value_parser = parse_size)]
+    pub max_body_bytes_in_flight: u64,
+
+    /// Connections each API listener holds at once; at the limit the
+    /// connection idle the longest is closed to make room.
+    #[arg(long, default_value_t = 1000)]
+    pub api_max_connections: usize,
+
+    /// Bound on receiving a request's headers, and on an idle HTTP/1
+    /// keep-alive connection (slow or silent clients are closed).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub api_header_timeout: Duration,
+
+    /// An API connection with no request in flight for this long is closed.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub api_idle_timeout: Duration,
+
+    /// Callback-channel handshakes in flight at once, per transport.
+    #[arg(long, default_value_t = 128)]
+    pub callback_max_handshakes: usize,
+
+    /// Callback-channel handshakes in flight at once from one IP address.
+    #[arg(long, default_value_t = 16)]
+    pub callback_max_handshakes_per_ip: usize,
+
     /// Log level or filter (RUST_LOG wins when set).
     #[arg(long, default_value = "info")]
     pub log_level: String,
@@ -221,6 +272,50 @@ pub struct Config {
     pub api_token: Option<String>,
     /// Shutdown grace.
     pub shutdown_grace: Duration,
+    /// What one caller or stranger may hold.
+    pub limits: Limits,
+}
+
+/// The bounds on calls and API connections (see the flags of the same names).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// `--max-body-size` in bytes.
+    pub max_body_size: usize,
+    /// `--app-max-concurrency`; `None`: the channel's stream limit.
+    pub app_max_concurrency: Option<usize>,
+    /// `--app-max-pending`.
+    pub app_max_pending: usize,
+    /// `--app-call-timeout`.
+    pub app_call_timeout: Duration,
+    /// `--max-body-bytes-in-flight`.
+    pub body_bytes_in_flight: usize,
+    /// `--api-max-connections`.
+    pub api_max_connections: usize,
+    /// `--api-header-timeout`.
+    pub api_header_timeout: Duration,
+    /// `--api-idle-timeout`.
+    pub api_idle_timeout: Duration,
+    /// `--callback-max-handshakes`.
+    pub callback_max_handshakes: usize,
+    /// `--callback-max-handshakes-per-ip`.
+    pub callback_max_handshakes_per_ip: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_size: 4 << 20,
+            app_max_concurrency: None,
+            app_max_pending: 512,
+            app_call_timeout: Duration::from_secs(60),
+            body_bytes_in_flight: 256 << 20,
+            api_max_connections: 1000,
+            api_header_timeout: Duration::from_secs(10),
+            api_idle_timeout: Duration::from_secs(60),
+            callback_max_handshakes: 128,
+            callback_max_handshakes_per_ip: 16,
+        }
+    }
 }
 
 /// A flag combination that cannot work; `main` prints it and exits 64.
@@ -249,6 +344,15 @@ pub enum ConfigError {
     /// No listen address.
     #[error("--dapr-listen-addresses needs at least one address")]
     NoListenAddress,
+    /// A count that must be at least one.
+    #[error("{0} must be at least 1")]
+    ZeroCount(&'static str),
+    /// The body size limit is larger than the protocol allows.
+    #[error("--max-body-size must be between 1 byte and 2Gi")]
+    BadBodySize,
+    /// The in-flight budget cannot hold even one body of the largest size.
+    #[error("--max-body-bytes-in-flight must be at least --max-body-size")]
+    BudgetTooSmall,
 }
 
 impl Config {
@@ -280,6 +384,9 @@ impl Config {
             ("--callback-keepalive-interval", a.callback_keepalive_interval),
             ("--callback-idle-timeout", a.callback_idle_timeout),
             ("--callback-ping-interval", a.callback_ping_interval),
+            ("--app-call-timeout", a.app_call_timeout),
+            ("--api-header-timeout", a.api_header_timeout),
+            ("--api-idle-timeout", a.api_idle_timeout),
         ] {
             if d.is_zero() {
                 return Err(ConfigError::ZeroDuration(name));
@@ -291,6 +398,40 @@ impl Config {
         if a.dapr_listen_addresses.is_empty() {
             return Err(ConfigError::NoListenAddress);
         }
+        for (name, n) in [
+            ("--app-max-pending", a.app_max_pending),
+            ("--api-max-connections", a.api_max_connections),
+            ("--callback-max-handshakes", a.callback_max_handshakes),
+            ("--callback-max-handshakes-per-ip", a.callback_max_handshakes_per_ip),
+        ] {
+            if n == 0 {
+                return Err(ConfigError::ZeroCount(name));
+            }
+        }
+        if a.app_max_concurrency == 0 {
+            return Err(ConfigError::ZeroCount("--app-max-concurrency (or -1 for no limit)"));
+        }
+        // gRPC's length prefix is 32 bits; keep a margin for the envelope.
+        let max_body_size = match usize::try_from(a.max_body_size) {
+            Ok(n) if n > 0 && n <= 2 << 30 => n,
+            _ => return Err(ConfigError::BadBodySize),
+        };
+        let body_bytes_in_flight = usize::try_from(a.max_body_bytes_in_flight).unwrap_or(usize::MAX);
+        if body_bytes_in_flight < max_body_size {
+            return Err(ConfigError::BudgetTooSmall);
+        }
+        let limits = Limits {
+            max_body_size,
+            app_max_concurrency: usize::try_from(a.app_max_concurrency).ok(),
+            app_max_pending: a.app_max_pending,
+            app_call_timeout: a.app_call_timeout,
+            body_bytes_in_flight,
+            api_max_connections: a.api_max_connections,
+            api_header_timeout: a.api_header_timeout,
+            api_idle_timeout: a.api_idle_timeout,
+            callback_max_handshakes: a.callback_max_handshakes,
+            callback_max_handshakes_per_ip: a.callback_max_handshakes_per_ip,
+        };
         let addrs = |port| a.dapr_listen_addresses.iter().map(|ip| std::net::SocketAddr::new(*ip, port)).collect();
         let certs = match (a.callback_cert_file, a.callback_key_file) {
             (Some(cert), Some(key)) => CertSource::Files { cert, key },
@@ -320,6 +461,7 @@ impl Config {
             state_dir,
             api_token: a.dapr_api_token.filter(|t| !t.is_empty()),
             shutdown_grace: Duration::from_secs(a.dapr_graceful_shutdown_seconds),
+            limits,
             app_id,
         })
     }
@@ -333,6 +475,27 @@ fn default_state_dir(app_id: &str) -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
         .unwrap_or_else(std::env::temp_dir);
     base.join("dialback").join(app_id)
+}
+
+/// Parses a size as daprd's `--max-body-size` does (a Kubernetes-style
+/// quantity): a bare number of bytes, or one with a suffix `Ki`, `Mi`, `Gi`
+/// (powers of 1024) or `k`, `M`, `G` (powers of 1000).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 4Mi, 512Ki or 1048576"))?;
+    let mult: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "k" | "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use Ki, Mi, Gi, k, M or G)")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Parses `250ms`, `5s`, `2m` or a bare number of seconds.
@@ -397,6 +560,24 @@ mod tests {
         assert!(parse(&["--app-id", "a", "--callback-wait-timeout", "0s"]).is_err());
         assert!(parse(&["--app-id", "a", "--callback-keepalive-interval", "9s"]).is_err());
         assert!(parse(&["--app-id", "a", "--callback-cert-file", "c.pem"]).is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4Mi").unwrap(), 4 << 20);
+        assert_eq!(parse_size("512Ki").unwrap(), 512 << 10);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert_eq!(parse_size("2M").unwrap(), 2_000_000);
+        assert!(parse_size("4MB").is_err());
+        assert!(parse_size("-1").is_err());
+        assert!(parse_size("99999999999999999999Gi").is_err());
+        let c = parse(&["--app-id", "a"]).unwrap();
+        assert_eq!(c.limits, Limits::default(), "the flags' defaults and Limits::default() agree");
+        assert!(parse(&["--app-id", "a", "--max-body-size", "0"]).is_err());
+        assert!(parse(&["--app-id", "a", "--max-body-size", "8Mi", "--max-body-bytes-in-flight", "4Mi"]).is_err());
+        assert!(parse(&["--app-id", "a", "--app-max-concurrency", "0"]).is_err());
+        let c = parse(&["--app-id", "a", "--app-max-concurrency", "8"]).unwrap();
+        assert_eq!(c.limits.app_max_concurrency, Some(8));
     }
 
     #[test]

@@ -30,6 +30,25 @@ pub enum InvokeError {
     /// The app answered with an error status.
     #[error("the app returned an error: {}", .0.message())]
     App(tonic::Status),
+    /// The message is larger than this sidecar or the app accepts; nothing was sent.
+    #[error("the message is {size} bytes, over {whose} limit of {limit} bytes")]
+    TooLarge {
+        /// The message's size.
+        size: usize,
+        /// The limit it exceeds.
+        limit: usize,
+        /// Whose limit: the sidecar's flag or the app's hello.
+        whose: &'static str,
+    },
+    /// The app is at its concurrency limit and the waiting line is full.
+    #[error("the app is at its concurrency limit and {waiting} calls are already waiting; try again later")]
+    Busy {
+        /// The waiting line's length.
+        waiting: usize,
+    },
+    /// The call did not finish within its time bound.
+    #[error("the call did not finish within {0:?}")]
+    Timeout(Duration),
 }
 
 impl InvokeError {
@@ -48,6 +67,10 @@ impl InvokeError {
     pub fn to_status(&self) -> tonic::Status {
         match self {
             InvokeError::App(s) => s.clone(),
+            InvokeError::TooLarge { .. } | InvokeError::Busy { .. } => {
+                tonic::Status::resource_exhausted(self.to_string())
+            }
+            InvokeError::Timeout(_) => tonic::Status::deadline_exceeded(self.to_string()),
             other => tonic::Status::unavailable(other.to_string()),
         }
     }
@@ -58,6 +81,9 @@ impl InvokeError {
             InvokeError::UnknownApp(_) | InvokeError::NoApp => StatusCode::INTERNAL_SERVER_ERROR,
             InvokeError::ChannelDown { .. } | InvokeError::Broken(_) => StatusCode::SERVICE_UNAVAILABLE,
             InvokeError::App(s) => http_status_of(s.code()),
+            InvokeError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            InvokeError::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            InvokeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 }
@@ -110,5 +136,20 @@ mod tests {
         assert_eq!(InvokeError::App(tonic::Status::not_found("m")).http_status(), StatusCode::NOT_FOUND);
         assert_eq!(InvokeError::App(tonic::Status::not_found("m")).to_status().code(), tonic::Code::NotFound);
         assert!(matches!(InvokeError::from_status(tonic::Status::internal("x")), InvokeError::App(_)));
+        let big = InvokeError::TooLarge { size: 9, limit: 4, whose: "x" };
+        assert_eq!(
+            (big.http_status(), big.to_status().code()),
+            (StatusCode::PAYLOAD_TOO_LARGE, tonic::Code::ResourceExhausted)
+        );
+        let busy = InvokeError::Busy { waiting: 1 };
+        assert_eq!(
+            (busy.http_status(), busy.to_status().code()),
+            (StatusCode::TOO_MANY_REQUESTS, tonic::Code::ResourceExhausted)
+        );
+        let late = InvokeError::Timeout(Duration::from_secs(1));
+        assert_eq!(
+            (late.http_status(), late.to_status().code()),
+            (StatusCode::GATEWAY_TIMEOUT, tonic::Code::DeadlineExceeded)
+        );
     }
 }

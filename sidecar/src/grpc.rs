@@ -2,7 +2,7 @@
 //! `DaprAppChannel/ConnectAppCallback`.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dialback_proto::common::{InvokeRequest, InvokeResponse};
 use dialback_proto::runtime::dapr_app_channel_server::{DaprAppChannel, DaprAppChannelServer};
@@ -11,7 +11,7 @@ use dialback_proto::runtime::{ConnectAppCallbackRequest, ConnectAppCallbackRespo
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use crate::invoke::{MAX_MESSAGE, invoke};
+use crate::invoke::{ENVELOPE, invoke};
 use crate::state::Sidecar;
 
 /// `dapr.proto.runtime.v1.Dapr`.
@@ -33,19 +33,32 @@ fn forwardable(md: &MetadataMap) -> MetadataMap {
     MetadataMap::from_headers(headers)
 }
 
-/// Checks the `dapr-api-token` metadata when a token is configured.
-fn authorize(s: &Sidecar, md: &MetadataMap) -> Result<(), Status> {
-    let Some(want) = &s.api_token_sha else { return Ok(()) };
-    match md.get("dapr-api-token").and_then(|v| v.to_str().ok()) {
-        Some(t) if crate::auth::sha256(t) == *want => Ok(()),
-        _ => Err(Status::unauthenticated("missing or invalid dapr-api-token metadata")),
+/// The caller's `grpc-timeout` (gRPC's wire format: up to 8 digits and a
+/// unit of H, M, S, m, u or n), if it sent a valid one.
+pub fn grpc_timeout(md: &MetadataMap) -> Option<Duration> {
+    let v = md.get("grpc-timeout")?.to_str().ok()?;
+    if v.len() < 2 || v.len() > 9 {
+        return None;
     }
+    let (n, unit) = v.split_at(v.len() - 1);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 #[tonic::async_trait]
 impl Dapr for DaprApi {
     async fn invoke_service(&self, request: Request<InvokeServiceRequest>) -> Result<Response<InvokeResponse>, Status> {
-        authorize(&self.0, request.metadata())?;
+        let s = &self.0;
+        let timeout =
+            grpc_timeout(request.metadata()).map_or(s.limits.app_call_timeout, |t| t.min(s.limits.app_call_timeout));
         let md = forwardable(request.metadata());
         let req = request.into_inner();
         let message: InvokeRequest =
@@ -53,11 +66,7 @@ impl Dapr for DaprApi {
         if message.method.is_empty() {
             return Err(Status::invalid_argument("InvokeRequest.method is required"));
         }
-        let s = &self.0;
-        invoke(&s.app, &s.app_id, &req.id, message, md, s.wait_timeout)
-            .await
-            .map(Response::new)
-            .map_err(|e| e.to_status())
+        invoke(s, &req.id, message, md, timeout).await.map(Response::new).map_err(|e| e.to_status())
     }
 }
 
@@ -65,10 +74,9 @@ impl Dapr for DaprApi {
 impl DaprAppChannel for AppChannelApi {
     async fn connect_app_callback(
         &self,
-        request: Request<ConnectAppCallbackRequest>,
+        _request: Request<ConnectAppCallbackRequest>,
     ) -> Result<Response<ConnectAppCallbackResponse>, Status> {
         let s = &self.0;
-        authorize(s, request.metadata())?;
         let Some(cb) = &s.callback else {
             return Err(Status::failed_precondition(
                 "the callback channel is not enabled on this sidecar (--enable-callback-channel)",
@@ -99,12 +107,36 @@ impl DaprAppChannel for AppChannelApi {
 
 /// The gRPC API's services.
 pub fn routes(state: Arc<Sidecar>) -> tonic::service::Routes {
+    let max = state.limits.max_body_size;
     let dapr = DaprServer::new(DaprApi(state.clone()))
-        .max_decoding_message_size(MAX_MESSAGE)
-        .max_encoding_message_size(MAX_MESSAGE);
+        .max_decoding_message_size(max.saturating_add(ENVELOPE))
+        .max_encoding_message_size(max.saturating_add(ENVELOPE));
     let mut routes = tonic::service::Routes::new(dapr);
     if state.callback.is_some() {
         routes = routes.add_service(DaprAppChannelServer::new(AppChannelApi(state)));
     }
     routes
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse_as_the_wire_format_says() {
+        let md = |v: &str| {
+            let mut m = MetadataMap::new();
+            m.insert("grpc-timeout", v.parse().unwrap());
+            m
+        };
+        assert_eq!(grpc_timeout(&md("250m")), Some(Duration::from_millis(250)));
+        assert_eq!(grpc_timeout(&md("3S")), Some(Duration::from_secs(3)));
+        assert_eq!(grpc_timeout(&md("1H")), Some(Duration::from_secs(3600)));
+        assert_eq!(grpc_timeout(&md("99999999n")), Some(Duration::from_nanos(99_999_999)));
+        for bad in ["", "S", "5", "5x", "123456789S", "-1S", "1.5S"] {
+            assert_eq!(grpc_timeout(&md(bad)), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&MetadataMap::new()), None);
+    }
 }

@@ -1,10 +1,16 @@
-//! The one invocation path both APIs share: find the app's connection
-//! (classic or callback, waiting a bounded time for a down channel), call
-//! `AppCallback/OnInvoke`, and classify what went wrong.
+//! The one invocation path both APIs share: check the message's size, find
+//! the app's connection (classic or callback, waiting a bounded time for a
+//! down channel), take a slot, call `AppCallback/OnInvoke` within the
+//! call's deadline, and classify what went wrong.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
+
+use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 use dialback_channel::h2::H2Client;
 use dialback_proto::common::{InvokeRequest, InvokeResponse};
@@ -15,6 +21,7 @@ use tonic::metadata::MetadataMap;
 
 use crate::error::InvokeError;
 use crate::registry::{CallGuard, Registry};
+use crate::state::Sidecar;
 
 /// How the sidecar reaches its app.
 #[derive(Clone, Debug)]
@@ -62,46 +69,167 @@ impl tower::Service<http::Request<Body>> for AppConn {
     }
 }
 
-/// The largest message the sidecar passes either way.
-pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+/// Room over `--max-body-size` for a message's envelope (method, content
+/// type, metadata): the limit holds the data, not the few bytes around it.
+pub const ENVELOPE: usize = 64 * 1024;
+
+/// The largest message the app accepts when its hello does not say
+/// (gRPC's default, which tonic and grpc-go servers use).
+pub const APP_DEFAULT_MAX_MESSAGE: usize = 4 * 1024 * 1024;
 
 impl AppChannel {
-    /// A client to the app, waiting up to `wait` for a callback channel.
-    /// Fails when no app is configured or no channel came up in time.
-    pub async fn client(&self, wait: Duration) -> Result<(AppCallbackClient<AppConn>, Option<CallGuard>), InvokeError> {
-        let (conn, guard) = match self {
+    /// A client to the app, waiting up to `wait` for a callback channel;
+    /// also the largest message the app takes, when known. Fails when no
+    /// app is configured or no channel came up in time.
+    pub async fn client(
+        &self,
+        wait: Duration,
+        max_message: usize,
+    ) -> Result<(AppCallbackClient<AppConn>, Option<CallGuard>, Option<usize>), InvokeError> {
+        let (conn, guard, app_limit) = match self {
             AppChannel::None => return Err(InvokeError::NoApp),
-            AppChannel::Classic(c) => (AppConn::Classic(c.clone()), None),
+            AppChannel::Classic(c) => (AppConn::Classic(c.clone()), None, None),
             AppChannel::Callback(reg) => match reg.wait(wait).await {
-                Some(live) => (AppConn::Callback(live.client.clone()), Some(live.begin_call())),
+                Some(live) => {
+                    let limit = match live.info.max_message_bytes {
+                        0 => APP_DEFAULT_MAX_MESSAGE,
+                        n => usize::try_from(n).unwrap_or(usize::MAX),
+                    };
+                    (AppConn::Callback(live.client.clone()), Some(live.begin_call()), Some(limit))
+                }
                 None => return Err(InvokeError::ChannelDown { waited: wait }),
             },
         };
         let client =
-            AppCallbackClient::new(conn).max_decoding_message_size(MAX_MESSAGE).max_encoding_message_size(MAX_MESSAGE);
-        Ok((client, guard))
+            AppCallbackClient::new(conn).max_decoding_message_size(max_message).max_encoding_message_size(max_message);
+        Ok((client, guard, app_limit))
     }
 }
 
-/// Invokes `req` on the app `target`. Fails when `target` is not this
-/// sidecar's app, when the channel is down past the wait bound, when the
-/// call breaks in flight, or with the app's own error status.
+/// Calls in flight to the app are bounded, and so are the calls waiting for
+/// a slot: past both, a call is refused at once (429/RESOURCE_EXHAUSTED)
+/// instead of queueing without bound behind slow ones.
+#[derive(Debug)]
+pub struct CallGate {
+    slots: Arc<Semaphore>,
+    waiting: AtomicUsize,
+    max_waiting: usize,
+}
+
+/// A call's slot; the next waiting call gets it when this drops.
+pub type Slot = OwnedSemaphorePermit;
+
+impl CallGate {
+    /// `slots` calls in flight at once, `max_waiting` more waiting.
+    pub fn new(slots: usize, max_waiting: usize) -> CallGate {
+        CallGate { slots: Arc::new(Semaphore::new(slots.max(1))), waiting: AtomicUsize::new(0), max_waiting }
+    }
+
+    /// Takes a slot, waiting until `deadline` at most. Fails with
+    /// [`InvokeError::Busy`] when the waiting line is full, and with
+    /// [`InvokeError::Timeout`] when the deadline passes first.
+    pub async fn enter(&self, deadline: Instant, timeout: Duration) -> Result<Slot, InvokeError> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Ok(p);
+        }
+        if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.max_waiting {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            return Err(InvokeError::Busy { waiting: self.max_waiting });
+        }
+        let _waiting = Waiting(&self.waiting);
+        match tokio::time::timeout_at(deadline, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            Ok(Err(_)) => Err(InvokeError::NoApp),
+            Err(_) => Err(InvokeError::Timeout(timeout)),
+        }
+    }
+
+    /// Calls waiting for a slot now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+}
+
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Invokes `req` on the app `target` within `timeout` (waiting for a
+/// channel and a slot included). Fails when `target` is not this sidecar's
+/// app, when the message is larger than this sidecar or the app accepts
+/// (before anything is sent), when the channel is down past the wait bound,
+/// when too many calls are waiting, when the time is up, when the call
+/// breaks in flight, or with the app's own error status.
 pub async fn invoke(
-    app: &AppChannel,
-    own_app_id: &str,
+    s: &Sidecar,
     target: &str,
     req: InvokeRequest,
     metadata: MetadataMap,
-    wait: Duration,
+    timeout: Duration,
 ) -> Result<InvokeResponse, InvokeError> {
-    if target != own_app_id {
+    if target != s.app_id {
         return Err(InvokeError::UnknownApp(target.to_string()));
     }
-    let (mut client, _guard) = app.client(wait).await?;
-    let mut request = tonic::Request::new(req);
-    *request.metadata_mut() = metadata;
-    match client.on_invoke(request).await {
-        Ok(resp) => Ok(resp.into_inner()),
-        Err(status) => Err(InvokeError::from_status(status)),
+    let max = s.limits.max_body_size;
+    let data = req.data.as_ref().map_or(0, |d| d.value.len());
+    if data > max {
+        return Err(InvokeError::TooLarge { size: data, limit: max, whose: "this sidecar's (--max-body-size)" });
+    }
+    // What the app decodes: the data and its envelope.
+    let size = req.encoded_len();
+    let deadline = Instant::now() + timeout;
+    let call = async {
+        let (mut client, _guard, app_limit) =
+            s.app.client(s.wait_timeout.min(timeout), max.saturating_add(ENVELOPE)).await?;
+        if let Some(limit) = app_limit
+            && size > limit
+        {
+            return Err(InvokeError::TooLarge { size, limit, whose: "the app's (from its hello)" });
+        }
+        let _slot = s.gate.enter(deadline, timeout).await?;
+        let mut request = tonic::Request::new(req);
+        *request.metadata_mut() = metadata;
+        match client.on_invoke(request).await {
+            Ok(resp) => Ok(resp.into_inner()),
+            Err(status) => Err(InvokeError::from_status(status)),
+        }
+    };
+    tokio::time::timeout_at(deadline, call).await.unwrap_or(Err(InvokeError::Timeout(timeout)))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_gate_bounds_calls_in_flight_and_waiting() {
+        let gate = Arc::new(CallGate::new(2, 1));
+        let far = Instant::now() + Duration::from_secs(60);
+        let a = gate.enter(far, Duration::from_secs(60)).await.unwrap();
+        let _b = gate.enter(far, Duration::from_secs(60)).await.unwrap();
+        // The third waits; the fourth finds the line full and is refused at once.
+        let g = gate.clone();
+        let third = tokio::spawn(async move { g.enter(far, Duration::from_secs(60)).await.map(drop) });
+        tokio::task::yield_now().await;
+        assert_eq!(gate.waiting(), 1);
+        assert!(matches!(gate.enter(far, Duration::from_secs(60)).await, Err(InvokeError::Busy { waiting: 1 })));
+        drop(a);
+        third.await.unwrap().unwrap();
+        assert_eq!(gate.waiting(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_call_gives_up_at_its_deadline() {
+        let gate = CallGate::new(1, 8);
+        let _held = gate.enter(Instant::now() + Duration::from_secs(60), Duration::from_secs(60)).await.unwrap();
+        let t = Duration::from_secs(2);
+        let r = gate.enter(Instant::now() + t, t).await;
+        assert!(matches!(r, Err(InvokeError::Timeout(d)) if d == t), "{r:?}");
+        assert_eq!(gate.waiting(), 0, "a call that gave up no longer counts as waiting");
     }
 }

@@ -5,6 +5,7 @@
 //! Entry points: [`Config`] (validated flags), [`start`] (binds everything
 //! and returns a [`Running`] sidecar), [`run`] (start, wait, shut down).
 
+mod api_token;
 mod auth;
 mod callback;
 pub mod config;
@@ -13,12 +14,13 @@ mod grpc;
 mod http;
 mod invoke;
 mod registry;
+mod serve;
 mod state;
 pub mod statedir;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use dialback_certs::Identity;
@@ -31,6 +33,7 @@ pub use callback::{CLOSE_NOTICE_KEY, PING_INTERVAL_KEY};
 pub use config::{AppMode, CertSource, Cli, Config, ConfigError};
 pub use error::InvokeError;
 pub use http::to_invoke_request;
+pub use serve::raise_fd_limit;
 
 use crate::callback::CallbackPolicy;
 use crate::invoke::AppChannel;
@@ -81,6 +84,7 @@ pub struct Running {
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
     grace: Duration,
+    grace_deadline: Arc<OnceLock<tokio::time::Instant>>,
 }
 
 impl Running {
@@ -106,16 +110,22 @@ impl Running {
 
     /// Stops accepting, lets calls in flight finish (bounded by the
     /// configured grace), closes the app channel, and returns.
+    ///
+    /// Everything drains at once against one deadline: the whole shutdown
+    /// takes at most the grace period (plus a moment to close).
     pub async fn shutdown(self) {
+        let deadline = tokio::time::Instant::now() + self.grace;
+        let _ = self.grace_deadline.set(deadline);
         self.stop.cancel();
-        if let Some(cb) = &self.state.callback
-            && let Some(live) = cb.registry.take()
-        {
-            callback::retire(live, CloseCode::ShuttingDown, self.grace).await;
-        }
-        for t in self.tasks {
-            let _ = tokio::time::timeout(self.grace, t).await;
-        }
+        let retiring = async {
+            if let Some(cb) = &self.state.callback
+                && let Some(live) = cb.registry.take()
+            {
+                callback::retire(live, CloseCode::ShuttingDown, self.grace).await;
+            }
+        };
+        let tasks = futures_util::future::join_all(self.tasks);
+        let _ = tokio::time::timeout_at(deadline, async { tokio::join!(retiring, tasks) }).await;
     }
 }
 
@@ -157,43 +167,52 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         app_id: config.app_id.clone(),
         app,
         wait_timeout: config.wait_timeout,
-        api_token_sha,
         tokens,
         token_ttl: config.token_ttl,
         callback,
+        limits: config.limits,
+        gate: invoke::CallGate::new(
+            config.limits.app_max_concurrency.unwrap_or(dialback_channel::h2::APP_CALL_STREAMS),
+            config.limits.app_max_pending,
+        ),
+        body_budget: Arc::new(tokio::sync::Semaphore::new(
+            (config.limits.body_bytes_in_flight / 1024).min(tokio::sync::Semaphore::MAX_PERMITS),
+        )),
     });
 
+    // Each API port bounds what a stranger can hold before the token check;
+    // the open-files limit was raised at start, and the caps keep a reserve
+    // of descriptors for the app channel.
+    let limits = config.limits;
+    let listeners = config.http_addrs.len() + config.grpc_addrs.len();
+    let serve_limits = serve::ServeLimits {
+        max_connections: serve::connection_cap(limits.api_max_connections, listeners, serve::fd_limit()),
+        header_timeout: limits.api_header_timeout,
+        idle_timeout: limits.api_idle_timeout,
+    };
+    let grace_deadline = Arc::new(OnceLock::new());
+    let http_svc = tower::ServiceBuilder::new()
+        .layer(api_token::ApiTokenLayer::new(api_token_sha, api_token::Api::Http))
+        .service(http::router(state.clone()));
+    let grpc_svc = tower::ServiceBuilder::new()
+        .layer(api_token::ApiTokenLayer::new(api_token_sha, api_token::Api::Grpc))
+        .map_response(|r: ::http::Response<tonic::body::Body>| r.map(axum::body::Body::new))
+        .service(grpc::routes(state.clone()));
     let mut http_addrs = Vec::new();
     for addr in &config.http_addrs {
-        let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-            api: "HTTP",
-            addr: *addr,
-            source,
-        })?;
+        let l = bind_api("HTTP", *addr).await?;
         http_addrs.push(l.local_addr().map_err(|source| StartError::Bind { api: "HTTP", addr: *addr, source })?);
-        let app = http::router(state.clone());
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let _ = axum::serve(l, app).with_graceful_shutdown(stop.cancelled_owned()).await;
-        }));
+        let svc = http_svc.clone();
+        let (stop, grace) = (stop.clone(), grace_deadline.clone());
+        tasks.push(tokio::spawn(serve::serve(l, svc, serve_limits, "HTTP", stop, grace)));
     }
     let mut grpc_addrs = Vec::new();
     for addr in &config.grpc_addrs {
-        let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind {
-            api: "gRPC",
-            addr: *addr,
-            source,
-        })?;
+        let l = bind_api("gRPC", *addr).await?;
         grpc_addrs.push(l.local_addr().map_err(|source| StartError::Bind { api: "gRPC", addr: *addr, source })?);
-        let routes = grpc::routes(state.clone());
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let incoming = tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
-            let _ = tonic::transport::Server::builder()
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-                .await;
-        }));
+        let svc = grpc_svc.clone();
+        let (stop, grace) = (stop.clone(), grace_deadline.clone());
+        tasks.push(tokio::spawn(serve::serve(l, svc, serve_limits, "gRPC", stop, grace)));
     }
     let callback_addr = state.callback.as_ref().map(|c| c.listen);
     Ok(Running {
@@ -204,7 +223,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stop,
         tasks,
         grace: config.shutdown_grace,
+        grace_deadline,
     })
+}
+
+async fn bind_api(api: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { api, addr, source })
 }
 
 async fn bind_callback(
@@ -237,7 +261,14 @@ async fn bind_callback(
     let tls =
         dialback_certs::server_config(&identity, client_roots).map_err(|e| StartError::Identity(e.to_string()))?;
     let reset_key = statedir::reset_key(&state_dir)?;
-    let auth = Arc::new(auth::ChannelAuth { app_id: config.app_id.clone(), api_token_sha, tokens, mtls });
+    let registry = Arc::new(Registry::default());
+    let auth = Arc::new(auth::ChannelAuth {
+        app_id: config.app_id.clone(),
+        api_token_sha,
+        tokens,
+        mtls,
+        registry: registry.clone(),
+    });
     let listener = Listener::bind(
         ListenerConfig {
             addr: config.callback_addr,
@@ -245,7 +276,8 @@ async fn bind_callback(
             tls: Arc::new(tls),
             timeouts: config.timeouts,
             reset_key: Some(reset_key),
-            max_pending: 256,
+            max_handshakes: config.limits.callback_max_handshakes,
+            max_handshakes_per_ip: config.limits.callback_max_handshakes_per_ip,
             reset_previous: statedir::load_peers(&state_dir),
         },
         auth,
@@ -257,7 +289,7 @@ async fn bind_callback(
         advertise: config.advertise.clone(),
         fingerprint: identity.fingerprint(),
         server_name: dialback_certs::DEFAULT_SERVER_NAME.to_string(),
-        registry: Arc::new(Registry::default()),
+        registry,
     };
     Ok((info, listener))
 }

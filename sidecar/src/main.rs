@@ -55,6 +55,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
+    // The common soft limit of 1024 open files is far below what a sidecar
+    // facing a network needs; the listeners' caps are sized from the result.
+    if let Some(n) = dialback_sidecar::raise_fd_limit() {
+        tracing::debug!(limit = n, "open-files limit");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -143,6 +143,41 @@ impl Registry {
         self.current.send_replace(Some(live))
     }
 
+    /// Makes `live` the channel only when none is up (a standby hello);
+    /// `Err` when another channel holds the slot.
+    pub fn install_if_free(&self, live: Arc<Live>) -> Result<Option<Arc<Live>>, ()> {
+        let mut taken = false;
+        self.current.send_if_modified(|cur| {
+            if cur.as_ref().is_some_and(|l| !l.conn.is_closed()) {
+                taken = true;
+                return false;
+            }
+            *cur = Some(live.clone());
+            true
+        });
+        if taken {
+            return Err(());
+        }
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        Ok(None)
+    }
+
+    /// Whether a channel is up.
+    pub fn is_taken(&self) -> bool {
+        self.current.borrow().as_ref().is_some_and(|l| !l.conn.is_closed())
+    }
+
+    /// Records why a new channel failed before it was installed, as the
+    /// last outage's reason when no channel is up (it explains why the app
+    /// is still unreachable); a live channel's metadata stays as it is.
+    pub fn note_failed(&self, reason: &str) {
+        if !self.is_taken()
+            && let Ok(mut d) = self.last_down.lock()
+        {
+            *d = Some(Down { at: SystemTime::now(), reason: reason.to_string() });
+        }
+    }
+
     /// Removes the channel `channel_id` if it is still the current one.
     pub fn remove_if(&self, channel_id: u64, reason: &str) -> bool {
         let removed = self.current.send_if_modified(|cur| {

@@ -38,14 +38,18 @@ pub struct Sidecar {
     pub app: AppChannel,
     /// Bound on waiting for a down channel.
     pub wait_timeout: Duration,
-    /// SHA-256 of the API token.
-    pub api_token_sha: Option<[u8; 32]>,
     /// Outstanding one-time tokens.
     pub tokens: Arc<Mutex<TokenStore>>,
     /// Token lifetime.
     pub token_ttl: Duration,
     /// The callback listener, in callback mode.
     pub callback: Option<CallbackInfo>,
+    /// Bounds on calls and bodies.
+    pub limits: crate::config::Limits,
+    /// Calls in flight to the app and waiting for a slot.
+    pub gate: crate::invoke::CallGate,
+    /// HTTP request bodies held in memory at once, in KiB.
+    pub body_budget: Arc<tokio::sync::Semaphore>,
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
@@ -74,6 +78,7 @@ impl Sidecar {
                     "connectedSinceUnixMs": live.as_ref().map(|l| unix_ms(l.since)),
                     "rttMs": live.as_ref().and_then(|l| l.rtt()).map(|d| d.as_secs_f64() * 1000.0),
                     "inflight": live.as_ref().map(|l| l.inflight()),
+                    "waitingCalls": self.gate.waiting(),
                     "reconnects": reg.reconnects(),
                     "lastDownUnixMs": down.as_ref().map(|d| unix_ms(d.at)),
                     "lastDownReason": down.map(|d| d.reason),

@@ -58,6 +58,18 @@ impl Summary {
 impl CallLoop {
     /// Sends `POST /v1.0/invoke/<app>/method/<method>` every `every`, until stopped.
     pub fn start(http_port: u16, app_id: &str, method: &str, every: Duration) -> CallLoop {
+        CallLoop::start_with(http_port, app_id, method, every, &[])
+    }
+
+    /// [`CallLoop::start`], each call carrying `headers` (e.g. the API token).
+    pub fn start_with(
+        http_port: u16,
+        app_id: &str,
+        method: &str,
+        every: Duration,
+        headers: &[(&str, &str)],
+    ) -> CallLoop {
+        let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let start = Instant::now();
         let outcomes = Arc::new(Mutex::new(Vec::new()));
         let sent = Arc::new(Mutex::new(0u64));
@@ -73,12 +85,13 @@ impl CallLoop {
                     tick.tick().await;
                     n += 1;
                     *sent.lock().expect("lock") += 1;
-                    let (url, outcomes) = (url.clone(), outcomes.clone());
+                    let (url, outcomes, headers) = (url.clone(), outcomes.clone(), headers.clone());
                     let at = start.elapsed();
                     let h = tokio::spawn(async move {
                         let body = format!("call {n}");
                         let t0 = Instant::now();
-                        let result = match http_call("POST", &url, &[], body.clone()).await {
+                        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                        let result = match http_call("POST", &url, &h, body.clone()).await {
                             Ok(r) if r.status == 200 && r.text() == body => Ok(r.text()),
                             Ok(r) => Err(format!("{} {}", r.status, r.text())),
                             Err(e) => Err(e.to_string()),

@@ -131,6 +131,7 @@ pub struct SidecarBuilder {
     grpc_port: u16,
     state_dir: Option<PathBuf>,
     env: Vec<(String, String)>,
+    soft_fd_limit: Option<u64>,
 }
 
 impl SidecarBuilder {
@@ -143,7 +144,15 @@ impl SidecarBuilder {
             grpc_port: 0,
             state_dir: None,
             env: vec![],
+            soft_fd_limit: None,
         }
+    }
+
+    /// Starts the process with this soft limit on open files (as a shell's
+    /// `ulimit -Sn` would), e.g. the common 1024 or lower.
+    pub fn soft_fd_limit(mut self, n: u64) -> Self {
+        self.soft_fd_limit = Some(n);
+        self
     }
 
     /// A classic-mode sidecar that dials the app at `app_port`.
@@ -180,7 +189,15 @@ impl SidecarBuilder {
     pub async fn spawn(self) -> Sidecar {
         let tmp = tempfile::tempdir().expect("tempdir");
         let state_dir = self.state_dir.clone().unwrap_or_else(|| tmp.path().join("state"));
-        let mut cmd = Command::new(&binaries().dialbackd);
+        let mut cmd = match self.soft_fd_limit {
+            // The shell lowers its soft limit and then becomes dialbackd (same pid).
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.args(["-c", &format!("ulimit -S -n {n} && exec \"$0\" \"$@\"")]).arg(&binaries().dialbackd);
+                c
+            }
+            None => Command::new(&binaries().dialbackd),
+        };
         cmd.args(["--app-id", &self.app_id])
             .args(["--dapr-http-port", &self.http_port.to_string()])
             .args(["--dapr-grpc-port", &self.grpc_port.to_string()])
@@ -273,6 +290,24 @@ impl Sidecar {
     pub fn log_tail(&self) -> String {
         self.proc.log_tail()
     }
+
+    /// Its whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.proc.log).unwrap_or_default()
+    }
+}
+
+/// A field of `/proc/<pid>/status` in KiB (e.g. `VmRSS`, `VmHWM`, the peak RSS).
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Open file descriptors of process `pid`.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
 /// Options for an echo app process.
@@ -386,6 +421,11 @@ impl App {
     /// The last lines of its log.
     pub fn log_tail(&self) -> String {
         self.proc.log_tail()
+    }
+
+    /// Its whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.proc.log).unwrap_or_default()
     }
 }
 

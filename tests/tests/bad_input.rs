@@ -228,6 +228,7 @@ async fn the_wrong_alpn_fails_the_handshake() {
         app_id: "echo".into(),
         credential: Some(Credential::OneTimeToken("00".repeat(32))),
         instance: "e2e no ALPN".into(),
+        ..Default::default()
     };
     let bytes = handshake::encode(&good_hello).to_vec();
     match tcp_tls_exchange(callback(&sc), none.clone(), bytes).await {
@@ -306,6 +307,7 @@ async fn a_future_version_is_unsupported(transport: Transport) {
         app_id: "echo".into(),
         credential: Some(Credential::OneTimeToken("00".repeat(32))),
         instance: "e2e version 2".into(),
+        ..Default::default()
     };
     match Dialer::new(Some(LOOPBACK)).dial(transport, &config, &v2).await {
         Err(DialError::Refused { reason, message }) => {

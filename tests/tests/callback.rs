@@ -244,6 +244,7 @@ async fn a_missed_ping_deadline_closes_the_channel() {
         app_id: "echo".into(),
         credential: Some(Credential::OneTimeToken(answer.token)),
         instance: "mute".into(),
+        ..Default::default()
     };
     let channel = Dialer::new(None).dial(Transport::Quic, &config, &hello).await.unwrap();
     let conn = channel.conn.clone();

@@ -47,7 +47,13 @@ fn dial_config(sc: &Sidecar, tls: Arc<rustls::ClientConfig>) -> DialConfig {
 }
 
 fn hello(app_id: &str, credential: Option<Credential>) -> Hello {
-    Hello { version: handshake::VERSION, app_id: app_id.into(), credential, instance: "e2e hand-made hello".into() }
+    Hello {
+        version: handshake::VERSION,
+        app_id: app_id.into(),
+        credential,
+        instance: "e2e hand-made hello".into(),
+        ..Default::default()
+    }
 }
 
 async fn dial(transport: Transport, config: &DialConfig, hello: &Hello) -> Result<Channel, DialError> {

@@ -1,0 +1,298 @@
+//! Attacks on the callback port and the channel.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use dialback_channel::{Credential, DialError, RefusalReason, Transport};
+use dialback_e2e::{AppBuilder, PATIENCE, SidecarBuilder, eventually, metadata, proc_status_kib};
+use tokio::io::AsyncWriteExt;
+
+use crate::kit::{ATTACKER, Live, assert_caller_undisturbed, channel_id_of, dial, hello, one_time_token, pinned_tls};
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const BOTH: [Transport; 2] = [Transport::Quic, Transport::TcpTls];
+
+/// Finding 2: a process that gets a one-time token, sends a valid hello and
+/// then dies (or a replica that crashes right after connecting, or one that
+/// never answers a Ping) never displaces the healthy app: a channel is
+/// installed only once it has served HTTP/2 and answered a Ping.
+async fn a_dial_that_dies_after_its_hello_never_displaces_the_app(transport: Transport) {
+    let live = Live::start(SidecarBuilder::callback("echo"), transport.as_str(), &[]).await;
+    let calls = live.steady_caller();
+    for round in 0..3 {
+        let token = one_time_token(&live.sc, None).await;
+        let ch = dial(&live.sc, LOOPBACK, transport, &hello(Credential::OneTimeToken(token), false))
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: the hello itself should be accepted: {e}"));
+        // The "replica" dies at once: nothing on the channel ever answers.
+        drop(ch);
+    }
+    // And one that speaks HTTP/2 garbage instead.
+    let token = one_time_token(&live.sc, None).await;
+    let ch = dial(&live.sc, LOOPBACK, transport, &hello(Credential::OneTimeToken(token), false)).await.unwrap();
+    let mut io = ch.io;
+    let _ = io.write_all(b"this is not HTTP/2 at all, and it goes on for a while................").await;
+    let _ = io.flush().await;
+    // The dead channels are refused as unproven, and the sidecar says so.
+    let log = eventually("the sidecar to give up on the unproven channels", PATIENCE, || async {
+        let log = live.sc.log();
+        (log.matches("new app channel not installed").count() >= 4).then_some(log)
+    })
+    .await;
+    assert!(log.contains("HTTP/2"), "the garbage channel's reason names HTTP/2:\n{}", live.sc.log_tail());
+    live.assert_untouched("dials that died after their hello").await;
+    assert_caller_undisturbed(calls, "dials that died after their hello").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_that_dies_after_its_hello_never_displaces_the_app_quic() {
+    a_dial_that_dies_after_its_hello_never_displaces_the_app(Transport::Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dial_that_dies_after_its_hello_never_displaces_the_app_tcp() {
+    a_dial_that_dies_after_its_hello_never_displaces_the_app(Transport::TcpTls).await;
+}
+
+/// Finding 2, second half: a replaced app does not stop forever. While the
+/// instance that replaced it lives, it stands by without taking the channel
+/// back (two real replicas do not fight); when that one dies, it comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_app_comes_back_when_its_replacement_dies() {
+    let live = Live::start(SidecarBuilder::callback("echo"), "quic", &["--standby-probe-ms", "200"]).await;
+    let mut a = live.app;
+    let mut b = AppBuilder::echo(live.sc.grpc).transport("quic").args(["--standby-probe-ms", "200"]).spawn();
+    let b_id = channel_id_of(&b.wait_line("echo: connected").await);
+    a.wait_line("echo: replaced").await;
+    let md = eventually("metadata showing B live", PATIENCE, || async {
+        let md = metadata(live.sc.http).await.ok()?;
+        (md["appChannel"]["channelId"] == b_id).then_some(md)
+    })
+    .await;
+    assert_eq!(md["appChannel"]["instance"], format!("pid {}", b.pid()));
+    // A stands by, probing every ~200 ms, and does not take the channel back
+    // while B is alive: wait for a good number of A's probes to be refused.
+    eventually("A's standby probes refused while B is live", PATIENCE, || async {
+        (a.log().matches("standing by: the channel is not free").count() >= 5).then_some(())
+    })
+    .await;
+    let md = metadata(live.sc.http).await.unwrap();
+    assert_eq!(md["appChannel"]["channelId"], b_id, "A took the channel from a live B: {}", md["appChannel"]);
+    assert_eq!(md["appChannel"]["reconnects"], 1, "{}", md["appChannel"]);
+    // B dies: A comes back by itself.
+    b.kill().await;
+    let a_id = channel_id_of(&a.wait_line("echo: connected").await);
+    let md = eventually("metadata showing A live again", PATIENCE, || async {
+        let md = metadata(live.sc.http).await.ok()?;
+        (md["appChannel"]["channelId"] == a_id && md["appChannel"]["state"] == "connected").then_some(md)
+    })
+    .await;
+    assert_eq!(md["appChannel"]["instance"], format!("pid {}", a.pid()));
+    let r = dialback_e2e::http_call("POST", &format!("{}/v1.0/invoke/echo/method/m", live.sc.http_base()), &[], "back")
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.text()), (200, "back".to_string()));
+}
+
+/// Finding 10 (second half): a one-time token is spent by its first
+/// presentation, whatever the outcome: after a hello for the wrong app-id
+/// (or with the wrong version) the same token is refused as used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_hello_spends_its_one_time_token() {
+    let sc = SidecarBuilder::callback("echo").spawn().await;
+    for transport in BOTH {
+        for spoil in ["wrong app-id", "wrong version"] {
+            let token = one_time_token(&sc, None).await;
+            let mut bad = hello(Credential::OneTimeToken(token.clone()), false);
+            match spoil {
+                "wrong app-id" => bad.app_id = "intruder".into(),
+                _ => bad.version = 99,
+            }
+            let r = dial(&sc, LOOPBACK, transport, &bad).await;
+            assert!(matches!(r, Err(DialError::Refused { .. })), "{spoil} over {transport}: {:?}", r.err());
+            match dial(&sc, LOOPBACK, transport, &hello(Credential::OneTimeToken(token), true)).await {
+                Err(DialError::Refused { reason: RefusalReason::TokenUsed, .. }) => {}
+                other => {
+                    panic!("the token after a {spoil} hello over {transport}: {:?}", other.map(|c| c.info.channel_id))
+                }
+            }
+        }
+    }
+}
+
+/// Finding 5: strangers holding the callback port's handshake slots (TCP
+/// connections that never send a ClientHello, QUIC Initials that never
+/// complete) from one address cannot lock out a legitimate hello from
+/// another, and the flood is logged in a few rate-limited lines, not one
+/// line per connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_flood_does_not_lock_out_legitimate_hellos() {
+    let sidecar = SidecarBuilder::callback("echo").args([
+        "--callback-max-handshakes",
+        "32",
+        "--callback-max-handshakes-per-ip",
+        "8",
+        "--callback-handshake-timeout",
+        "5s",
+    ]);
+    let live = Live::start(sidecar, "quic", &[]).await;
+    let calls = live.steady_caller();
+    let callback = live.sc.callback.unwrap();
+    let warns_before = live.sc.log().matches(" WARN ").count();
+    let stop = tokio_util_stop();
+    let floods = vec![
+        tokio::spawn(tcp_holders(callback, 300, stop.clone())),
+        tokio::spawn(quic_initials(callback, 300, stop.clone())),
+    ];
+    // Let the flood build up: well over the slots of both transports.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for transport in BOTH {
+        for round in 0..5 {
+            let token = one_time_token(&live.sc, None).await;
+            // A standby hello: proves the handshake got through (the verdict
+            // is "slot taken") without displacing the live app.
+            match dial(&live.sc, LOOPBACK, transport, &hello(Credential::OneTimeToken(token), true)).await {
+                Err(DialError::Refused { reason: RefusalReason::SlotTaken, .. }) => {}
+                other => panic!(
+                    "a legitimate hello over {transport} during the flood (round {round}): {:?}\n{}",
+                    other.map(|c| c.info.channel_id),
+                    live.sc.log_tail()
+                ),
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let opened: usize = futures_util::future::join_all(floods).await.into_iter().map(|r| r.unwrap()).sum();
+    assert!(opened > 600, "the flood opened only {opened} connections");
+    let warns = live.sc.log().matches(" WARN ").count() - warns_before;
+    assert!(warns < 100, "{warns} WARN lines for a flood of {opened} connections: logging is not rate-limited");
+    live.assert_untouched("the handshake flood").await;
+    assert_caller_undisturbed(calls, "the handshake flood").await;
+}
+
+fn tokio_util_stop() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false))
+}
+
+/// Keeps `n` TCP connections from the attacker's address open to `addr`
+/// (re-opening those the sidecar closes) without ever sending a byte, until
+/// `stop`; returns how many it opened.
+async fn tcp_holders(addr: SocketAddr, n: usize, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> usize {
+    let mut opened = 0;
+    let mut held: Vec<tokio::net::TcpStream> = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        // Drop those the sidecar closed (EOF or error); keep the rest.
+        held.retain(|s| {
+            let mut b = [0u8; 1];
+            match s.try_read(&mut b) {
+                Ok(0) => false,
+                Ok(_) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+            }
+        });
+        while held.len() < n {
+            match crate::kit::tcp_from_attacker(addr).await {
+                Ok(s) => {
+                    held.push(s);
+                    opened += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    opened
+}
+
+/// Sends QUIC Initials from `n` fresh attacker sockets (a real client's
+/// first flight, captured by a tap that never answers what comes back), in
+/// rounds until `stop`; returns how many it sent.
+async fn quic_initials(addr: SocketAddr, n: usize, stop: std::sync::Arc<std::sync::atomic::AtomicBool>) -> usize {
+    let initial = capture_initial().await;
+    let mut sent = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut socks = Vec::new();
+        for _ in 0..n {
+            if let Ok(s) = tokio::net::UdpSocket::bind(SocketAddr::new(ATTACKER, 0)).await
+                && s.send_to(&initial, addr).await.is_ok()
+            {
+                sent += 1;
+                socks.push(s);
+            }
+        }
+        // Hold the sockets (never answering) for a while, then a new round.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    sent
+}
+
+/// The first datagram a real QUIC client sends to the sidecar: its Initial
+/// with the TLS ClientHello (captured on a local socket, never answered).
+async fn capture_initial() -> Vec<u8> {
+    let tap = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let tap_addr = tap.local_addr().unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let tls =
+        dialback_certs::client_config(&dialback_certs::ServerTrust::Pinned(dialback_certs::Fingerprint([0; 32])), None)
+            .unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let _connecting = endpoint.connect(tap_addr, "localhost").unwrap();
+    let mut buf = vec![0u8; 2048];
+    let (n, _) = tokio::time::timeout(PATIENCE, tap.recv_from(&mut buf)).await.unwrap().unwrap();
+    buf.truncate(n);
+    buf
+}
+
+/// Finding 6: before its hello is accepted, a QUIC peer can make the
+/// sidecar hold little: one stream and a small connection window. Peers
+/// that complete TLS and then push megabytes on extra streams (it was
+/// 16 MiB per connection) barely move the sidecar's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unproven_quic_peers_hold_little_memory() {
+    let live =
+        Live::start(SidecarBuilder::callback("echo").args(["--callback-handshake-timeout", "20s"]), "quic", &[]).await;
+    let pid = live.sc.pid();
+    let before = proc_status_kib(pid, "VmHWM").unwrap();
+    let tls = (*pinned_tls(&live.sc)).clone();
+    let crypto = std::sync::Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap());
+    let mut pushers = Vec::new();
+    for _ in 0..8 {
+        let crypto = crypto.clone();
+        let addr = live.sc.callback.unwrap();
+        pushers.push(tokio::spawn(async move {
+            let mut endpoint = quinn::Endpoint::client(SocketAddr::new(ATTACKER, 0)).unwrap();
+            endpoint.set_default_client_config(quinn::ClientConfig::new(crypto));
+            let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+            let chunk = vec![7u8; 1 << 20];
+            let mut pushed = 0usize;
+            // The first stream (where the hello belongs) stays silent, so the
+            // sidecar waits for a hello; then up to 4 more streams of 4 MiB each.
+            let first = conn.open_bi().await.unwrap();
+            for _ in 0..4 {
+                let Ok(Ok((mut send, _recv))) = tokio::time::timeout(Duration::from_secs(2), conn.open_bi()).await
+                else {
+                    break;
+                };
+                for _ in 0..4 {
+                    match tokio::time::timeout(Duration::from_secs(2), send.write_all(&chunk)).await {
+                        Ok(Ok(())) => pushed += chunk.len(),
+                        _ => break,
+                    }
+                }
+            }
+            (pushed, (conn, first), endpoint)
+        }));
+    }
+    let mut pushed_total = 0;
+    let mut keep = Vec::new();
+    for p in pushers {
+        let (pushed, conn, endpoint) = p.await.unwrap();
+        pushed_total += pushed;
+        keep.push((conn, endpoint));
+    }
+    let grew_mib = proc_status_kib(pid, "VmHWM").unwrap().saturating_sub(before) / 1024;
+    assert!(pushed_total <= 8 << 20, "the sidecar took {pushed_total} bytes from 8 unproven peers");
+    assert!(grew_mib < 32, "8 unproven QUIC peers grew the sidecar's peak RSS by {grew_mib} MiB");
+    live.assert_untouched("unproven QUIC peers pushing data").await;
+}
