@@ -14,11 +14,15 @@ use tonic::{Request, Response, Status, Streaming};
 pub const PING_INTERVAL_KEY: &str = "dialback-ping-interval-ms";
 /// Metadata key of the sidecar's close notice.
 pub const CLOSE_NOTICE_KEY: &str = "dialback-close";
+/// Metadata key of the sidecar's probe of a new channel (before it installs it).
+pub const PROBE_KEY: &str = "dialback-probe";
 
 /// What one channel's Ping service has seen.
 #[derive(Debug)]
 pub struct PingState {
     inner: Mutex<Seen>,
+    /// Set when the regular Ping stream opens: the sidecar has installed the channel.
+    installed: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Debug)]
@@ -31,7 +35,10 @@ struct Seen {
 impl PingState {
     /// A fresh state; the channel counts as pinged now.
     pub fn new() -> PingState {
-        PingState { inner: Mutex::new(Seen { last: Instant::now(), interval: None, notice: None }) }
+        PingState {
+            inner: Mutex::new(Seen { last: Instant::now(), interval: None, notice: None }),
+            installed: tokio::sync::watch::Sender::new(false),
+        }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Seen) -> T) -> Option<T> {
@@ -41,6 +48,12 @@ impl PingState {
     /// When the last ping arrived, and the interval the sidecar announced.
     pub fn last(&self) -> (Instant, Option<Duration>) {
         self.with(|s| (s.last, s.interval)).unwrap_or((Instant::now(), None))
+    }
+
+    /// Becomes true once the sidecar has installed the channel (its regular
+    /// Ping stream opened); a probe before that does not count.
+    pub fn installed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.installed.subscribe()
     }
 
     /// The sidecar's close notice, if it sent one (`replaced`, `shutting-down`).
@@ -71,6 +84,7 @@ impl DaprAppChannelCallback for PingService {
             self.0.with(|s| s.notice = Some(notice));
             return Ok(Response::new(Box::pin(futures_util::stream::empty())));
         }
+        let probe = request.metadata().contains_key(PROBE_KEY);
         let interval = request
             .metadata()
             .get(PING_INTERVAL_KEY)
@@ -79,8 +93,13 @@ impl DaprAppChannelCallback for PingService {
             .map(Duration::from_millis);
         self.0.with(|s| {
             s.last = Instant::now();
-            s.interval = interval;
+            if !probe {
+                s.interval = interval;
+            }
         });
+        if !probe {
+            self.0.installed.send_replace(true);
+        }
         let state = self.0.clone();
         let out = request.into_inner().map(move |msg| {
             msg?;

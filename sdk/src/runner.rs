@@ -210,7 +210,7 @@ impl Runner {
             up: Instant::now(),
         };
         info!(transport = %session.transport, channel_id = session.channel_id, sidecar = %session.sidecar, "callback channel up");
-        self.publish(&session);
+        // Reported connected once the sidecar has installed it (see `connected`).
         session
     }
 
@@ -232,11 +232,17 @@ impl Runner {
         probe.reset();
         let mut suspected: Option<Instant> = None;
         let keep_alive = self.options.timeouts.keep_alive;
+        let mut published: Option<u64> = None;
         loop {
             let probing = current.transport == Transport::TcpTls && self.options.transports.quic;
             let ping = current.ping.clone();
             let stop = self.stop.clone();
+            let mut installed = ping.installed();
             tokio::select! {
+                () = until_true(&mut installed), if published != Some(current.channel_id) => {
+                    published = Some(current.channel_id);
+                    self.publish(current);
+                }
                 why = current.ended() => {
                     return if ping.notice().as_deref() == Some("replaced") { End::Replaced } else { End::Lost(why) };
                 }
@@ -302,7 +308,6 @@ impl Runner {
     fn switch(&mut self, current: &mut Session, new: Session) {
         let mut old = std::mem::replace(current, new);
         info!(from = %old.transport, to = %current.transport, channel_id = current.channel_id, "channel moved, make-before-break");
-        self.publish(current);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(Duration::from_secs(60), old.ended()).await;
             old.conn.close(CloseCode::Done, "superseded");
@@ -441,6 +446,13 @@ async fn watchdog(ping: &PingState, keep_alive: KeepAlive, suspected: Option<Ins
         }
         let next = if already || silence >= suspect_after { dead_after } else { suspect_after };
         tokio::time::sleep(next.saturating_sub(silence)).await;
+    }
+}
+
+/// Resolves once `rx` holds true (never, if its sender goes away first).
+async fn until_true(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|v| *v).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

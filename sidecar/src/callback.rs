@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use dialback_channel::{Channel, CloseCode, KeepAlive, Listener, h2};
 use dialback_proto::runtime::dapr_app_channel_callback_client::DaprAppChannelCallbackClient;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -16,6 +16,9 @@ use crate::registry::{Live, Registry};
 pub const PING_INTERVAL_KEY: &str = "dialback-ping-interval-ms";
 /// Metadata key on a Ping call that tells the app its channel is closing, and why.
 pub const CLOSE_NOTICE_KEY: &str = "dialback-close";
+/// Metadata key on the Ping call that proves a new channel before it is
+/// installed; the regular Ping stream follows once it is.
+pub const PROBE_KEY: &str = "dialback-probe";
 
 /// What the acceptor needs to know.
 #[derive(Clone, Debug)]
@@ -117,19 +120,13 @@ async fn setup(ch: Channel, registry: Arc<Registry>, policy: CallbackPolicy) {
     // Prove the channel live (HTTP/2 served, a Ping answered) before it may
     // displace anything: a dial that authenticates and then dies must never
     // take the healthy app's place.
-    let (proven_tx, proven_rx) = oneshot::channel();
-    tokio::spawn(ping_loop(live.clone(), policy.ping_interval, policy.keep_alive.idle_timeout, proven_tx));
     let proven = tokio::select! {
-        r = proven_rx => r.unwrap_or_else(|_| Err("the Ping stream ended".to_string())),
+        r = probe(&live, policy.keep_alive.idle_timeout) => r,
         () = h2_done.cancelled() => Err(live.failure().unwrap_or_else(|| "connection closed".to_string())),
         c = live.conn.closed() => Err(match c {
             Some((code, why)) => format!("closed by the app ({code:?}): {why}"),
             None => "connection lost".to_string(),
         }),
-    };
-    // However it ended, let the HTTP/2 task record a protocol error first.
-    let settle = |h2_done: CancellationToken| async move {
-        let _ = tokio::time::timeout(Duration::from_millis(500), h2_done.cancelled()).await;
     };
     let proven = match proven {
         Ok(()) => Ok(()),
@@ -161,6 +158,9 @@ async fn setup(ch: Channel, registry: Arc<Registry>, policy: CallbackPolicy) {
         info!(old = old.info.channel_id, new = id, "a new channel replaces the old one");
         tokio::spawn(retire(old, CloseCode::Replaced, policy.drain));
     }
+    // The regular Ping stream opens once the channel is installed: for the
+    // SDK, its arrival means "the sidecar calls you over this channel now".
+    tokio::spawn(ping_loop(live.clone(), policy.ping_interval, policy.keep_alive.idle_timeout));
     info!(
         app_id = %live.info.app_id, transport = %live.info.transport, peer = %live.info.peer_addr,
         channel_id = id, "app channel up"
@@ -183,6 +183,12 @@ async fn setup(ch: Channel, registry: Arc<Registry>, policy: CallbackPolicy) {
     }
     live.stop.cancel();
     live.conn.close(CloseCode::Done, &reason);
+}
+
+/// Gives the HTTP/2 task a moment to record a protocol error, so that the
+/// reason names it rather than the closed connection it caused.
+async fn settle(h2_done: CancellationToken) {
+    let _ = tokio::time::timeout(Duration::from_millis(500), h2_done.cancelled()).await;
 }
 
 /// The error's text with its causes, when it is the peer breaking HTTP/2
@@ -247,17 +253,35 @@ async fn notify_close(live: &Live, why: &'static str) -> bool {
 /// The least time an app gets to answer the close notice.
 const NOTICE_WAIT: Duration = Duration::from_millis(250);
 
+/// Proves a new channel live before it is installed: a Ping call marked as
+/// a probe (`dialback-probe`), one Empty sent and one answered within
+/// `deadline`. Fails with the reason when the app does not answer.
+async fn probe(live: &Live, deadline: Duration) -> Result<(), String> {
+    let mut client = DaprAppChannelCallbackClient::new(live.client.clone());
+    let mut req = tonic::Request::new(futures_util::stream::iter([()]));
+    req.metadata_mut().insert(PROBE_KEY, tonic::metadata::MetadataValue::from_static("1"));
+    let sent = Instant::now();
+    let answered = async {
+        let mut inbound = client.ping(req).await.map_err(|s| format!("Ping refused by the app: {}", s.message()))?;
+        match inbound.get_mut().message().await {
+            Ok(Some(())) => Ok(()),
+            Ok(None) => Err("the app ended the Ping probe without answering".to_string()),
+            Err(s) => Err(format!("Ping probe failed: {}", s.message())),
+        }
+    };
+    match tokio::time::timeout(deadline, answered).await {
+        Ok(Ok(())) => {
+            live.set_rtt(sent.elapsed());
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("no Ping answer within {deadline:?}")),
+    }
+}
+
 /// The liveness stream: one Empty per `interval`, each answered within
-/// `deadline`, else the channel is closed on both sides. `proven` hears the
-/// first answer (or why there was none); until then a failure is left to
-/// the caller, which has not installed the channel.
-async fn ping_loop(
-    live: Arc<Live>,
-    interval: Duration,
-    deadline: Duration,
-    proven: oneshot::Sender<Result<(), String>>,
-) {
-    let proven = std::sync::Mutex::new(Some(proven));
+/// `deadline`, else the channel is closed on both sides.
+async fn ping_loop(live: Arc<Live>, interval: Duration, deadline: Duration) {
     let mut client = DaprAppChannelCallbackClient::new(live.client.clone());
     let (tx, rx) = mpsc::channel::<()>(1);
     let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|()| ((), rx)) });
@@ -277,12 +301,7 @@ async fn ping_loop(
                 return "Ping stream closed".to_string();
             }
             match tokio::time::timeout(deadline, inbound.message()).await {
-                Ok(Ok(Some(()))) => {
-                    live.set_rtt(sent.elapsed());
-                    if let Some(p) = proven.lock().ok().and_then(|mut p| p.take()) {
-                        let _ = p.send(Ok(()));
-                    }
-                }
+                Ok(Ok(Some(()))) => live.set_rtt(sent.elapsed()),
                 Ok(Ok(None)) => return "the app ended the Ping stream".to_string(),
                 Ok(Err(status)) => return format!("Ping stream failed: {}", status.message()),
                 Err(_) => return format!("no Ping answer within {deadline:?}"),
@@ -292,10 +311,6 @@ async fn ping_loop(
     };
     tokio::select! {
         reason = failure => {
-            if let Some(p) = proven.lock().ok().and_then(|mut p| p.take()) {
-                let _ = p.send(Err(reason));
-                return;
-            }
             if !live.stop.is_cancelled() {
                 warn!(channel_id = live.info.channel_id, %reason, "closing the app channel");
                 live.fail(reason.clone());
