@@ -65,6 +65,18 @@ pub async fn read<M: Message + Default, R: AsyncRead + Unpin>(r: &mut R) -> Resu
     Ok(M::decode(body.as_slice())?)
 }
 
+/// Decodes the frame at the start of `buf` as `M`, as [`read`] would from a
+/// stream holding `buf` (bytes after the frame are left alone); fails with
+/// [`FrameError::Io`] when `buf` ends inside the frame, and otherwise as
+/// [`read`] does. Allocates no more than the body's decoded fields.
+pub fn decode_frame<M: Message + Default>(buf: &[u8]) -> Result<M, FrameError> {
+    let eof = || FrameError::Io(std::io::ErrorKind::UnexpectedEof.into());
+    let (prefix, rest) = buf.split_first_chunk::<4>().ok_or_else(eof)?;
+    let len = frame_len(*prefix)?;
+    let body = rest.get(..len).ok_or_else(eof)?;
+    Ok(M::decode(body)?)
+}
+
 /// Writes one frame and flushes; fails when the stream does.
 pub async fn write<M: Message, W: AsyncWrite + Unpin>(w: &mut W, msg: &M) -> std::io::Result<()> {
     w.write_all(&encode(msg)).await?;

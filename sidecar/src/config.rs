@@ -498,7 +498,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// Parses `250ms`, `5s`, `2m` or a bare number of seconds.
+/// The longest duration a flag takes: far beyond any sensible timeout, and
+/// far below where adding it to a clock would overflow (and panic).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// Parses `250ms`, `5s`, `2m` or a bare number of seconds; fails on
+/// anything else or on more than [`MAX_DURATION`].
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
@@ -510,7 +515,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => n * 60.0,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (use ms, s or m)")),
     };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))
+    let d = Duration::try_from_secs_f64(secs).map_err(|e| format!("{s:?}: {e}"))?;
+    if d > MAX_DURATION {
+        return Err(format!("{s:?} is longer than the limit of {}s (100 years)", MAX_DURATION.as_secs()));
+    }
+    Ok(d)
 }
 
 #[cfg(test)]
