@@ -273,6 +273,11 @@ impl Sidecar {
     pub fn log_tail(&self) -> String {
         self.proc.log_tail()
     }
+
+    /// Its log file (stderr); removed with its temp dir when the handle drops.
+    pub fn log_path(&self) -> &Path {
+        &self.proc.log
+    }
 }
 
 /// Options for an echo app process.
@@ -386,6 +391,11 @@ impl App {
     /// The last lines of its log.
     pub fn log_tail(&self) -> String {
         self.proc.log_tail()
+    }
+
+    /// Its log file (stderr); removed with its temp dir when the handle drops.
+    pub fn log_path(&self) -> &Path {
+        &self.proc.log
     }
 }
 
