@@ -120,8 +120,8 @@ pub struct Injector {
 }
 
 impl Injector {
-    /// Injects faults drawn from `seed` until `stop` turns true (finishing the fault under way),
-    /// then hands back the processes and what it did. With `enabled` false it only waits.
+    /// Injects faults drawn from `seed` until `stop` turns true (finishing the fault under way and
+    /// its recovery wait), then hands back the processes and what it did. With `enabled` false it only waits.
     pub async fn run(
         mut self,
         seed: u64,
@@ -143,10 +143,8 @@ impl Injector {
             let at = self.progress.now();
             self.inject(fault).await;
             let healed = self.progress.now();
-            let recovered = tokio::select! {
-                r = self.recovery(healed) => r,
-                _ = stop.wait_for(|s| *s) => None,
-            };
+            // Not cut short by `stop`: the callers run until the injector is done.
+            let recovered = self.recovery(healed).await;
             let how = recovered.map_or("NOT within 30 s".to_string(), |d| format!("in {:.2} s", d.as_secs_f64()));
             println!("  [{:>7.1}s] {:<18} healed, recovered {how}", at.as_secs_f64(), fault.name());
             records.push(FaultRecord { fault, at, healed, recovered });
