@@ -131,8 +131,15 @@ async fn run(args: args::Args) -> anyhow::Result<bool> {
     let mut samples = Vec::new();
     let mut opened = Vec::new();
     let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    // SIGTERM or Ctrl-C ends the run: returning drops the runtime's tasks, and with them
+    // the processes (kill on drop), which a signal's default action would orphan.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     for k in 0..=args.minutes * PER_MINUTE {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = term.recv() => anyhow::bail!("interrupted by SIGTERM"),
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+        }
         let s = procfs::sample(&lives, k, start.elapsed());
         samples.push(s);
         opened.push(stats.opened());
