@@ -46,6 +46,22 @@ pub fn binaries() -> &'static Binaries {
         if release {
             cmd.arg("--release");
         }
+        // Cargo sets these for the test or bench binary running this code. Build
+        // scripts that track them (ring's tracks CARGO_MANIFEST_DIR and
+        // CARGO_PKG_*) would rebuild here, and the next plain cargo command
+        // would rebuild them back: minutes of CPU each time.
+        for (k, _) in std::env::vars_os() {
+            let k = k.to_string_lossy();
+            if k.starts_with("CARGO_PKG_")
+                || k.starts_with("CARGO_MANIFEST_")
+                || matches!(
+                    k.as_ref(),
+                    "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
+                )
+            {
+                cmd.env_remove(&*k);
+            }
+        }
         let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "building dialbackd and the echo example failed");
         let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
@@ -295,6 +311,11 @@ impl Sidecar {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.proc.log).unwrap_or_default()
     }
+
+    /// Its log file (stderr); removed with its temp dir when the handle drops.
+    pub fn log_path(&self) -> &Path {
+        &self.proc.log
+    }
 }
 
 /// A field of `/proc/<pid>/status` in KiB (e.g. `VmRSS`, `VmHWM`, the peak RSS).
@@ -426,6 +447,11 @@ impl App {
     /// Its whole log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.proc.log).unwrap_or_default()
+    }
+
+    /// Its log file (stderr); removed with its temp dir when the handle drops.
+    pub fn log_path(&self) -> &Path {
+        &self.proc.log
     }
 }
 
