@@ -39,6 +39,7 @@ pub struct MinuteCalls {
 /// A connection error to the API, sorted into "sidecar down" or LOST once the restart windows are known.
 #[derive(Clone, Debug)]
 struct ConnError {
+    sent: Duration,
     failed_at: Duration,
     what: String,
 }
@@ -136,8 +137,8 @@ impl Callers {
     }
 
     /// Stops the callers, waits for their last calls (each bounded by [`CALL_BOUND`]),
-    /// and sorts connection errors: inside one of `down` (sidecar killed .. ready again) they
-    /// are "sidecar down", elsewhere LOST.
+    /// and sorts connection errors: from calls whose life overlapped one of `down` (sidecar
+    /// killed .. ready again) they are "sidecar down", elsewhere LOST.
     pub async fn stop(self, down: &[(Duration, Duration)]) -> CallReport {
         self.shared.stop.store(true, Relaxed);
         for t in self.tasks {
@@ -145,7 +146,9 @@ impl Callers {
         }
         let mut tally = std::mem::take(&mut *self.shared.tally.lock().expect("lock"));
         for e in std::mem::take(&mut tally.conn_errors) {
-            if down.iter().any(|(from, to)| (*from..=*to).contains(&e.failed_at)) {
+            // The call's life overlapped a window: its error may be seen (and
+            // timed) a little after the new ready line on a loaded machine.
+            if down.iter().any(|(from, to)| e.sent <= *to && e.failed_at >= *from) {
                 tally.minute(e.failed_at).down += 1;
                 *tally.down_reasons.entry(e.what).or_default() += 1;
             } else {
@@ -222,7 +225,7 @@ async fn call(shared: &Shared, client: &Client<HttpConnector, Full<Bytes>>, url:
             let kind = if dapr_error(&b).is_some() { "Dapr JSON" } else { "no Dapr JSON" };
             t.lose(done, format!("status {s} ({kind})"));
         }
-        Reply::ConnError(what) => t.conn_errors.push(ConnError { failed_at: done, what }),
+        Reply::ConnError(what) => t.conn_errors.push(ConnError { sent, failed_at: done, what }),
         Reply::NoAnswer => t.lose(done, format!("no answer within {CALL_BOUND:?}")),
     }
 }

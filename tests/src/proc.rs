@@ -23,7 +23,8 @@ pub struct Binaries {
 /// Builds `dialbackd` and the echo example once per process (cargo does
 /// nothing when they are fresh) and returns their paths. They are built
 /// with the profile this crate was built with: debug for tests, release
-/// for benchmarks.
+/// for benchmarks. The environment variable `DIALBACK_E2E_DIALBACKD` names
+/// another `dialbackd` to run instead.
 pub fn binaries() -> &'static Binaries {
     static BINS: OnceLock<Binaries> = OnceLock::new();
     BINS.get_or_init(|| {
@@ -66,7 +67,11 @@ pub fn binaries() -> &'static Binaries {
         assert!(status.success(), "building dialbackd and the echo example failed");
         let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
         let dir = target.join(if release { "release" } else { "debug" });
-        Binaries { dialbackd: dir.join("dialbackd"), echo: dir.join("examples").join("echo") }
+        // Another build of the sidecar may be put under test (e.g. an older
+        // commit's, to show that an attack test fails there).
+        let dialbackd =
+            std::env::var_os("DIALBACK_E2E_DIALBACKD").map(PathBuf::from).unwrap_or_else(|| dir.join("dialbackd"));
+        Binaries { dialbackd, echo: dir.join("examples").join("echo") }
     })
 }
 
