@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dialback_channel::{Channel, CloseCode, KeepAlive, Listener, h2};
+use dialback_channel::{Channel, ChannelInfo, CloseCode, Connection, KeepAlive, Listener, h2};
 use dialback_proto::runtime::dapr_app_channel_callback_client::DaprAppChannelCallbackClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -87,16 +87,8 @@ async fn setup(ch: Channel, registry: Arc<Registry>, policy: CallbackPolicy) {
     let started = tokio::time::timeout(policy.handshake, h2::client(io, policy.keep_alive)).await;
     let (client, h2_conn) = match started {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            warn!(channel_id = info.channel_id, error = %e, "HTTP/2 over the new channel failed");
-            conn.close(CloseCode::Done, "HTTP/2 handshake failed");
-            return;
-        }
-        Err(_) => {
-            warn!(channel_id = info.channel_id, "HTTP/2 over the new channel timed out");
-            conn.close(CloseCode::Done, "HTTP/2 handshake timed out");
-            return;
-        }
+        Ok(Err(e)) => return not_installed(&registry, &info, &conn, format!("HTTP/2 handshake failed: {e}")),
+        Err(_) => return not_installed(&registry, &info, &conn, "HTTP/2 handshake timed out".to_string()),
     };
     let live = Arc::new(Live::new(info, conn, client));
     let id = live.info.channel_id;
@@ -136,12 +128,8 @@ async fn setup(ch: Channel, registry: Arc<Registry>, policy: CallbackPolicy) {
         }
     };
     if let Err(reason) = proven {
-        let reason = format!("channel {id} from {} failed before it went live: {reason}", live.info.peer_addr);
-        warn!(channel_id = id, %reason, "new app channel not installed");
-        registry.note_failed(&reason);
         live.stop.cancel();
-        live.conn.close(CloseCode::PingTimeout, &reason);
-        return;
+        return not_installed(&registry, &live.info, &live.conn, reason);
     }
     let installed =
         if live.info.standby { registry.install_if_free(live.clone()) } else { Ok(registry.install(live.clone())) };
@@ -183,6 +171,16 @@ async fn setup(ch: Channel, registry: Arc<Registry>, policy: CallbackPolicy) {
     }
     live.stop.cancel();
     live.conn.close(CloseCode::Done, &reason);
+}
+
+/// A new channel failed before it went live: say why (in the log, and in
+/// the metadata when no channel is up) and close it.
+fn not_installed(registry: &Registry, info: &ChannelInfo, conn: &Connection, reason: String) {
+    let id = info.channel_id;
+    let reason = format!("channel {id} from {} failed before it went live: {reason}", info.peer_addr);
+    warn!(channel_id = id, %reason, "new app channel not installed");
+    registry.note_failed(&reason);
+    conn.close(CloseCode::PingTimeout, &reason);
 }
 
 /// Gives the HTTP/2 task a moment to record a protocol error, so that the
