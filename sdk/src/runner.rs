@@ -141,13 +141,9 @@ impl Runner {
                 () = stop.cancelled() => break,
             };
             let mut session = match channel {
-                Ok(c) => {
-                    if self.standby {
-                        info!("the channel is free again; taking it back");
-                    }
-                    self.standby = false;
-                    self.start_session(c)
-                }
+                // Standing by ends only once the sidecar installs this channel
+                // (see `connected`): one refused at install stays a standby.
+                Ok(c) => self.start_session(c),
                 Err(e) if self.standby => {
                     debug!(error = %e, "standing by: the channel is not free");
                     continue;
@@ -161,6 +157,9 @@ impl Runner {
             let end = self.connected(&mut session).await;
             backoff.on_channel_end(session.up.elapsed());
             match end {
+                End::Lost(reason) if self.standby => {
+                    debug!(%reason, "standing by: the channel went to another instance")
+                }
                 End::Lost(reason) => {
                     warn!(%reason, "callback channel down; reconnecting");
                     self.state.send_replace(ChannelState::Disconnected { reason });
@@ -241,6 +240,10 @@ impl Runner {
             tokio::select! {
                 () = until_true(&mut installed), if published != Some(current.channel_id) => {
                     published = Some(current.channel_id);
+                    if self.standby {
+                        info!("the channel was free again; this instance has it back");
+                        self.standby = false;
+                    }
                     self.publish(current);
                 }
                 why = current.ended() => {
