@@ -111,14 +111,7 @@ impl Pair {
 
 /// Resident set size of `pid` in KiB (`VmRSS`), 0 when unreadable.
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-        })
-        .unwrap_or(0)
+    dialback_e2e::proc_status_kib(pid, "VmRSS").unwrap_or(0)
 }
 
 /// CPU time `pid` has used so far (user + system), from `/proc/<pid>/stat`.

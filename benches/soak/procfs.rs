@@ -9,19 +9,12 @@ use serde_json::json;
 
 /// Resident set size of `pid` in KiB (`VmRSS`), 0 when unreadable.
 pub fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            })
-        })
-        .unwrap_or(0)
+    dialback_e2e::proc_status_kib(pid, "VmRSS").unwrap_or(0)
 }
 
 /// Open file descriptors of `pid`, 0 when unreadable.
 pub fn fd_count(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0)
+    dialback_e2e::open_fds(pid) as u64
 }
 
 /// Size of a file in bytes, 0 when missing.
