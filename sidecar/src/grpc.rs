@@ -105,6 +105,23 @@ impl DaprAppChannel for AppChannelApi {
     }
 }
 
+/// Says RESOURCE_EXHAUSTED, as grpc-go and so daprd do, where tonic's
+/// decoder refuses a request over the size limit with OUT_OF_RANGE. The
+/// refusal is a trailers-only response: its status is in the headers.
+pub fn too_large_is_resource_exhausted<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let h = resp.headers_mut();
+    let too_large = h.get("grpc-status").is_some_and(|v| v == "11")
+        && h.get("grpc-message").is_some_and(|m| {
+            percent_encoding::percent_decode(m.as_bytes())
+                .decode_utf8_lossy()
+                .starts_with("Error, decoded message length too large")
+        });
+    if too_large {
+        h.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    resp
+}
+
 /// The gRPC API's services.
 pub fn routes(state: Arc<Sidecar>) -> tonic::service::Routes {
     let max = state.limits.max_body_size;
@@ -138,5 +155,16 @@ mod tests {
             assert_eq!(grpc_timeout(&md(bad)), None, "{bad:?}");
         }
         assert_eq!(grpc_timeout(&MetadataMap::new()), None);
+    }
+
+    #[test]
+    fn only_the_decoders_size_refusal_becomes_resource_exhausted() {
+        let resp = |status: Status| too_large_is_resource_exhausted(status.into_http::<()>());
+        let code = |r: http::Response<()>| Status::from_header_map(r.headers()).map(|s| s.code());
+        let over =
+            Status::out_of_range("Error, decoded message length too large: found 9 bytes, the limit is: 4 bytes");
+        assert_eq!(code(resp(over)), Some(tonic::Code::ResourceExhausted));
+        assert_eq!(code(resp(Status::out_of_range("index 9 out of range"))), Some(tonic::Code::OutOfRange));
+        assert_eq!(code(resp(Status::not_found("no such app"))), Some(tonic::Code::NotFound));
     }
 }

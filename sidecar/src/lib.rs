@@ -196,7 +196,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .service(http::router(state.clone()));
     let grpc_svc = tower::ServiceBuilder::new()
         .layer(api_token::ApiTokenLayer::new(api_token_sha, api_token::Api::Grpc))
-        .map_response(|r: ::http::Response<tonic::body::Body>| r.map(axum::body::Body::new))
+        .map_response(|r: ::http::Response<tonic::body::Body>| {
+            grpc::too_large_is_resource_exhausted(r).map(axum::body::Body::new)
+        })
         .service(grpc::routes(state.clone()));
     let mut http_addrs = Vec::new();
     for addr in &config.http_addrs {

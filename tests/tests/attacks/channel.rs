@@ -289,3 +289,70 @@ async fn unproven_quic_peers_hold_little_memory() {
     assert!(grew_mib < 32, "8 unproven QUIC peers grew the sidecar's peak RSS by {grew_mib} MiB");
     live.assert_untouched("unproven QUIC peers pushing data").await;
 }
+
+/// Also: an installed channel that the sidecar kills because the app broke
+/// HTTP/2 (here 2 MB of response headers, far over the limit the sidecar
+/// advertises) says why in `lastDownReason`, not "connection lost"; the
+/// caller gets a clear error, and the sidecar serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_killed_for_a_protocol_error_says_why() {
+    let sc = SidecarBuilder::callback("echo").spawn().await;
+    for transport in BOTH {
+        let token = one_time_token(&sc, None).await;
+        let ch = dial(&sc, LOOPBACK, transport, &hello(Credential::OneTimeToken(token), false)).await.unwrap();
+        let id = ch.info.channel_id;
+        let app = tokio::spawn(malicious_app(ch.io));
+        eventually(&format!("the malicious {transport} channel {id} installed"), PATIENCE, || async {
+            let md = metadata(sc.http).await.ok()?;
+            (md["appChannel"]["state"] == "connected" && md["appChannel"]["channelId"] == id).then_some(())
+        })
+        .await;
+        let r = dialback_e2e::http_call("POST", &format!("{}/v1.0/invoke/echo/method/m", sc.http_base()), &[], "x")
+            .await
+            .unwrap();
+        assert!(r.status >= 500, "a call answered with 2 MB of headers over {transport}: {} {}", r.status, r.text());
+        let md = eventually(&format!("the {transport} channel down with its reason"), PATIENCE, || async {
+            let md = metadata(sc.http).await.ok()?;
+            (md["appChannel"]["state"] == "disconnected" && md["appChannel"]["lastDownReason"].is_string())
+                .then_some(md)
+        })
+        .await;
+        let reason = md["appChannel"]["lastDownReason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("HTTP/2 protocol error"),
+            "over {transport}, lastDownReason should name the protocol error: {reason:?}\n{}",
+            sc.log_tail()
+        );
+        app.abort();
+    }
+    // The sidecar is unharmed: a real app connects and is called.
+    let mut app = AppBuilder::echo(sc.grpc).transport("quic").spawn();
+    app.wait_line("echo: connected").await;
+    let r = dialback_e2e::http_call("POST", &format!("{}/v1.0/invoke/echo/method/m", sc.http_base()), &[], "fine")
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.text()), (200, "fine".to_string()), "{}", sc.log_tail());
+}
+
+/// An app that serves HTTP/2 well enough to be installed (it echoes the
+/// sidecar's Pings) and answers every other call with 2 MB of headers.
+async fn malicious_app(io: dialback_channel::Io) {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+        let resp = if req.uri().path().ends_with("/Ping") {
+            // Each Empty the sidecar sends comes straight back.
+            http::Response::builder().header("content-type", "application/grpc").body(req.into_body().boxed())
+        } else {
+            let mut b = http::Response::builder().header("content-type", "application/grpc");
+            let pad = "x".repeat(32 * 1024);
+            for i in 0..64 {
+                b = b.header(format!("x-pad-{i}"), pad.as_str());
+            }
+            b.body(http_body_util::Empty::new().map_err(|never| match never {}).boxed())
+        };
+        Ok::<_, std::convert::Infallible>(resp.unwrap_or_default())
+    });
+    let _ =
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), svc).await;
+}
