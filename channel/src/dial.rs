@@ -359,7 +359,7 @@ fn info(hello: &Hello, transport: Transport, addr: SocketAddr, v: &Verdict) -> C
         peer_addr: addr,
         channel_id: v.channel_id,
         reconnect_token: v.reconnect_token.clone(),
-        credential: crate::listener::credential_name(hello.credential.as_ref()),
+        credential: hello.credential.as_ref().map_or(crate::CredentialKind::OneTimeToken, crate::CredentialKind::of),
         standby: hello.standby,
         max_message_bytes: hello.max_message_bytes,
     }

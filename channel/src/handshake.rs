@@ -8,7 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::{Hello, RefusalReason, Verdict};
+use crate::{Credential, Hello, RefusalReason, Verdict};
 
 /// The handshake version this crate speaks.
 pub const VERSION: u32 = 1;
@@ -84,9 +84,9 @@ pub async fn write<M: Message, W: AsyncWrite + Unpin>(w: &mut W, msg: &M) -> std
 }
 
 /// The checks every hello gets before any credential is looked at: the
-/// version, and an app-id that is present and sane. `Ok` leaves the
-/// credential to the sidecar's authenticator.
-pub fn check_hello(hello: &Hello) -> Result<(), (RefusalReason, String)> {
+/// version, and an app-id that is present and sane. `Ok` hands the
+/// credential on to the sidecar's authenticator.
+pub fn check_hello(hello: &Hello) -> Result<&Credential, (RefusalReason, String)> {
     if hello.version != VERSION {
         return Err((
             RefusalReason::UnsupportedVersion,
@@ -96,13 +96,12 @@ pub fn check_hello(hello: &Hello) -> Result<(), (RefusalReason, String)> {
     if hello.app_id.is_empty() || hello.app_id.len() > 256 {
         return Err((RefusalReason::Malformed, "hello has no valid app_id".to_string()));
     }
-    if hello.credential.is_none() {
-        return Err((
+    hello.credential.as_ref().ok_or_else(|| {
+        (
             RefusalReason::NoCredential,
             "hello carries no credential (one-time token, API token or client certificate)".to_string(),
-        ));
-    }
-    Ok(())
+        )
+    })
 }
 
 /// A verdict that accepts the channel as `channel_id`, with a reconnect token (may be empty).

@@ -60,9 +60,8 @@ pub struct ChannelInfo {
     pub channel_id: u64,
     /// The app's side: the sidecar's reconnect token from the verdict (empty if none).
     pub reconnect_token: String,
-    /// How the app proved itself: `one-time-token`, `reconnect-token`,
-    /// `api-token` or `client-certificate`.
-    pub credential: &'static str,
+    /// How the app proved itself.
+    pub credential: crate::CredentialKind,
     /// The hello asked for the channel only if no other is live.
     pub standby: bool,
     /// The largest message the app said it accepts (0: not said).

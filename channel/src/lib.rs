@@ -16,6 +16,7 @@ pub mod handshake;
 mod io;
 mod listener;
 pub mod lograte;
+pub mod notice;
 pub mod reset;
 mod transport;
 
@@ -24,6 +25,7 @@ pub use dial::{DialConfig, Dialer, Pending};
 pub use error::{AcceptError, BindError, DialError};
 pub use io::{Channel, ChannelInfo, CloseCode, Connection, Io};
 pub use listener::{Authenticator, Grant, HelloContext, Listener, ListenerConfig, Refusal};
+pub use notice::{CloseNotice, CredentialKind};
 pub use transport::{Transport, Transports};
 
 pub use dialback_proto::handshake::{Hello, RefusalReason, Verdict, hello::Credential};

@@ -19,6 +19,7 @@ use crate::error::{AcceptError, BindError};
 use crate::handshake::{self, FrameError};
 use crate::io::{Channel, ChannelInfo, CloseCode, Connection, Io};
 use crate::lograte::RateLimited;
+use crate::notice::CredentialKind;
 use crate::reset::{CidLog, RecordingCids, reset_previous};
 use crate::{Hello, RefusalReason, Timeouts, Transport, Transports};
 
@@ -52,6 +53,8 @@ pub struct ListenerConfig {
 pub struct HelloContext<'a> {
     /// The hello, already checked for version, app-id and a credential.
     pub hello: &'a Hello,
+    /// The hello's credential, for the authenticator to check.
+    pub credential: &'a crate::Credential,
     /// The transport it came over.
     pub transport: Transport,
     /// Where it came from.
@@ -407,7 +410,7 @@ async fn quic_handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<()
     let outcome =
         exchange(&mut recv, &mut send, Transport::Quic, peer, alpn.as_deref(), client_cert, deadline, shared).await;
     match outcome {
-        Ok((hello, channel_id)) => {
+        Ok((hello, channel_id, credential)) => {
             // Proven: open the window that was kept small for strangers.
             conn.set_receive_window(quinn::VarInt::from_u32(crate::config::CONN_RECEIVE_WINDOW));
             let gone = CancellationToken::new();
@@ -420,7 +423,7 @@ async fn quic_handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<()
                 gone.cancel();
             });
             let io = Io::quic(send, recv, gone_for_io);
-            deliver(shared, hello, Transport::Quic, peer, channel_id, io, connection).await;
+            deliver(shared, (hello, credential), Transport::Quic, peer, channel_id, io, connection).await;
             Ok(())
         }
         Err(e) => {
@@ -464,11 +467,11 @@ async fn tcp_handshake(
         exchange(&mut r, &mut w, Transport::TcpTls, peer, alpn.as_deref(), client_cert.as_ref(), deadline, shared)
             .await;
     match outcome {
-        Ok((hello, channel_id)) => {
+        Ok((hello, channel_id, credential)) => {
             let gone = CancellationToken::new();
             let connection = Connection::from_tcp(peer, gone.clone());
             let io = Io::tls(tokio_rustls::TlsStream::Server(tls_stream), gone);
-            deliver(shared, hello, Transport::TcpTls, peer, channel_id, io, connection).await;
+            deliver(shared, (hello, credential), Transport::TcpTls, peer, channel_id, io, connection).await;
             Ok(())
         }
         Err(e) => {
@@ -490,7 +493,7 @@ async fn exchange<R, W>(
     client_cert: Option<&CertificateDer<'static>>,
     deadline: Instant,
     shared: &Shared,
-) -> Result<(Hello, u64), AcceptError>
+) -> Result<(Hello, u64, CredentialKind), AcceptError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -502,15 +505,15 @@ where
         )),
         Ok(Err(FrameError::Io(e))) => return Err(AcceptError::Frame(FrameError::Io(e))),
         Ok(Err(e)) => Err(Refusal::new(RefusalReason::Malformed, e.to_string())),
-        Ok(Ok(hello)) => decide(&hello, transport, peer, alpn, client_cert, shared).map(|grant| (hello, grant)),
+        Ok(Ok(hello)) => decide(&hello, transport, peer, alpn, client_cert, shared).map(|g| (hello, g)),
     };
     match decided {
-        Ok((hello, grant)) => {
+        Ok((hello, (grant, credential))) => {
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let verdict = handshake::accepted(id, grant.reconnect_token);
             // The verdict write is bounded too: a peer that stops reading cannot pin us.
             match tokio::time::timeout_at(deadline, handshake::write(w, &verdict)).await {
-                Ok(Ok(())) => Ok((hello, id)),
+                Ok(Ok(())) => Ok((hello, id, credential)),
                 Ok(Err(e)) => Err(AcceptError::Frame(FrameError::Io(e))),
                 Err(_) => Err(AcceptError::Timeout(shared.timeouts.handshake)),
             }
@@ -530,7 +533,7 @@ fn decide(
     alpn: Option<&[u8]>,
     client_cert: Option<&CertificateDer<'static>>,
     shared: &Shared,
-) -> Result<Grant, Refusal> {
+) -> Result<(Grant, CredentialKind), Refusal> {
     let pre = if alpn != Some(dialback_certs::ALPN) {
         Err(Refusal::new(
             RefusalReason::WrongProtocol,
@@ -539,34 +542,27 @@ fn decide(
     } else {
         handshake::check_hello(hello).map_err(|(reason, message)| Refusal { reason, message })
     };
-    if let Err(refusal) = pre {
-        shared.auth.discard(hello);
-        return Err(refusal);
-    }
-    shared.auth.authenticate(&HelloContext { hello, transport, peer_addr: peer, client_cert })
-}
-
-/// The name of a credential kind, for logs and metadata.
-pub(crate) fn credential_name(c: Option<&crate::Credential>) -> &'static str {
-    match c {
-        Some(crate::Credential::OneTimeToken(_)) => "one-time-token",
-        Some(crate::Credential::ReconnectToken(_)) => "reconnect-token",
-        Some(crate::Credential::ApiToken(_)) => "api-token",
-        Some(crate::Credential::ClientCertificate(_)) => "client-certificate",
-        None => "none",
-    }
+    let credential = match pre {
+        Ok(c) => c,
+        Err(refusal) => {
+            shared.auth.discard(hello);
+            return Err(refusal);
+        }
+    };
+    let grant =
+        shared.auth.authenticate(&HelloContext { hello, credential, transport, peer_addr: peer, client_cert })?;
+    Ok((grant, CredentialKind::of(credential)))
 }
 
 async fn deliver(
     shared: &Shared,
-    hello: Hello,
+    (hello, credential): (Hello, CredentialKind),
     transport: Transport,
     peer: SocketAddr,
     channel_id: u64,
     io: Io,
     conn: Connection,
 ) {
-    let credential = credential_name(hello.credential.as_ref());
     let info = ChannelInfo {
         app_id: hello.app_id,
         instance: hello.instance,

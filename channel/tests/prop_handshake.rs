@@ -187,7 +187,7 @@ proptest! {
             None
         };
         match (got, expected) {
-            (Ok(()), None) => {}
+            (Ok(c), None) => prop_assert_eq!(Some(c), h.credential.as_ref()),
             (Err((reason, message)), Some(want)) => {
                 prop_assert_eq!(reason, want);
                 prop_assert!(!message.is_empty());

@@ -6,16 +6,11 @@ use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use dialback_channel::CloseNotice;
+use dialback_channel::notice::{CLOSE_NOTICE_KEY, PING_INTERVAL_KEY, PROBE_KEY};
 use dialback_proto::runtime::dapr_app_channel_callback_server::DaprAppChannelCallback;
 use futures_util::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
-
-/// Metadata key carrying the sidecar's ping interval in milliseconds.
-pub const PING_INTERVAL_KEY: &str = "dialback-ping-interval-ms";
-/// Metadata key of the sidecar's close notice.
-pub const CLOSE_NOTICE_KEY: &str = "dialback-close";
-/// Metadata key of the sidecar's probe of a new channel (before it installs it).
-pub const PROBE_KEY: &str = "dialback-probe";
 
 /// What one channel's Ping service has seen.
 #[derive(Debug)]
@@ -29,7 +24,7 @@ pub struct PingState {
 struct Seen {
     last: Instant,
     interval: Option<Duration>,
-    notice: Option<String>,
+    notice: Option<CloseNotice>,
 }
 
 impl PingState {
@@ -56,9 +51,9 @@ impl PingState {
         self.installed.subscribe()
     }
 
-    /// The sidecar's close notice, if it sent one (`replaced`, `shutting-down`).
-    pub fn notice(&self) -> Option<String> {
-        self.with(|s| s.notice.clone()).flatten()
+    /// The sidecar's close notice, if it sent one this version knows.
+    pub fn notice(&self) -> Option<CloseNotice> {
+        self.with(|s| s.notice).flatten()
     }
 }
 
@@ -79,9 +74,9 @@ impl DaprAppChannelCallback for PingService {
     type PingStream = PingStream;
 
     async fn ping(&self, request: Request<Streaming<()>>) -> Result<Response<PingStream>, Status> {
-        if let Some(notice) = request.metadata().get(CLOSE_NOTICE_KEY).and_then(|v| v.to_str().ok()) {
-            let notice = notice.to_string();
-            self.0.with(|s| s.notice = Some(notice));
+        if let Some(words) = request.metadata().get(CLOSE_NOTICE_KEY).and_then(|v| v.to_str().ok()) {
+            let notice = CloseNotice::parse(words);
+            self.0.with(|s| s.notice = notice);
             return Ok(Response::new(Box::pin(futures_util::stream::empty())));
         }
         let probe = request.metadata().contains_key(PROBE_KEY);

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use dialback_certs::{Fingerprint, ServerTrust};
 use dialback_channel::h2;
 use dialback_channel::{
-    Channel, CloseCode, Connection, Credential, DialConfig, Dialer, Hello, KeepAlive, Transport, Transports,
+    Channel, CloseCode, CloseNotice, Connection, Credential, DialConfig, Dialer, Hello, KeepAlive, Transport,
+    Transports,
 };
 use dialback_proto::runtime::ConnectAppCallbackResponse;
 use dialback_proto::runtime::dapr_app_channel_callback_server::DaprAppChannelCallbackServer;
@@ -247,7 +248,7 @@ impl Runner {
                     self.publish(current);
                 }
                 why = current.ended() => {
-                    return if ping.notice().as_deref() == Some("replaced") { End::Replaced } else { End::Lost(why) };
+                    return if ping.notice() == Some(CloseNotice::Replaced) { End::Replaced } else { End::Lost(why) };
                 }
                 w = watchdog(&ping, keep_alive, suspected) => match w {
                     Watch::Suspect(last) => {

@@ -182,20 +182,19 @@ impl ChannelAuth {
                 format!("this sidecar serves app-id {:?}, not {:?}", self.app_id, hello.app_id),
             ));
         }
-        match &hello.credential {
-            None => Err(Refusal::new(RefusalReason::NoCredential, "hello carries no credential")),
-            Some(Credential::OneTimeToken(_)) => spent.unwrap_or(Ok(())),
-            Some(Credential::ReconnectToken(t)) => {
+        match ctx.credential {
+            Credential::OneTimeToken(_) => spent.unwrap_or(Ok(())),
+            Credential::ReconnectToken(t) => {
                 let tokens =
                     self.tokens.lock().map_err(|_| Refusal::new(RefusalReason::Unspecified, "internal error"))?;
                 tokens.check_reconnect(t, Instant::now())
             }
-            Some(Credential::ApiToken(t)) => match self.api_token_sha {
+            Credential::ApiToken(t) => match self.api_token_sha {
                 Some(want) if sha256(t) == want => Ok(()),
                 Some(_) => Err(Refusal::new(RefusalReason::BadCredential, "wrong API token")),
                 None => Err(Refusal::new(RefusalReason::BadCredential, "this sidecar has no API token configured")),
             },
-            Some(Credential::ClientCertificate(_)) => {
+            Credential::ClientCertificate(_) => {
                 if !self.mtls {
                     return Err(Refusal::new(
                         RefusalReason::BadCredential,

@@ -4,21 +4,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dialback_channel::{Channel, ChannelInfo, CloseCode, Connection, KeepAlive, Listener, h2};
+use dialback_channel::notice::{CLOSE_NOTICE_KEY, PING_INTERVAL_KEY, PROBE_KEY};
+use dialback_channel::{Channel, ChannelInfo, CloseCode, CloseNotice, Connection, KeepAlive, Listener, h2};
 use dialback_proto::runtime::dapr_app_channel_callback_client::DaprAppChannelCallbackClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::registry::{Live, Registry};
-
-/// Metadata key on the Ping call that tells the app the ping interval (ms).
-pub const PING_INTERVAL_KEY: &str = "dialback-ping-interval-ms";
-/// Metadata key on a Ping call that tells the app its channel is closing, and why.
-pub const CLOSE_NOTICE_KEY: &str = "dialback-close";
-/// Metadata key on the Ping call that proves a new channel before it is
-/// installed; the regular Ping stream follows once it is.
-pub const PROBE_KEY: &str = "dialback-probe";
 
 /// What the acceptor needs to know.
 #[derive(Clone, Debug)]
@@ -212,7 +205,7 @@ fn protocol_error(e: &hyper::Error) -> Option<String> {
 /// Takes a channel out of service: tells the app why (replacement), lets
 /// calls in flight finish within `drain`, then closes it with `code`.
 pub async fn retire(live: Arc<Live>, code: CloseCode, drain: Duration) {
-    let note = if code == CloseCode::Replaced { "replaced" } else { "shutting-down" };
+    let note = if code == CloseCode::Replaced { CloseNotice::Replaced } else { CloseNotice::ShuttingDown };
     // The notice doubles as a liveness probe: an app that cannot answer it
     // is gone (killed, or its path is dead), and calls in flight on it would
     // only hang until the idle timeout. Fail them now instead.
@@ -240,10 +233,10 @@ pub async fn retire(live: Arc<Live>, code: CloseCode, drain: Duration) {
 /// Sends the in-band close notice: a Ping call whose metadata says why.
 /// Works on both transports (TCP has no close codes). Bounded by a few
 /// round trips; returns whether the app answered.
-async fn notify_close(live: &Live, why: &'static str) -> bool {
+async fn notify_close(live: &Live, why: CloseNotice) -> bool {
     let mut client = DaprAppChannelCallbackClient::new(live.client.clone());
     let mut req = tonic::Request::new(futures_util::stream::empty());
-    req.metadata_mut().insert(CLOSE_NOTICE_KEY, tonic::metadata::MetadataValue::from_static(why));
+    req.metadata_mut().insert(CLOSE_NOTICE_KEY, tonic::metadata::MetadataValue::from_static(why.as_str()));
     let bound = live.rtt().map_or(NOTICE_WAIT, |rtt| (rtt * 4).max(NOTICE_WAIT));
     matches!(tokio::time::timeout(bound, client.ping(req)).await, Ok(Ok(_)))
 }

@@ -29,7 +29,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use callback::{CLOSE_NOTICE_KEY, PING_INTERVAL_KEY, PROBE_KEY};
 pub use config::{AppMode, CertSource, Cli, Config, ConfigError};
 pub use error::InvokeError;
 pub use http::to_invoke_request;

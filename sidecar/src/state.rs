@@ -73,7 +73,7 @@ impl Sidecar {
                     "transport": live.as_ref().map(|l| l.info.transport.as_str()),
                     "channelId": live.as_ref().map(|l| l.info.channel_id),
                     "instance": live.as_ref().map(|l| l.info.instance.clone()),
-                    "credential": live.as_ref().map(|l| l.info.credential),
+                    "credential": live.as_ref().map(|l| l.info.credential.as_str()),
                     "peerAddress": live.as_ref().map(|l| l.conn.peer_addr().to_string()),
                     "connectedSinceUnixMs": live.as_ref().map(|l| unix_ms(l.since)),
                     "rttMs": live.as_ref().and_then(|l| l.rtt()).map(|d| d.as_secs_f64() * 1000.0),
