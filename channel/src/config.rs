@@ -1,7 +1,13 @@
 //! Timeouts and keepalive policy shared by both ends.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+
+use crate::Transports;
+use crate::error::DialError;
 
 /// How a live channel notices a dead path.
 ///
@@ -109,6 +115,51 @@ pub(crate) fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net
         tracing::debug!(error = %e, "could not grow the UDP send buffer");
     }
     Ok(socket)
+}
+
+/// How the listener is set up.
+#[derive(Clone)]
+pub struct ListenerConfig {
+    /// Where to listen; port 0 picks one free for UDP and TCP alike.
+    pub addr: SocketAddr,
+    /// Which transports to accept.
+    pub transports: Transports,
+    /// The sidecar's TLS identity (TLS 1.3, ALPN set by `dialback-certs`).
+    pub tls: Arc<rustls::ServerConfig>,
+    /// Handshake deadline and keepalive.
+    pub timeouts: Timeouts,
+    /// The QUIC stateless-reset key; persist it so that a restarted sidecar
+    /// resets the app's old connection at once. `None`: a random key.
+    pub reset_key: Option<[u8; 32]>,
+    /// Handshakes allowed in flight at once, per transport (QUIC and TCP
+    /// each have this many); beyond it new ones are turned away.
+    pub max_handshakes: usize,
+    /// Handshakes allowed in flight at once from one IP address.
+    pub max_handshakes_per_ip: usize,
+    /// Addresses of the apps of a previous run of this sidecar, and the QUIC
+    /// connection IDs it had issued: each gets a stateless reset before the
+    /// listener starts, so those apps learn of the restart at once (needs `reset_key`).
+    pub reset_previous: (Vec<SocketAddr>, Vec<Vec<u8>>),
+}
+
+/// Where and how to dial.
+#[derive(Clone, Debug)]
+pub struct DialConfig {
+    /// The sidecar's channel address.
+    pub addr: SocketAddr,
+    /// The TLS server name to send and verify (ignored when pinning).
+    pub server_name: String,
+    /// The app's TLS config: trust and optional client identity (`dialback-certs`).
+    pub tls: Arc<rustls::ClientConfig>,
+    /// Handshake deadline and keepalive.
+    pub timeouts: Timeouts,
+}
+
+impl DialConfig {
+    pub(crate) fn server_name(&self) -> Result<ServerName<'static>, DialError> {
+        ServerName::try_from(self.server_name.clone())
+            .map_err(|e| DialError::Config(format!("bad server name {:?}: {e}", self.server_name)))
+    }
 }
 
 #[cfg(test)]

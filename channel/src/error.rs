@@ -98,16 +98,10 @@ pub enum DialError {
         /// The sidecar's explanation.
         message: String,
     },
-    /// The TLS configuration does not fit QUIC.
-    #[error("the TLS configuration is not usable for QUIC: {0}")]
+    /// The dial cannot be made as configured: a TLS configuration that does
+    /// not fit QUIC, a bad server name, no transport to dial.
+    #[error("cannot dial as configured: {0}")]
     Config(String),
-}
-
-impl DialError {
-    /// Whether the sidecar itself said no (so a redial with the same credential is pointless).
-    pub fn is_refusal(&self) -> bool {
-        matches!(self, DialError::Refused { .. })
-    }
 }
 
 pub(crate) fn quic_io(e: quinn::ConnectionError) -> std::io::Error {

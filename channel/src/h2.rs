@@ -67,18 +67,6 @@ pub async fn client(io: Io, keep_alive: KeepAlive) -> Result<(H2Client, ClientCo
     Ok((H2Client { send }, Box::pin(conn)))
 }
 
-impl H2Client {
-    /// Whether the connection can still take requests.
-    pub fn is_ready(&self) -> bool {
-        self.send.is_ready()
-    }
-
-    /// Whether the connection is closed.
-    pub fn is_closed(&self) -> bool {
-        self.send.is_closed()
-    }
-}
-
 impl tower::Service<Request<Body>> for H2Client {
     type Response = Response<Body>;
     type Error = hyper::Error;

@@ -1,14 +1,15 @@
 //! What a finished handshake hands up: the byte stream, who is on the other
 //! end, and a handle on the connection's life.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::Transport;
@@ -58,8 +59,6 @@ pub struct ChannelInfo {
     pub peer_addr: SocketAddr,
     /// The sidecar-assigned id of this channel.
     pub channel_id: u64,
-    /// The app's side: the sidecar's reconnect token from the verdict (empty if none).
-    pub reconnect_token: String,
     /// How the app proved itself.
     pub credential: crate::CredentialKind,
     /// The hello asked for the channel only if no other is live.
@@ -68,99 +67,98 @@ pub struct ChannelInfo {
     pub max_message_bytes: u32,
 }
 
+/// What a transport's live connection answers; one implementation per
+/// transport (`transport/quic.rs`, `transport/tcp.rs`).
+pub(crate) trait Link: Send + Sync + std::fmt::Debug + 'static {
+    /// The transport it runs on.
+    fn transport(&self) -> Transport;
+    /// The peer's current address (follows QUIC migration).
+    fn peer_addr(&self) -> SocketAddr;
+    /// The transport's own round-trip estimate, where it has one.
+    fn rtt(&self) -> Option<Duration>;
+    /// Closes the connection, with `code` on the wire where the transport has close codes.
+    fn close(&self, code: CloseCode, reason: &str);
+    /// Whether the transport itself has seen the connection end.
+    fn is_closed(&self) -> bool;
+    /// Resolves once the transport itself sees the connection end; never,
+    /// for a transport that learns it only through the byte stream.
+    fn closed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// The close code and reason the peer sent, if it sent one.
+    fn peer_close(&self) -> Option<(CloseCode, String)>;
+}
+
 /// A handle on a channel's underlying connection: cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Connection {
-    kind: ConnKind,
+    link: Arc<dyn Link>,
     /// Cancelled when the stream ends, fails, is dropped or is closed here.
     gone: CancellationToken,
 }
 
-#[derive(Clone, Debug)]
-enum ConnKind {
-    Quic(quinn::Connection),
-    Tcp { peer: SocketAddr },
-}
-
 impl Connection {
-    pub(crate) fn from_quic(conn: quinn::Connection, gone: CancellationToken) -> Connection {
-        Connection { kind: ConnKind::Quic(conn), gone }
+    /// The handle for `link`; when the transport sees the connection end,
+    /// `gone` (and so the channel's byte stream) ends with it.
+    pub(crate) fn new(link: Arc<dyn Link>, gone: CancellationToken) -> Connection {
+        let conn = Connection { link, gone };
+        let watch = conn.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = watch.link.closed() => watch.gone.cancel(),
+                () = watch.gone.cancelled() => {}
+            }
+        });
+        conn
     }
 
-    pub(crate) fn from_tcp(peer: SocketAddr, gone: CancellationToken) -> Connection {
-        Connection { kind: ConnKind::Tcp { peer }, gone }
+    /// The transport it runs on.
+    pub fn transport(&self) -> Transport {
+        self.link.transport()
+    }
+
+    /// Whether it lives on when either end's address changes (see [`Transport::can_migrate`]).
+    pub fn can_migrate(&self) -> bool {
+        self.link.transport().can_migrate()
     }
 
     /// The peer's current address: follows QUIC migration.
     pub fn peer_addr(&self) -> SocketAddr {
-        match &self.kind {
-            ConnKind::Quic(c) => c.remote_address(),
-            ConnKind::Tcp { peer } => *peer,
-        }
+        self.link.peer_addr()
     }
 
     /// The transport's own round-trip estimate, where it has one (QUIC).
     pub fn rtt(&self) -> Option<Duration> {
-        match &self.kind {
-            ConnKind::Quic(c) => Some(c.rtt()),
-            ConnKind::Tcp { .. } => None,
-        }
-    }
-
-    /// The QUIC connection, for callers that migrate or open more streams.
-    pub fn quic(&self) -> Option<&quinn::Connection> {
-        match &self.kind {
-            ConnKind::Quic(c) => Some(c),
-            ConnKind::Tcp { .. } => None,
-        }
+        self.link.rtt()
     }
 
     /// Closes the connection with `code` and a reason for the peer's logs.
     /// Reads and writes on the channel's [`Io`] fail from then on.
     pub fn close(&self, code: CloseCode, reason: &str) {
-        if let ConnKind::Quic(c) = &self.kind {
-            c.close(quinn::VarInt::from_u32(code as u32), reason.as_bytes());
-        }
+        self.link.close(code, reason);
         self.gone.cancel();
     }
 
     /// Whether the connection is gone.
     pub fn is_closed(&self) -> bool {
-        if self.gone.is_cancelled() {
-            return true;
-        }
-        match &self.kind {
-            ConnKind::Quic(c) => c.close_reason().is_some(),
-            ConnKind::Tcp { .. } => false,
-        }
+        self.gone.is_cancelled() || self.link.is_closed()
     }
 
     /// Resolves once the connection is gone, with the peer's close code when
     /// the peer said one (QUIC only).
     pub async fn closed(&self) -> Option<(CloseCode, String)> {
-        match &self.kind {
-            ConnKind::Quic(c) => {
-                tokio::select! {
-                    _ = c.closed() => {}
-                    () = self.gone.cancelled() => {}
-                }
-                // The stream may fail a moment before the connection reports
-                // why; the reason, once set, is what counts.
-                match c.close_reason() {
-                    Some(quinn::ConnectionError::ApplicationClosed(close)) => Some((
-                        CloseCode::from_u64(close.error_code.into_inner()),
-                        String::from_utf8_lossy(&close.reason).into_owned(),
-                    )),
-                    _ => None,
-                }
-            }
-            ConnKind::Tcp { .. } => {
-                self.gone.cancelled().await;
-                None
-            }
+        tokio::select! {
+            () = self.link.closed() => {}
+            () = self.gone.cancelled() => {}
         }
+        // The stream may fail a moment before the connection reports why;
+        // the reason, once set, is what counts.
+        self.link.peer_close()
     }
 }
+
+/// What a transport's byte stream is: a QUIC stream pair or a TLS stream.
+pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
 
 /// The channel's authenticated duplex byte stream: a QUIC bidirectional
 /// stream or a TLS-over-TCP stream, behind one type.
@@ -168,26 +166,14 @@ impl Connection {
 /// Reads and writes fail once the connection is closed through its
 /// [`Connection`]; dropping the `Io` marks the connection gone.
 pub struct Io {
-    inner: Inner,
+    inner: Box<dyn ByteStream>,
     gone: CancellationToken,
     abort: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
-enum Inner {
-    Quic { send: quinn::SendStream, recv: quinn::RecvStream },
-    Tls(Box<tokio_rustls::TlsStream<TcpStream>>),
-}
-
 impl Io {
-    pub(crate) fn quic(send: quinn::SendStream, recv: quinn::RecvStream, gone: CancellationToken) -> Io {
-        Io::new(Inner::Quic { send, recv }, gone)
-    }
-
-    pub(crate) fn tls(stream: tokio_rustls::TlsStream<TcpStream>, gone: CancellationToken) -> Io {
-        Io::new(Inner::Tls(Box::new(stream)), gone)
-    }
-
-    fn new(inner: Inner, gone: CancellationToken) -> Io {
+    /// The byte stream of a connection whose life `gone` tracks.
+    pub(crate) fn new(inner: Box<dyn ByteStream>, gone: CancellationToken) -> Io {
         let abort = Box::pin(gone.clone().cancelled_owned());
         Io { inner, gone, abort }
     }
@@ -221,10 +207,7 @@ impl AsyncRead for Io {
             return Poll::Ready(Err(e));
         }
         let before = buf.filled().len();
-        let r = match &mut this.inner {
-            Inner::Quic { recv, .. } => Pin::new(recv).poll_read(cx, buf),
-            Inner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        };
+        let r = Pin::new(&mut *this.inner).poll_read(cx, buf);
         // A clean end of stream also means the channel is over.
         if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() == before && buf.remaining() > 0 {
             this.gone.cancel();
@@ -239,10 +222,7 @@ impl AsyncWrite for Io {
         if let Err(e) = this.check_open(cx) {
             return Poll::Ready(Err(e));
         }
-        let r = match &mut this.inner {
-            Inner::Quic { send, .. } => Pin::new(send).poll_write(cx, data).map_err(io::Error::from),
-            Inner::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, data),
-        };
+        let r = Pin::new(&mut *this.inner).poll_write(cx, data);
         this.note(r)
     }
 
@@ -255,35 +235,22 @@ impl AsyncWrite for Io {
         if let Err(e) = this.check_open(cx) {
             return Poll::Ready(Err(e));
         }
-        let r = match &mut this.inner {
-            Inner::Quic { send, .. } => Pin::new(send).poll_write_vectored(cx, bufs),
-            Inner::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        };
+        let r = Pin::new(&mut *this.inner).poll_write_vectored(cx, bufs);
         this.note(r)
     }
 
     fn is_write_vectored(&self) -> bool {
-        match &self.inner {
-            Inner::Quic { send, .. } => send.is_write_vectored(),
-            Inner::Tls(s) => s.is_write_vectored(),
-        }
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let r = match &mut this.inner {
-            Inner::Quic { send, .. } => Pin::new(send).poll_flush(cx),
-            Inner::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        };
+        let r = Pin::new(&mut *this.inner).poll_flush(cx);
         this.note(r)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = &mut *self;
-        match &mut this.inner {
-            Inner::Quic { send, .. } => Pin::new(send).poll_shutdown(cx),
-            Inner::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+        Pin::new(&mut *self.inner).poll_shutdown(cx)
     }
 }
 

@@ -8,6 +8,8 @@
 //! [`CloseCode`]. The versioned hello/verdict exchange that authenticates the
 //! app lives in [`handshake`].
 
+mod accept;
+mod auth;
 mod config;
 mod dial;
 mod error;
@@ -20,12 +22,14 @@ pub mod notice;
 pub mod reset;
 mod transport;
 
-pub use config::{KeepAlive, Timeouts};
-pub use dial::{DialConfig, Dialer, Pending};
+pub use auth::{Authenticator, Grant, HelloContext, Refusal};
+pub use config::{DialConfig, KeepAlive, ListenerConfig, Timeouts};
+pub use dial::{Dialer, NetworkChange, Pending};
 pub use error::{AcceptError, BindError, DialError};
 pub use io::{Channel, ChannelInfo, CloseCode, Connection, Io};
-pub use listener::{Authenticator, Grant, HelloContext, Listener, ListenerConfig, Refusal};
+pub use listener::Listener;
 pub use notice::{CloseNotice, CredentialKind};
+pub use transport::tcp::accept_with_backoff;
 pub use transport::{Transport, Transports};
 
 pub use dialback_proto::handshake::{Hello, RefusalReason, Verdict, hello::Credential};

@@ -10,7 +10,10 @@
 mod backoff;
 mod error;
 mod handlers;
+mod health;
+mod options;
 mod ping;
+mod plan;
 mod runner;
 mod server;
 mod sidecar;
@@ -19,7 +22,8 @@ mod state;
 pub use backoff::Backoff;
 pub use error::Error;
 pub use handlers::InvokeHandlers;
-pub use server::{CallbackServer, CallbackServerBuilder, ChannelOptions, CredentialChoice, Handle, TrustChoice};
+pub use options::{ChannelOptions, CredentialChoice, TrustChoice};
+pub use server::{CallbackServer, CallbackServerBuilder, Handle};
 pub use sidecar::{SidecarClient, SidecarOptions};
 pub use state::{CallContext, ChannelState, Connected};
 

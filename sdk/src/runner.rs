@@ -1,16 +1,17 @@
 //! The loop behind a [`crate::Handle`]: get a channel up, serve on it,
-//! watch it, move it when the network changes or QUIC comes back, and
-//! reconnect per the backoff when it dies.
+//! watch it, move it when the network changes or a better transport comes
+//! back, and reconnect per the backoff when it dies. The decisions are made
+//! by pure cores: what to dial ([`crate::plan`]) and whether the channel is
+//! healthy ([`crate::health`]); this file does the I/O they ask for.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dialback_certs::{Fingerprint, ServerTrust};
 use dialback_channel::h2;
 use dialback_channel::{
-    Channel, CloseCode, CloseNotice, Connection, Credential, DialConfig, Dialer, Hello, KeepAlive, Transport,
-    Transports,
+    Channel, CloseCode, CloseNotice, Connection, Credential, DialConfig, Dialer, Grant, Hello, NetworkChange,
+    Transport, Transports,
 };
 use dialback_proto::runtime::ConnectAppCallbackResponse;
 use dialback_proto::runtime::dapr_app_channel_callback_server::DaprAppChannelCallbackServer;
@@ -21,10 +22,24 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::error::Error;
+use crate::health::{Health, Verdict};
+use crate::options::{ChannelOptions, CredentialChoice};
 use crate::ping::{PingService, PingState};
-use crate::server::{ChannelOptions, Command, CredentialChoice, TrustChoice};
+use crate::plan::{self, AfterRedial, Remembered};
 use crate::sidecar::SidecarClient;
 use crate::state::{CallContext, ChannelState, Connected};
+
+/// A request from the [`crate::Handle`] to the runner.
+pub(crate) enum Command {
+    /// The network changed: move to `local_ip` (or a new port on the same IP).
+    Rebind(Option<IpAddr>, tokio::sync::oneshot::Sender<Result<(), Error>>),
+}
+
+impl std::fmt::Debug for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Command")
+    }
+}
 
 /// How the connected phase ended.
 enum End {
@@ -43,6 +58,7 @@ struct Session {
     sidecar: SocketAddr,
     conn: Connection,
     ping: Arc<PingState>,
+    health: Health,
     serving: JoinHandle<Result<(), ServeError>>,
     up: Instant,
 }
@@ -67,14 +83,6 @@ impl Session {
     }
 }
 
-/// What the Ping watchdog saw.
-enum Watch {
-    /// Pings are late: the path may be dead. Carries the last ping's time.
-    Suspect(Instant),
-    /// Pings stopped for longer than the idle timeout.
-    Dead(String),
-}
-
 pub(crate) struct Runner {
     sidecar: SidecarClient,
     options: ChannelOptions,
@@ -95,8 +103,17 @@ pub(crate) struct Runner {
 struct Cached {
     config: DialConfig,
     app_id: String,
-    offered: Transports,
-    reconnect_token: String,
+    remembered: Remembered,
+}
+
+/// Why a direct redial, raced against ConnectAppCallback, gave no channel.
+enum RedialFailed {
+    /// The sidecar's API failed too: most likely the sidecar is down.
+    ApiDown(Error),
+    /// The dial failed after ConnectAppCallback answered: use the answer.
+    WithAnswer(Error, ConnectAppCallbackResponse),
+    /// The dial failed before ConnectAppCallback answered: wait for it.
+    Alone(Error),
 }
 
 impl Runner {
@@ -206,6 +223,7 @@ impl Runner {
             sidecar: info.peer_addr,
             conn,
             ping,
+            health: Health::new(keep_alive, Instant::now()),
             serving,
             up: Instant::now(),
         };
@@ -230,14 +248,13 @@ impl Runner {
         let mut probe = tokio::time::interval(self.options.quic_probe_interval);
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         probe.reset();
-        let mut suspected: Option<Instant> = None;
-        let keep_alive = self.options.timeouts.keep_alive;
         let mut published: Option<u64> = None;
         loop {
-            let probing = current.transport == Transport::TcpTls && self.options.transports.quic;
+            let better = self.options.transports.preferred_over(current.transport);
             let ping = current.ping.clone();
             let stop = self.stop.clone();
             let mut installed = ping.installed();
+            let look = tokio::time::Instant::from_std(current.health.poll_timeout());
             tokio::select! {
                 () = until_true(&mut installed), if published != Some(current.channel_id) => {
                     published = Some(current.channel_id);
@@ -250,32 +267,34 @@ impl Runner {
                 why = current.ended() => {
                     return if ping.notice() == Some(CloseNotice::Replaced) { End::Replaced } else { End::Lost(why) };
                 }
-                w = watchdog(&ping, keep_alive, suspected) => match w {
-                    Watch::Suspect(last) => {
-                        suspected = Some(last);
-                        if current.transport == Transport::Quic {
-                            // A dead path may be a lost NAT mapping: a new source
-                            // port makes a new one. quinn may swallow send errors
-                            // after an interface change, so silence is the signal.
-                            match self.dialer.rebind(None) {
-                                Ok(addr) => info!(%addr, "pings are late; moved the QUIC socket"),
-                                Err(e) => debug!(error = %e, "rebind after late pings failed"),
-                            }
+                () = tokio::time::sleep_until(look) => {
+                    let (last, interval) = ping.last();
+                    current.health.on_ping(last, interval);
+                    match current.health.check(Instant::now()) {
+                        Verdict::Healthy => {}
+                        // A dead path may be a lost NAT mapping: a new source
+                        // port makes a new one. quinn may swallow send errors
+                        // after an interface change, so silence is the signal.
+                        // (A connection that cannot migrate waits for the verdict.)
+                        Verdict::MoveSocket => match self.dialer.network_changed(&current.conn, None) {
+                            Ok(NetworkChange::Migrated(addr)) => info!(%addr, "pings are late; moved the socket"),
+                            Ok(NetworkChange::NeedsRedial) => {}
+                            Err(e) => debug!(error = %e, "moving the socket after late pings failed"),
+                        },
+                        Verdict::Redial(why) => {
+                            current.conn.close(CloseCode::PingTimeout, &why);
+                            return End::Lost(why);
                         }
                     }
-                    Watch::Dead(why) => {
-                        current.conn.close(CloseCode::PingTimeout, &why);
-                        return End::Lost(why);
-                    }
-                },
+                }
                 cmd = self.commands.recv() => {
                     if let Some(Command::Rebind(ip, reply)) = cmd {
                         let r = self.network_changed(current, ip).await;
                         let _ = reply.send(r);
                     }
                 }
-                _ = probe.tick(), if probing => {
-                    match self.connect(Transports::QUIC).await {
+                _ = probe.tick(), if !better.is_empty() => {
+                    match self.connect(better).await {
                         Ok(ch) => {
                             let new = self.start_session(ch);
                             self.switch(current, new);
@@ -293,13 +312,9 @@ impl Runner {
 
     /// QUIC migrates to a new socket; TCP gets a new channel from the new address.
     async fn network_changed(&mut self, current: &mut Session, ip: Option<std::net::IpAddr>) -> Result<(), Error> {
-        if current.transport == Transport::Quic {
-            let addr = self.dialer.rebind(ip)?;
-            info!(%addr, "network changed; the QUIC connection migrates");
+        if let NetworkChange::Migrated(addr) = self.dialer.network_changed(&current.conn, ip)? {
+            info!(%addr, "network changed; the connection migrates");
             return Ok(());
-        }
-        if ip.is_some() {
-            self.dialer.set_local_ip(ip);
         }
         let ch = self.connect(self.options.transports).await?;
         let new = self.start_session(ch);
@@ -323,133 +338,82 @@ impl Runner {
     /// ConnectAppCallback in parallel, and falls back to the answer when the
     /// direct dial is refused (e.g. the sidecar restarted) or fails.
     async fn connect(&mut self, allowed: Transports) -> Result<Channel, Error> {
-        let cached = self.cache.clone().filter(|c| !c.reconnect_token.is_empty());
-        let answer = match cached {
-            Some(c) if (c.offered.quic && allowed.quic) || (c.offered.tcp && allowed.tcp) => {
-                let transports = Transports { quic: c.offered.quic && allowed.quic, tcp: c.offered.tcp && allowed.tcp };
-                let sidecar = self.sidecar.clone();
-                let ask = async move { sidecar.connect_app_callback().await };
-                tokio::pin!(ask);
-                let hello = self.hello(&c.app_id, Credential::ReconnectToken(c.reconnect_token.clone()));
-                let head_start = self.options.tcp_head_start;
-                let outcome = {
-                    let direct = async {
-                        let pending = self.dialer.connect_any(transports, head_start, &c.config).await?;
-                        Ok::<_, Error>(pending.hello(&hello).await?)
-                    };
-                    tokio::pin!(direct);
-                    tokio::select! {
-                        r = &mut direct => match r {
-                            Ok(ch) => Ok(ch),
-                            Err(e) => Err((e, None)),
-                        },
-                        a = &mut ask => match a {
-                            // The API answers: let the direct dial finish first anyway.
-                            Ok(answer) => direct.await.map_err(|e| (e, Some(answer))),
-                            // The API is down: the sidecar is most likely down too.
-                            Err(e) => return Err(e),
-                        },
-                    }
-                };
-                match outcome {
-                    Ok(ch) => {
-                        self.remember(c.config, c.app_id, c.offered, &ch);
-                        return Ok(ch);
-                    }
-                    Err((e, _)) if slot_taken(&e) => return Err(e),
-                    Err((e, answer)) => {
-                        debug!(error = %e, "direct redial failed; using ConnectAppCallback");
-                        self.cache = None;
-                        match answer {
-                            Some(a) => a,
-                            None => ask.await?,
-                        }
-                    }
-                }
+        let cached = self.cache.clone();
+        let redial = cached.as_ref().and_then(|c| plan::redial(Some(&c.remembered), allowed).map(|r| (c.clone(), r)));
+        let Some((c, redial)) = redial else {
+            let answer = self.sidecar.connect_app_callback().await?;
+            return self.dial_answer(answer, allowed).await;
+        };
+        let sidecar = self.sidecar.clone();
+        let ask = async move { sidecar.connect_app_callback().await };
+        tokio::pin!(ask);
+        let hello = self.hello(&c.app_id, redial.credential);
+        let head_start = self.options.tcp_head_start;
+        let outcome = {
+            let direct = async {
+                let pending = self.dialer.connect_any(redial.transports, head_start, &c.config).await?;
+                Ok::<_, Error>(pending.hello(&hello).await?)
+            };
+            tokio::pin!(direct);
+            tokio::select! {
+                r = &mut direct => r.map_err(RedialFailed::Alone),
+                a = &mut ask => match a {
+                    // The API answers: let the direct dial finish first anyway.
+                    Ok(answer) => direct.await.map_err(|e| RedialFailed::WithAnswer(e, answer)),
+                    Err(e) => Err(RedialFailed::ApiDown(e)),
+                },
             }
-            _ => self.sidecar.connect_app_callback().await?,
+        };
+        let answer = match outcome {
+            Ok((ch, grant)) => {
+                self.remember(c.config, c.app_id, c.remembered.offered, grant);
+                return Ok(ch);
+            }
+            Err(RedialFailed::ApiDown(e)) => return Err(e),
+            Err(RedialFailed::WithAnswer(e, _) | RedialFailed::Alone(e))
+                if plan::after_redial(&e) == AfterRedial::GiveUp =>
+            {
+                return Err(e);
+            }
+            Err(RedialFailed::WithAnswer(e, answer)) => {
+                debug!(error = %e, "direct redial failed; using ConnectAppCallback");
+                self.cache = None;
+                answer
+            }
+            Err(RedialFailed::Alone(e)) => {
+                debug!(error = %e, "direct redial failed; using ConnectAppCallback");
+                self.cache = None;
+                ask.await?
+            }
         };
         self.dial_answer(answer, allowed).await
     }
 
-    fn remember(&mut self, config: DialConfig, app_id: String, offered: Transports, ch: &Channel) {
-        self.cache = Some(Cached { config, app_id, offered, reconnect_token: ch.info.reconnect_token.clone() });
+    fn remember(&mut self, config: DialConfig, app_id: String, offered: Transports, grant: Grant) {
+        let remembered = Remembered { offered, reconnect_token: grant.reconnect_token };
+        self.cache = Some(Cached { config, app_id, remembered });
     }
 
-    /// Dials what ConnectAppCallback said, racing `allowed`, and says hello.
+    /// Dials what ConnectAppCallback said, racing the transports both ends
+    /// allow, and says hello.
     async fn dial_answer(&mut self, answer: ConnectAppCallbackResponse, allowed: Transports) -> Result<Channel, Error> {
-        let offered = offered(&answer);
-        let transports = Transports { quic: offered.quic && allowed.quic, tcp: offered.tcp && allowed.tcp };
-        if !transports.quic && !transports.tcp {
-            return Err(Error::BadAnswer(format!("the sidecar offers {offered}, this app allows {allowed}")));
-        }
-        let addr = self.channel_addr(&answer).await?;
-        let trust = match &self.options.trust {
-            TrustChoice::FromSidecar => ServerTrust::Pinned(
-                Fingerprint::from_slice(&answer.cert_sha256).map_err(|e| Error::BadAnswer(e.to_string()))?,
-            ),
-            TrustChoice::Roots(r) => ServerTrust::Roots(r.clone()),
-        };
+        let api = self.sidecar.options();
+        let plan = plan::from_answer(&answer, allowed, &self.options, api.host(), api.api_token.as_deref())?;
+        let mut addrs = tokio::net::lookup_host(&plan.target)
+            .await
+            .map_err(|e| Error::BadAnswer(format!("cannot resolve {}: {e}", plan.target)))?;
+        let addr = addrs.next().ok_or_else(|| Error::BadAnswer(format!("{} resolves to nothing", plan.target)))?;
         let client_identity = match &self.options.credential {
             CredentialChoice::ClientCertificate(id) => Some(id),
             _ => None,
         };
-        let tls = dialback_certs::client_config(&trust, client_identity).map_err(|e| Error::Tls(e.to_string()))?;
-        let server_name = if answer.server_name.is_empty() {
-            dialback_certs::DEFAULT_SERVER_NAME.to_string()
-        } else {
-            answer.server_name.clone()
-        };
-        let config = DialConfig { addr, server_name, tls: Arc::new(tls), timeouts: self.options.timeouts };
-        let pending = self.dialer.connect_any(transports, self.options.tcp_head_start, &config).await?;
-        let credential = match &self.options.credential {
-            CredentialChoice::OneTimeToken => Credential::OneTimeToken(answer.token.clone()),
-            CredentialChoice::ApiToken => {
-                Credential::ApiToken(self.sidecar.options().api_token.clone().unwrap_or_default())
-            }
-            CredentialChoice::ClientCertificate(_) => Credential::ClientCertificate(true),
-        };
-        let ch = pending.hello(&self.hello(&answer.app_id, credential)).await?;
-        self.remember(config, answer.app_id, offered, &ch);
+        let tls = dialback_certs::client_config(&plan.trust, client_identity).map_err(|e| Error::Tls(e.to_string()))?;
+        let config =
+            DialConfig { addr, server_name: plan.server_name, tls: Arc::new(tls), timeouts: self.options.timeouts };
+        let pending = self.dialer.connect_any(plan.transports, self.options.tcp_head_start, &config).await?;
+        let (ch, grant) = pending.hello(&self.hello(&plan.app_id, plan.credential)).await?;
+        self.remember(config, plan.app_id, plan.offered, grant);
         Ok(ch)
-    }
-
-    /// Where to dial: the advertised address, else the sidecar's API host and the channel port.
-    async fn channel_addr(&self, answer: &ConnectAppCallbackResponse) -> Result<SocketAddr, Error> {
-        let target = if answer.address.is_empty() {
-            let host = self.sidecar.options().host()?;
-            let port = u16::try_from(answer.port).map_err(|_| Error::BadAnswer(format!("port {}", answer.port)))?;
-            if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
-        } else {
-            answer.address.clone()
-        };
-        let mut addrs = tokio::net::lookup_host(&target)
-            .await
-            .map_err(|e| Error::BadAnswer(format!("cannot resolve {target}: {e}")))?;
-        addrs.next().ok_or_else(|| Error::BadAnswer(format!("{target} resolves to nothing")))
-    }
-}
-
-/// Watches the sidecar's pings: `Suspect` once per silence longer than the
-/// ping interval plus one keepalive interval, `Dead` past the interval plus
-/// the idle timeout. The app learns of a dead sidecar or path even when the
-/// transport has not noticed yet.
-async fn watchdog(ping: &PingState, keep_alive: KeepAlive, suspected: Option<Instant>) -> Watch {
-    loop {
-        let (last, interval) = ping.last();
-        let interval = interval.unwrap_or(Duration::from_secs(2));
-        let suspect_after = interval + keep_alive.interval;
-        let dead_after = interval + keep_alive.idle_timeout;
-        let silence = last.elapsed();
-        if silence >= dead_after {
-            return Watch::Dead(format!("no Ping from the sidecar for {silence:?}"));
-        }
-        let already = suspected == Some(last);
-        if silence >= suspect_after && !already {
-            return Watch::Suspect(last);
-        }
-        let next = if already || silence >= suspect_after { dead_after } else { suspect_after };
-        tokio::time::sleep(next.saturating_sub(silence)).await;
     }
 }
 
@@ -471,24 +435,4 @@ impl Runner {
             max_message_bytes: u32::try_from(self.options.max_message_size).unwrap_or(u32::MAX),
         }
     }
-}
-
-/// Whether the sidecar refused a standby hello because the slot is taken.
-fn slot_taken(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Dial(dialback_channel::DialError::Refused { reason: dialback_channel::RefusalReason::SlotTaken, .. })
-    )
-}
-
-fn offered(answer: &ConnectAppCallbackResponse) -> Transports {
-    let mut t = Transports { quic: false, tcp: false };
-    for v in &answer.transports {
-        match Transport::from_proto(*v) {
-            Some(Transport::Quic) => t.quic = true,
-            Some(Transport::TcpTls) => t.tcp = true,
-            None => {}
-        }
-    }
-    t
 }

@@ -246,7 +246,7 @@ async fn the_wrong_alpn_fails_the_handshake() {
         timeouts: Timeouts { handshake: PATIENCE, ..Timeouts::default() },
     };
     match Dialer::new(Some(LOOPBACK)).dial(Transport::Quic, &config, &good_hello).await {
-        Ok(ch) => panic!("QUIC without ALPN: accepted as channel {}", ch.info.channel_id),
+        Ok((ch, _)) => panic!("QUIC without ALPN: accepted as channel {}", ch.info.channel_id),
         Err(DialError::Refused { reason, message }) => {
             assert_eq!(reason, RefusalReason::WrongProtocol, "QUIC without ALPN: {message}")
         }
@@ -314,7 +314,7 @@ async fn a_future_version_is_unsupported(transport: Transport) {
             assert_eq!(reason, RefusalReason::UnsupportedVersion, "version 2 over {transport}: {message}");
             assert!(message.contains("version"), "version 2 over {transport}: unclear message {message:?}");
         }
-        Ok(ch) => panic!("version 2 over {transport}: accepted as channel {}", ch.info.channel_id),
+        Ok((ch, _)) => panic!("version 2 over {transport}: accepted as channel {}", ch.info.channel_id),
         Err(e) => panic!("version 2 over {transport}: expected an UnsupportedVersion refusal, got: {e}"),
     }
     assert_untouched(&sc, &app, id, transport.as_str(), "a version 2 hello").await;

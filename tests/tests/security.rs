@@ -57,7 +57,7 @@ fn hello(app_id: &str, credential: Option<Credential>) -> Hello {
 }
 
 async fn dial(transport: Transport, config: &DialConfig, hello: &Hello) -> Result<Channel, DialError> {
-    Dialer::new(Some(LOOPBACK)).dial(transport, config, hello).await
+    Dialer::new(Some(LOOPBACK)).dial(transport, config, hello).await.map(|(ch, _)| ch)
 }
 
 /// Asserts `r` is the sidecar's refusal with `want`, its message mentioning `needle`.

@@ -158,7 +158,7 @@ pub async fn one_time_token(sc: &Sidecar, api_token: Option<&str>) -> String {
 
 /// Dials the callback port from `from` over `transport` and says `hello`.
 pub async fn dial(sc: &Sidecar, from: IpAddr, transport: Transport, hello: &Hello) -> Result<Channel, DialError> {
-    Dialer::new(Some(from)).dial(transport, &dial_config(sc), hello).await
+    Dialer::new(Some(from)).dial(transport, &dial_config(sc), hello).await.map(|(ch, _)| ch)
 }
 
 /// A TCP connection to `addr` from the attacker's address.

@@ -1,0 +1,306 @@
+//! QUIC (quinn): the app dials from one client endpoint that it can move
+//! to a new socket (the connection migrates); the sidecar accepts on an
+//! endpoint that keeps strangers small (one stream, a small window, a Retry
+//! under load) until their hello is accepted. The channel is one
+//! bidirectional stream; the connection's close codes carry [`CloseCode`].
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use super::{Handshake, HelloFuture};
+use crate::accept::Shared;
+use crate::config::{DialConfig, ListenerConfig};
+use crate::error::{AcceptError, BindError, DialError, quic_io};
+use crate::handshake;
+use crate::io::{CloseCode, Connection, Io, Link};
+use crate::reset::{CidLog, RecordingCids, reset_previous};
+use crate::{Hello, RefusalReason, Transport, Verdict};
+
+/// A live QUIC connection.
+#[derive(Debug)]
+struct QuicLink(quinn::Connection);
+
+impl Link for QuicLink {
+    fn transport(&self) -> Transport {
+        Transport::Quic
+    }
+
+    fn peer_addr(&self) -> SocketAddr {
+        self.0.remote_address()
+    }
+
+    fn rtt(&self) -> Option<Duration> {
+        Some(self.0.rtt())
+    }
+
+    fn close(&self, code: CloseCode, reason: &str) {
+        self.0.close(quinn::VarInt::from_u32(code as u32), reason.as_bytes());
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.close_reason().is_some()
+    }
+
+    fn closed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async move {
+            self.0.closed().await;
+        })
+    }
+
+    fn peer_close(&self) -> Option<(CloseCode, String)> {
+        match self.0.close_reason() {
+            Some(quinn::ConnectionError::ApplicationClosed(close)) => Some((
+                CloseCode::from_u64(close.error_code.into_inner()),
+                String::from_utf8_lossy(&close.reason).into_owned(),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// The channel's byte stream and connection handle over `conn`'s stream pair.
+fn channel_parts(conn: quinn::Connection, send: quinn::SendStream, recv: quinn::RecvStream) -> (Io, Connection) {
+    let gone = CancellationToken::new();
+    let connection = Connection::new(Arc::new(QuicLink(conn)), gone.clone());
+    (Io::new(Box::new(tokio::io::join(recv, send)), gone), connection)
+}
+
+// ---- The app's side ----
+
+/// The app's one QUIC endpoint (one UDP socket, no server config, so it
+/// never accepts anything), kept across dials so that later dials and
+/// migrations reuse it.
+#[derive(Debug, Default)]
+pub(crate) struct ClientEndpoint(Option<quinn::Endpoint>);
+
+impl ClientEndpoint {
+    /// The endpoint on `ip` (its address family), made on first use.
+    pub(crate) fn get(&mut self, ip: IpAddr) -> Result<quinn::Endpoint, DialError> {
+        if let Some(e) = &self.0 {
+            let same_family = e.local_addr().map(|a| a.is_ipv4() == ip.is_ipv4()).unwrap_or(false);
+            if same_family {
+                return Ok(e.clone());
+            }
+        }
+        let socket = crate::config::udp_socket(SocketAddr::new(ip, 0)).map_err(DialError::Socket)?;
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| DialError::Socket(std::io::Error::other("no async runtime for quinn")))?;
+        let endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime).map_err(DialError::Socket)?;
+        self.0 = Some(endpoint.clone());
+        Ok(endpoint)
+    }
+
+    /// Moves the endpoint, and every connection on it, to a new UDP socket
+    /// on `ip` (or the current IP): the connections migrate. Fails when the
+    /// socket cannot be bound or no endpoint exists yet.
+    pub(crate) fn rebind(&mut self, ip: Option<IpAddr>) -> Result<SocketAddr, DialError> {
+        let Some(endpoint) = &self.0 else {
+            return Err(DialError::Socket(std::io::Error::other("no QUIC endpoint to rebind yet")));
+        };
+        let current = endpoint.local_addr().map_err(DialError::Socket)?;
+        let socket =
+            crate::config::udp_socket(SocketAddr::new(ip.unwrap_or(current.ip()), 0)).map_err(DialError::Socket)?;
+        endpoint.rebind(socket).map_err(DialError::Socket)?;
+        endpoint.local_addr().map_err(DialError::Socket)
+    }
+}
+
+/// Connects and finishes TLS, without the hello.
+pub(crate) async fn connect(
+    endpoint: &quinn::Endpoint,
+    config: &DialConfig,
+    server_name: &ServerName<'static>,
+) -> Result<Box<dyn Handshake>, DialError> {
+    let addr = config.addr;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config.tls.clone())
+        .map_err(|e| DialError::Config(format!("the TLS configuration is not usable for QUIC: {e}")))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(config.timeouts.keep_alive.quic_transport());
+    let name = match server_name {
+        ServerName::DnsName(n) => n.as_ref().to_string(),
+        _ => dialback_certs::DEFAULT_SERVER_NAME.to_string(),
+    };
+    let connecting = endpoint
+        .connect_with(client, addr, &name)
+        .map_err(|e| DialError::Connect { addr, source: std::io::Error::other(e) })?;
+    let conn = connecting.await.map_err(|e| dial_error(addr, e))?;
+    Ok(Box::new(PendingQuic(conn)))
+}
+
+/// A QUIC connection whose hello is not sent yet.
+struct PendingQuic(quinn::Connection);
+
+impl Handshake for PendingQuic {
+    fn hello<'a>(self: Box<Self>, addr: SocketAddr, hello: &'a Hello) -> HelloFuture<'a> {
+        Box::pin(async move {
+            let conn = self.0;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| dial_error(addr, e))?;
+            handshake::write(&mut send, hello).await.map_err(|source| DialError::Connect { addr, source })?;
+            let verdict = match handshake::read::<Verdict, _>(&mut recv).await {
+                Ok(v) => v,
+                Err(source) => {
+                    // A refusal may have closed the connection before we read the verdict.
+                    if let Some(quinn::ConnectionError::ApplicationClosed(c)) = conn.close_reason()
+                        && c.error_code == quinn::VarInt::from_u32(CloseCode::Refused as u32)
+                    {
+                        return Err(DialError::Refused {
+                            reason: RefusalReason::Unspecified,
+                            message: String::from_utf8_lossy(&c.reason).into_owned(),
+                        });
+                    }
+                    return Err(DialError::Verdict { addr, source });
+                }
+            };
+            debug!(channel_id = verdict.channel_id, %addr, "QUIC channel verdict read");
+            let (io, connection) = channel_parts(conn, send, recv);
+            Ok((io, connection, verdict))
+        })
+    }
+
+    fn abandon(self: Box<Self>) {
+        self.0.close(quinn::VarInt::from_u32(CloseCode::Done as u32), b"not needed");
+    }
+}
+
+/// Sorts a QUIC connection error into "TLS said no" and "could not connect".
+fn dial_error(addr: SocketAddr, e: quinn::ConnectionError) -> DialError {
+    match &e {
+        quinn::ConnectionError::TransportError(t) if t.code.to_string().contains("crypto") => {
+            DialError::Tls { addr, source: quic_io(e) }
+        }
+        quinn::ConnectionError::ConnectionClosed(c) if c.error_code.to_string().contains("crypto") => {
+            DialError::Tls { addr, source: quic_io(e) }
+        }
+        _ => DialError::Connect { addr, source: quic_io(e) },
+    }
+}
+
+// ---- The sidecar's side ----
+
+/// Above this share of QUIC slots in use, a QUIC client must prove its
+/// address with a Retry round trip before it gets a slot.
+const RETRY_ABOVE: f64 = 0.5;
+
+/// A CID-generator key derived from the reset key (never the key itself).
+fn cid_key(reset_key: &[u8; 32]) -> u64 {
+    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key), b"dialback cid key");
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&tag.as_ref()[..8]);
+    u64::from_le_bytes(k)
+}
+
+/// Binds the sidecar's QUIC endpoint on `addr`, after sending stateless
+/// resets to the apps of a previous run. Returns it and its address.
+pub(crate) fn bind(
+    config: &ListenerConfig,
+    addr: SocketAddr,
+    cids: &Arc<CidLog>,
+) -> Result<(quinn::Endpoint, SocketAddr), BindError> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(config.tls.clone())
+        .map_err(|e| BindError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(config.timeouts.keep_alive.quic_transport_before_hello());
+    server.migration(true);
+    let mut endpoint_config = quinn::EndpointConfig::default();
+    if let Some(key) = config.reset_key {
+        endpoint_config.reset_key(Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &key)));
+        // quinn drops short-header packets whose connection ID its CID
+        // generator does not recognise, before any stateless reset. Key
+        // the generator from the persisted key too, so a restarted
+        // sidecar recognises its previous life's IDs and resets them.
+        let cid_key = cid_key(&key);
+        let log = cids.clone();
+        endpoint_config.cid_generator(move || Box::new(RecordingCids::new(cid_key, log.clone())));
+    }
+    let socket =
+        crate::config::udp_socket(addr).map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
+    if let Some(key) = &config.reset_key {
+        let (peers, previous) = &config.reset_previous;
+        let sent = reset_previous(&socket, key, peers, previous);
+        if sent > 0 {
+            info!(sent, peers = peers.len(), "sent stateless resets to the apps of the previous run");
+        }
+    }
+    let runtime = quinn::default_runtime().ok_or_else(|| BindError::Tls("no async runtime for quinn".to_string()))?;
+    let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)
+        .map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
+    let addr = endpoint.local_addr().map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
+    Ok((endpoint, addr))
+}
+
+/// Accepts QUIC connections until the listener stops, each handshake in a
+/// task of its own, within the QUIC budget and the per-source bound.
+pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i { Some(i) => i, None => return },
+            () = shared.stop.cancelled() => return,
+        };
+        let peer = incoming.remote_address();
+        // Under load, make the client prove its address first (a Retry round
+        // trip): spoofed or bare Initials then cost no slot.
+        let load = shared.load(Transport::Quic);
+        if load >= RETRY_ABOVE && !incoming.remote_address_validated() && incoming.may_retry() {
+            if let Err(e) = incoming.retry() {
+                debug!(%peer, error = %e, "QUIC Retry failed");
+            }
+            continue;
+        }
+        let Some(admitted) = shared.admit(peer, Transport::Quic) else {
+            incoming.refuse();
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handshake(incoming, &shared).await {
+                shared.log_refused(peer, Transport::Quic, &e);
+            }
+            drop(admitted);
+        });
+    }
+}
+
+async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<(), AcceptError> {
+    let deadline = Instant::now() + shared.timeouts.handshake;
+    let limit = shared.timeouts.handshake;
+    let peer = incoming.remote_address();
+    let conn = tokio::time::timeout_at(deadline, incoming).await.map_err(|_| AcceptError::Timeout(limit))??;
+    let alpn = conn
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    let Ok(accepted) = tokio::time::timeout_at(deadline, conn.accept_bi()).await else {
+        conn.close(quinn::VarInt::from_u32(CloseCode::Refused as u32), b"no hello within the handshake timeout");
+        return Err(AcceptError::Timeout(limit));
+    };
+    let (mut send, mut recv) = accepted?;
+    let certs = conn.peer_identity().and_then(|c| c.downcast::<Vec<CertificateDer<'static>>>().ok());
+    let client_cert = certs.as_ref().and_then(|c| c.first());
+    let seen = crate::accept::Seen { transport: Transport::Quic, peer, alpn: alpn.as_deref(), client_cert };
+    match crate::accept::exchange(&mut recv, &mut send, &seen, deadline, shared).await {
+        Ok(accepted) => {
+            // Proven: open the window that was kept small for strangers.
+            conn.set_receive_window(quinn::VarInt::from_u32(crate::config::CONN_RECEIVE_WINDOW));
+            let (io, connection) = channel_parts(conn, send, recv);
+            crate::accept::deliver(shared, accepted, Transport::Quic, peer, io, connection).await;
+            Ok(())
+        }
+        Err(e) => {
+            // Let the verdict reach the app before the connection closes.
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
+            let reason = e.to_string();
+            conn.close(quinn::VarInt::from_u32(CloseCode::Refused as u32), reason.as_bytes());
+            Err(e)
+        }
+    }
+}
