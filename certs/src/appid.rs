@@ -95,9 +95,9 @@ mod tests {
 
         // Server certificates carry no SPIFFE id; their CN is what remains.
         let server = ca.server_identity(&["localhost".into()]).unwrap();
-        assert_eq!(app_id_of(&server.cert_chain[0]).as_deref(), Some(crate::pki::SERVER_CN));
+        assert_eq!(app_id_of(&server.cert_chain[0]).as_deref(), Some(crate::params::SERVER_CN));
         let self_signed = Identity::self_signed(&[]).unwrap();
-        assert_eq!(app_id_of(&self_signed.cert_chain[0]).as_deref(), Some(crate::pki::SERVER_CN));
+        assert_eq!(app_id_of(&self_signed.cert_chain[0]).as_deref(), Some(crate::params::SERVER_CN));
         assert_eq!(app_id_of(&CertificateDer::from(vec![1, 2, 3])), None);
     }
 }

@@ -10,6 +10,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::{LoadError, SaveError};
 
+/// File name of the server certificate chain in a state directory.
+pub(crate) const SERVER_CERT_FILE: &str = "server.pem";
+/// File name of the server private key in a state directory.
+pub(crate) const SERVER_KEY_FILE: &str = "server-key.pem";
+
 /// Loads every certificate in the PEM file at `ca_path` as a trust anchor; fails if the file
 /// cannot be read or parsed, holds no certificate, or holds one unusable as an anchor.
 pub fn load_roots(ca_path: &Path) -> Result<RootCertStore, LoadError> {
@@ -67,8 +72,8 @@ fn encode(tag: &str, der: &[u8]) -> String {
 }
 
 /// Whether a file should be readable by its owner only.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileMode {
     /// Default permissions (certificates).
     Public,
     /// Mode 0600 on unix (private keys).
@@ -76,13 +81,14 @@ pub(crate) enum Mode {
 }
 
 /// Writes `contents` to `path`, creating parent directories; the file is written next to
-/// its destination and renamed into place, so readers never see half a file.
-pub(crate) fn write(path: &Path, contents: &str, mode: Mode) -> Result<(), SaveError> {
+/// its destination (with `mode` from the start), synced and renamed into place, so readers
+/// never see half a file. Fails when a directory or the file cannot be written.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: FileMode) -> Result<(), SaveError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(|source| SaveError::CreateDir { path: dir.to_owned(), source })?;
     }
     let tmp = temp_path(path);
-    let result = write_new(&tmp, contents.as_bytes(), mode).and_then(|()| fs::rename(&tmp, path));
+    let result = write_new(&tmp, contents, mode).and_then(|()| fs::rename(&tmp, path));
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -96,7 +102,7 @@ fn temp_path(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-fn write_new(path: &Path, bytes: &[u8], mode: Mode) -> io::Result<()> {
+fn write_new(path: &Path, bytes: &[u8], mode: FileMode) -> io::Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
@@ -106,7 +112,7 @@ fn write_new(path: &Path, bytes: &[u8], mode: Mode) -> io::Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        if mode == Mode::Private {
+        if mode == FileMode::Private {
             opts.mode(0o600);
         }
     }
@@ -138,10 +144,10 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/b/key.pem");
-        write(&path, "secret", Mode::Private).unwrap();
+        write_atomic(&path, b"secret", FileMode::Private).unwrap();
         let mode = fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
-        write(&path, "secret2", Mode::Private).unwrap();
+        write_atomic(&path, b"secret2", FileMode::Private).unwrap();
         assert_eq!(fs::read_to_string(&path).unwrap(), "secret2");
     }
 }

@@ -5,13 +5,9 @@ use std::path::Path;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::files::{self, Mode};
-use crate::{Fingerprint, GenerateError, LoadError, SaveError, pki};
-
-/// File name of the server certificate chain in a state directory.
-pub(crate) const SERVER_CERT_FILE: &str = "server.pem";
-/// File name of the server private key in a state directory.
-pub(crate) const SERVER_KEY_FILE: &str = "server-key.pem";
+use crate::files::{self, FileMode, SERVER_CERT_FILE, SERVER_KEY_FILE};
+use crate::params::{SERVER_CN, generate_key, key_der, server_params};
+use crate::{Fingerprint, GenerateError, LoadError, SaveError};
 
 /// A certificate chain (leaf first) and its private key.
 pub struct Identity {
@@ -42,16 +38,7 @@ impl Identity {
     pub fn load_pem(cert_path: &Path, key_path: &Path) -> Result<Identity, LoadError> {
         let cert_chain = files::read_certs(cert_path)?;
         let key = files::read_key(key_path)?;
-        rustls::sign::CertifiedKey::from_der(
-            cert_chain.clone(),
-            key.clone_key(),
-            &rustls::crypto::ring::default_provider(),
-        )
-        .map_err(|source| LoadError::KeyMismatch {
-            cert_path: cert_path.to_owned(),
-            key_path: key_path.to_owned(),
-            source,
-        })?;
+        key_fits(&cert_chain, &key, cert_path, key_path)?;
         Ok(Identity { cert_chain, key })
     }
 
@@ -64,8 +51,8 @@ impl Identity {
         let key_pem =
             files::key_pem(&self.key).ok_or_else(|| SaveError::UnsupportedKey { path: key_path.to_owned() })?;
         // Key first: a certificate on disk always has its key next to it.
-        files::write(key_path, &key_pem, Mode::Private)?;
-        files::write(cert_path, &files::certs_pem(&self.cert_chain), Mode::Public)
+        files::write_atomic(key_path, key_pem.as_bytes(), FileMode::Private)?;
+        files::write_atomic(cert_path, files::certs_pem(&self.cert_chain).as_bytes(), FileMode::Public)
     }
 
     /// The fingerprint of the leaf certificate (of empty input if the chain is empty); never fails.
@@ -80,12 +67,11 @@ impl Identity {
     /// IP literals; [`DEFAULT_SERVER_NAME`](crate::DEFAULT_SERVER_NAME) if empty); fails on
     /// an invalid name or if key generation or signing fails.
     pub fn self_signed(server_names: &[String]) -> Result<Identity, GenerateError> {
-        let params = pki::server_params(server_names)?;
-        let key = pki::generate_key()?;
-        let cert = params
-            .self_signed(&key)
-            .map_err(|source| GenerateError::Sign { subject: pki::SERVER_CN.to_owned(), source })?;
-        Ok(Identity { cert_chain: vec![cert.der().clone()], key: pki::key_der(&key) })
+        let params = server_params(server_names)?;
+        let key = generate_key()?;
+        let cert =
+            params.self_signed(&key).map_err(|source| GenerateError::Sign { subject: SERVER_CN.to_owned(), source })?;
+        Ok(Identity { cert_chain: vec![cert.der().clone()], key: key_der(&key) })
     }
 
     /// Loads `state_dir/server.pem` and `server-key.pem`, or, when the certificate is absent,
@@ -107,6 +93,23 @@ impl Identity {
             }
         }
     }
+}
+
+/// Checks that `key` belongs to the leaf of `chain` (read from the two
+/// paths, named in the error).
+pub(crate) fn key_fits(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(), LoadError> {
+    rustls::sign::CertifiedKey::from_der(chain.to_vec(), key.clone_key(), &rustls::crypto::ring::default_provider())
+        .map(|_| ())
+        .map_err(|source| LoadError::KeyMismatch {
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+            source,
+        })
 }
 
 #[cfg(test)]

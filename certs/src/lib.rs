@@ -17,13 +17,14 @@ mod error;
 mod files;
 mod fingerprint;
 mod identity;
+mod params;
 mod pki;
 mod tls;
 mod verify;
 
 pub use appid::{app_id_of, spiffe_id};
 pub use error::{ConfigError, DevSetError, FingerprintError, GenerateError, LoadError, PinMismatchError, SaveError};
-pub use files::load_roots;
+pub use files::{FileMode, load_roots, write_atomic};
 pub use fingerprint::Fingerprint;
 pub use identity::Identity;
 pub use pki::{DevCa, write_dev_set};
@@ -37,3 +38,9 @@ pub const ALPN: &[u8] = b"dialback/1";
 
 /// Server name used when the app dials by IP and pins by fingerprint.
 pub const DEFAULT_SERVER_NAME: &str = "localhost";
+
+/// The names a generated server certificate carries at least: [`DEFAULT_SERVER_NAME`] and
+/// both loopback addresses, so an app on the same host can dial by name or IP.
+pub fn default_server_names() -> Vec<String> {
+    vec![DEFAULT_SERVER_NAME.to_string(), "127.0.0.1".to_string(), "::1".to_string()]
+}

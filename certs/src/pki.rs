@@ -1,7 +1,6 @@
 //! A development certificate authority and the dev certificate set.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -9,14 +8,12 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 use rustls::RootCertStore;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::CertificateDer;
 
-use crate::files::{self, Mode};
-use crate::identity::{SERVER_CERT_FILE, SERVER_KEY_FILE};
-use crate::{DEFAULT_SERVER_NAME, DevSetError, Fingerprint, GenerateError, Identity, LoadError, SaveError, appid};
+use crate::files::{self, FileMode, SERVER_CERT_FILE, SERVER_KEY_FILE};
+use crate::params::{SERVER_CN, generate_key, key_der, server_params};
+use crate::{DevSetError, Fingerprint, GenerateError, Identity, LoadError, SaveError, appid};
 
-/// Common name of generated server certificates.
-pub(crate) const SERVER_CN: &str = "dialback sidecar";
 const CA_CN: &str = "dialback dev CA";
 const ORGANIZATION: &str = "dialback";
 
@@ -57,16 +54,7 @@ impl DevCa {
         let mut certs = files::read_certs(cert_path)?;
         let cert = certs.swap_remove(0);
         let key_der = files::read_key(key_path)?;
-        rustls::sign::CertifiedKey::from_der(
-            vec![cert.clone()],
-            key_der.clone_key(),
-            &rustls::crypto::ring::default_provider(),
-        )
-        .map_err(|source| LoadError::KeyMismatch {
-            cert_path: cert_path.to_owned(),
-            key_path: key_path.to_owned(),
-            source,
-        })?;
+        crate::identity::key_fits(std::slice::from_ref(&cert), &key_der, cert_path, key_path)?;
         let ca_err = |path: &Path| {
             let path = path.to_owned();
             move |source| LoadError::Ca { path, source }
@@ -93,8 +81,8 @@ impl DevCa {
     /// Writes the CA certificate and key (mode 0600 on unix) as PEM, creating parent
     /// directories; fails if a write fails.
     pub fn save_pem(&self, cert_path: &Path, key_path: &Path) -> Result<(), SaveError> {
-        files::write(key_path, &self.issuer.key().serialize_pem(), Mode::Private)?;
-        files::write(cert_path, &self.cert_pem(), Mode::Public)
+        files::write_atomic(key_path, self.issuer.key().serialize_pem().as_bytes(), FileMode::Private)?;
+        files::write_atomic(cert_path, self.cert_pem().as_bytes(), FileMode::Public)
     }
 
     /// A server certificate for `server_names` (DNS names or IP literals;
@@ -152,7 +140,7 @@ pub fn write_dev_set(
     app_ids: &[String],
     overwrite: bool,
 ) -> Result<Vec<PathBuf>, DevSetError> {
-    let mut names: Vec<String> = vec![DEFAULT_SERVER_NAME.into(), "127.0.0.1".into(), "::1".into()];
+    let mut names = crate::default_server_names();
     for name in extra_server_names {
         if !names.contains(name) {
             names.push(name.clone());
@@ -182,38 +170,6 @@ pub fn write_dev_set(
         identity.save_pem(cert, key)?;
     }
     Ok(paths)
-}
-
-/// A fresh ECDSA P-256 key pair.
-pub(crate) fn generate_key() -> Result<KeyPair, GenerateError> {
-    KeyPair::generate().map_err(GenerateError::KeyPair)
-}
-
-/// The PKCS#8 DER of `key`.
-pub(crate) fn key_der(key: &KeyPair) -> PrivateKeyDer<'static> {
-    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))
-}
-
-/// Leaf parameters for a server certificate naming `server_names`.
-pub(crate) fn server_params(server_names: &[String]) -> Result<CertificateParams, GenerateError> {
-    let default = [DEFAULT_SERVER_NAME.to_owned()];
-    let names = if server_names.is_empty() { &default[..] } else { server_names };
-    let mut params = CertificateParams::default();
-    params.distinguished_name = DistinguishedName::new();
-    params.distinguished_name.push(DnType::CommonName, SERVER_CN);
-    params.subject_alt_names = names.iter().map(|name| san_of(name)).collect::<Result<_, _>>()?;
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    Ok(params)
-}
-
-/// An IP SAN for an IP literal (optionally bracketed), else a DNS SAN.
-fn san_of(name: &str) -> Result<SanType, GenerateError> {
-    let unbracketed = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(name);
-    if let Ok(ip) = unbracketed.parse::<IpAddr>() {
-        return Ok(SanType::IpAddress(ip));
-    }
-    name.try_into().map(SanType::DnsName).map_err(|source| GenerateError::InvalidName { name: name.to_owned(), source })
 }
 
 fn roots_of(cert: &CertificateDer<'static>) -> Result<RootCertStore, rustls::Error> {
