@@ -120,7 +120,7 @@ pub struct ChannelAuth {
     /// Whether client certificates are verified (a client CA is configured).
     pub mtls: bool,
     /// The live channel, for standby hellos.
-    pub registry: Arc<crate::registry::Registry>,
+    pub registry: Arc<crate::appchannel::Registry>,
 }
 
 fn random_token() -> String {

@@ -5,16 +5,13 @@
 //! Entry points: [`Config`] (validated flags), [`start`] (binds everything
 //! and returns a [`Running`] sidecar), [`run`] (start, wait, shut down).
 
-mod api_token;
+mod api;
+mod app;
+mod appchannel;
 mod auth;
-mod callback;
 pub mod config;
 mod error;
-mod grpc;
-mod http;
 mod invoke;
-mod registry;
-mod serve;
 mod state;
 pub mod statedir;
 
@@ -29,14 +26,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+pub use api::{raise_fd_limit, to_invoke_request};
 pub use config::{AppMode, CertSource, Cli, Config, ConfigError};
 pub use error::InvokeError;
-pub use http::to_invoke_request;
-pub use serve::raise_fd_limit;
 
-use crate::callback::CallbackPolicy;
-use crate::invoke::AppChannel;
-use crate::registry::Registry;
+use crate::app::AppChannel;
+use crate::appchannel::{CallbackPolicy, Registry};
 use crate::state::{CallbackInfo, Sidecar};
 
 /// Why the sidecar could not start.
@@ -55,9 +50,18 @@ pub enum StartError {
     /// The callback listener could not be bound.
     #[error(transparent)]
     Callback(#[from] dialback_channel::BindError),
-    /// The certificate, key or CA could not be loaded or generated.
+    /// The certificate or key could not be loaded or generated.
     #[error("callback channel identity: {0}")]
-    Identity(String),
+    Identity(#[from] dialback_certs::LoadError),
+    /// The client CA (`--callback-client-ca-file`) could not be loaded.
+    #[error("callback channel client CA: {0}")]
+    ClientCa(dialback_certs::LoadError),
+    /// The TLS configuration could not be built from the identity.
+    #[error("callback channel TLS: {0}")]
+    Tls(#[from] dialback_certs::ConfigError),
+    /// A file in the state directory could not be written.
+    #[error("state dir: {0}")]
+    StateFile(dialback_certs::SaveError),
     /// The state directory could not be used.
     #[error("state dir {path}: {source}")]
     StateDir {
@@ -120,7 +124,8 @@ impl Running {
             if let Some(cb) = &self.state.callback
                 && let Some(live) = cb.registry.take()
             {
-                callback::retire(live, CloseCode::ShuttingDown, self.grace).await;
+                live.retire(CloseCode::ShuttingDown, self.grace);
+                live.ended().await;
             }
         };
         let tasks = futures_util::future::join_all(self.tasks);
@@ -157,7 +162,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 drain: config.shutdown_grace,
                 state_dir: config.state_dir.clone(),
             };
-            tasks.push(tokio::spawn(callback::accept_loop(listener, info.registry.clone(), policy, stop.clone())));
+            tasks.push(tokio::spawn(appchannel::accept_loop(listener, info.registry.clone(), policy, stop.clone())));
             (AppChannel::Callback(info.registry.clone()), Some(info))
         }
     };
@@ -170,7 +175,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         token_ttl: config.token_ttl,
         callback,
         limits: config.limits,
-        gate: invoke::CallGate::new(
+        gate: app::CallGate::new(
             config.limits.app_max_concurrency.unwrap_or(dialback_channel::h2::APP_CALL_STREAMS),
             config.limits.app_max_pending,
         ),
@@ -179,46 +184,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )),
     });
 
-    // Each API port bounds what a stranger can hold before the token check;
-    // the open-files limit was raised at start, and the caps keep a reserve
-    // of descriptors for the app channel.
-    let limits = config.limits;
-    let listeners = config.http_addrs.len() + config.grpc_addrs.len();
-    let serve_limits = serve::ServeLimits {
-        max_connections: serve::connection_cap(limits.api_max_connections, listeners, serve::fd_limit()),
-        header_timeout: limits.api_header_timeout,
-        idle_timeout: limits.api_idle_timeout,
-    };
     let grace_deadline = Arc::new(OnceLock::new());
-    let http_svc = tower::ServiceBuilder::new()
-        .layer(api_token::ApiTokenLayer::new(api_token_sha, api_token::Api::Http))
-        .service(http::router(state.clone()));
-    let grpc_svc = tower::ServiceBuilder::new()
-        .layer(api_token::ApiTokenLayer::new(api_token_sha, api_token::Api::Grpc))
-        .map_response(|r: ::http::Response<tonic::body::Body>| {
-            grpc::too_large_is_resource_exhausted(r).map(axum::body::Body::new)
-        })
-        .service(grpc::routes(state.clone()));
-    let mut http_addrs = Vec::new();
-    for addr in &config.http_addrs {
-        let l = bind_api("HTTP", *addr).await?;
-        http_addrs.push(l.local_addr().map_err(|source| StartError::Bind { api: "HTTP", addr: *addr, source })?);
-        let svc = http_svc.clone();
-        let (stop, grace) = (stop.clone(), grace_deadline.clone());
-        tasks.push(tokio::spawn(serve::serve(l, svc, serve_limits, "HTTP", stop, grace)));
-    }
-    let mut grpc_addrs = Vec::new();
-    for addr in &config.grpc_addrs {
-        let l = bind_api("gRPC", *addr).await?;
-        grpc_addrs.push(l.local_addr().map_err(|source| StartError::Bind { api: "gRPC", addr: *addr, source })?);
-        let svc = grpc_svc.clone();
-        let (stop, grace) = (stop.clone(), grace_deadline.clone());
-        tasks.push(tokio::spawn(serve::serve(l, svc, serve_limits, "gRPC", stop, grace)));
-    }
+    let apis = api::start(&config, state.clone(), api_token_sha, &stop, &grace_deadline).await?;
+    tasks.extend(apis.tasks);
     let callback_addr = state.callback.as_ref().map(|c| c.listen);
     Ok(Running {
-        http: http_addrs,
-        grpc: grpc_addrs,
+        http: apis.http,
+        grpc: apis.grpc,
         callback: callback_addr,
         state,
         stop,
@@ -228,39 +200,28 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     })
 }
 
-async fn bind_api(api: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { api, addr, source })
-}
-
 async fn bind_callback(
     config: &Config,
     api_token_sha: Option<[u8; 32]>,
     tokens: Arc<Mutex<auth::TokenStore>>,
 ) -> Result<(CallbackInfo, Listener), StartError> {
     let state_dir = statedir::ensure(&config.state_dir)?;
-    let mut names = vec![dialback_certs::DEFAULT_SERVER_NAME.to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut names = dialback_certs::default_server_names();
     names.extend(config.server_names.iter().cloned());
-    if let Some((host, _)) = config.advertise.as_deref().and_then(|a| a.rsplit_once(':')) {
-        names.push(host.trim_start_matches('[').trim_end_matches(']').to_string());
+    if let Some(adv) = &config.advertise {
+        names.push(adv.name().to_string());
     }
     names.dedup();
     let identity = match &config.certs {
-        CertSource::Files { cert, key } => {
-            Identity::load_pem(cert, key).map_err(|e| StartError::Identity(e.to_string()))?
-        }
-        CertSource::Generated => {
-            Identity::load_or_generate(&state_dir, &names).map_err(|e| StartError::Identity(e.to_string()))?
-        }
+        CertSource::Files { cert, key } => Identity::load_pem(cert, key)?,
+        CertSource::Generated => Identity::load_or_generate(&state_dir, &names)?,
     };
     let client_roots = match &config.client_ca {
-        Some(path) => {
-            Some(Arc::new(dialback_certs::load_roots(path).map_err(|e| StartError::Identity(e.to_string()))?))
-        }
+        Some(path) => Some(Arc::new(dialback_certs::load_roots(path).map_err(StartError::ClientCa)?)),
         None => None,
     };
     let mtls = client_roots.is_some();
-    let tls =
-        dialback_certs::server_config(&identity, client_roots).map_err(|e| StartError::Identity(e.to_string()))?;
+    let tls = dialback_certs::server_config(&identity, client_roots)?;
     let reset_key = statedir::reset_key(&state_dir)?;
     let registry = Arc::new(Registry::default());
     let auth = Arc::new(auth::ChannelAuth {

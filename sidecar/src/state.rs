@@ -8,9 +8,9 @@ use dialback_certs::Fingerprint;
 use dialback_channel::Transports;
 use serde_json::{Value, json};
 
+use crate::app::AppChannel;
+use crate::appchannel::Registry;
 use crate::auth::TokenStore;
-use crate::invoke::AppChannel;
-use crate::registry::Registry;
 
 /// The callback listener, as ConnectAppCallback describes it.
 #[derive(Clone, Debug)]
@@ -20,7 +20,7 @@ pub struct CallbackInfo {
     /// Accepted transports.
     pub transports: Transports,
     /// The advertised HOST:PORT, if set.
-    pub advertise: Option<String>,
+    pub advertise: Option<crate::config::Advertise>,
     /// The sidecar certificate's fingerprint.
     pub fingerprint: Fingerprint,
     /// The TLS server name the certificate carries.
@@ -47,7 +47,7 @@ pub struct Sidecar {
     /// Bounds on calls and bodies.
     pub limits: crate::config::Limits,
     /// Calls in flight to the app and waiting for a slot.
-    pub gate: crate::invoke::CallGate,
+    pub gate: crate::app::CallGate,
     /// HTTP request bodies held in memory at once, in KiB.
     pub body_budget: Arc<tokio::sync::Semaphore>,
 }
@@ -66,7 +66,7 @@ impl Sidecar {
                 json!({
                     "mode": "callback",
                     "listenAddress": cb.listen.to_string(),
-                    "advertiseAddress": cb.advertise,
+                    "advertiseAddress": cb.advertise.as_ref().map(ToString::to_string),
                     "transports": cb.transports.to_string(),
                     "certSha256": cb.fingerprint.to_hex(),
                     "state": if live.is_some() { "connected" } else { "disconnected" },

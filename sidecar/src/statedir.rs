@@ -5,8 +5,9 @@
 //! written: they never panic, bound what they read and keep, and treat
 //! anything they do not understand as absent.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use dialback_certs::{FileMode, SaveError};
 
 use rand::RngCore;
 
@@ -40,15 +41,7 @@ pub fn reset_key(dir: &Path) -> Result<[u8; 32], StartError> {
     }
     let mut key = [0u8; 32];
     rand::rng().fill_bytes(&mut key);
-    let tmp = dir.join("quic-reset-key.tmp");
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(&tmp).map_err(err)?;
-    f.write_all(&key).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(err)?;
+    dialback_certs::write_atomic(&path, &key, FileMode::Private).map_err(StartError::StateFile)?;
     Ok(key)
 }
 
@@ -118,10 +111,8 @@ pub fn format_peers(peers: &[std::net::SocketAddr], cids: &[Vec<u8>]) -> String 
 }
 
 /// Replaces the peers file with `content` (atomically); fails on I/O errors.
-pub fn save_peers(dir: &Path, content: &str) -> std::io::Result<()> {
-    let tmp = dir.join("quic-peers.tmp");
-    std::fs::write(&tmp, content)?;
-    std::fs::rename(&tmp, dir.join(PEERS_FILE))
+pub fn save_peers(dir: &Path, content: &str) -> Result<(), SaveError> {
+    dialback_certs::write_atomic(&dir.join(PEERS_FILE), content.as_bytes(), FileMode::Public)
 }
 
 #[cfg(test)]

@@ -23,8 +23,10 @@ pub struct Binaries {
 /// Builds `dialbackd` and the echo example once per process (cargo does
 /// nothing when they are fresh) and returns their paths. They are built
 /// with the profile this crate was built with: debug for tests, release
-/// for benchmarks. The environment variable `DIALBACK_E2E_DIALBACKD` names
-/// another `dialbackd` to run instead.
+/// for benchmarks. The environment variables `DIALBACK_E2E_DIALBACKD` and
+/// `DIALBACK_E2E_ECHO` name another `dialbackd` and echo app to run instead
+/// (an older commit's, to show that an attack test fails there, or to
+/// measure two builds side by side in one benchmark run).
 pub fn binaries() -> &'static Binaries {
     static BINS: OnceLock<Binaries> = OnceLock::new();
     BINS.get_or_init(|| {
@@ -67,11 +69,12 @@ pub fn binaries() -> &'static Binaries {
         assert!(status.success(), "building dialbackd and the echo example failed");
         let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
         let dir = target.join(if release { "release" } else { "debug" });
-        // Another build of the sidecar may be put under test (e.g. an older
-        // commit's, to show that an attack test fails there).
         let dialbackd =
             std::env::var_os("DIALBACK_E2E_DIALBACKD").map(PathBuf::from).unwrap_or_else(|| dir.join("dialbackd"));
-        Binaries { dialbackd, echo: dir.join("examples").join("echo") }
+        let echo = std::env::var_os("DIALBACK_E2E_ECHO")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| dir.join("examples").join("echo"));
+        Binaries { dialbackd, echo }
     })
 }
 

@@ -1,17 +1,31 @@
 //! The app's live callback channel, if any: installed when a channel is
-//! accepted, replaced by a newer one, removed when it dies. Calls wait on it
-//! (bounded) while it is down.
+//! proven, replaced by a newer one, removed when it dies. Calls wait on it
+//! (bounded) while it is down. The registry holds [`Live`] handles; each
+//! channel's driver (`driver.rs`) owns the channel's life behind its handle.
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use dialback_channel::h2::H2Client;
-use dialback_channel::{ChannelInfo, Connection};
+use dialback_channel::{ChannelInfo, CloseCode, Connection};
 use tokio::sync::{Notify, watch};
-use tokio_util::sync::CancellationToken;
 
-/// One live channel.
+use super::end::ChannelEnd;
+
+/// An order to retire a channel: close it with `code` once the calls in
+/// flight finished, waiting `drain` at most.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retire {
+    /// The close code (and so the notice the app gets).
+    pub code: CloseCode,
+    /// How long the calls in flight may take.
+    pub drain: Duration,
+}
+
+/// The handle on one channel and its driver: what calls need (the HTTP/2
+/// client, the in-flight count) and what the registry and shutdown need
+/// (retire it, wait for its end).
 #[derive(Debug)]
 pub struct Live {
     /// Who is on the other end.
@@ -22,12 +36,11 @@ pub struct Live {
     pub client: H2Client,
     /// When it was installed (wall clock, for metadata).
     pub since: SystemTime,
-    /// Cancelled to stop this channel's Ping loop and watchers.
-    pub stop: CancellationToken,
     rtt_us: AtomicU64,
-    failure: Mutex<Option<String>>,
     inflight: AtomicUsize,
     idle: Notify,
+    retire: watch::Sender<Option<Retire>>,
+    end: watch::Sender<Option<ChannelEnd>>,
 }
 
 impl Live {
@@ -38,12 +51,54 @@ impl Live {
             conn,
             client,
             since: SystemTime::now(),
-            stop: CancellationToken::new(),
             rtt_us: AtomicU64::new(u64::MAX),
-            failure: Mutex::new(None),
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
+            retire: watch::Sender::new(None),
+            end: watch::Sender::new(None),
         }
+    }
+
+    /// Asks the driver to retire the channel (the first order counts).
+    pub fn retire(&self, code: CloseCode, drain: Duration) {
+        self.retire.send_if_modified(|r| {
+            if r.is_some() {
+                return false;
+            }
+            *r = Some(Retire { code, drain });
+            true
+        });
+    }
+
+    /// The driver's view of retirement orders.
+    pub(crate) fn retire_orders(&self) -> watch::Receiver<Option<Retire>> {
+        self.retire.subscribe()
+    }
+
+    /// Records how the channel ended (the driver does, once).
+    pub(crate) fn set_end(&self, end: ChannelEnd) {
+        self.end.send_if_modified(|e| {
+            if e.is_some() {
+                return false;
+            }
+            *e = Some(end);
+            true
+        });
+    }
+
+    /// Resolves once the channel has ended, saying why.
+    pub async fn ended(&self) -> ChannelEnd {
+        let mut rx = self.end.subscribe();
+        match rx.wait_for(Option::is_some).await {
+            Ok(end) => end.clone().unwrap_or(ChannelEnd::ConnectionClosed),
+            // The sender lives in `self`: this cannot happen while we are here.
+            Err(_) => ChannelEnd::ConnectionClosed,
+        }
+    }
+
+    /// Woken whenever the last call in flight finishes.
+    pub(crate) fn idle(&self) -> &Notify {
+        &self.idle
     }
 
     /// Records a Ping round trip.
@@ -59,22 +114,6 @@ impl Live {
         }
     }
 
-    /// Takes the channel down for `reason` (e.g. a missed Ping): stops its
-    /// tasks; the watcher removes it and reports the reason.
-    pub fn fail(&self, reason: String) {
-        if let Ok(mut f) = self.failure.lock()
-            && f.is_none()
-        {
-            *f = Some(reason);
-        }
-        self.stop.cancel();
-    }
-
-    /// Why the channel was failed, if it was.
-    pub fn failure(&self) -> Option<String> {
-        self.failure.lock().ok().and_then(|f| f.clone())
-    }
-
     /// Marks a call in flight until the guard drops.
     pub fn begin_call(self: &Arc<Self>) -> CallGuard {
         self.inflight.fetch_add(1, Ordering::AcqRel);
@@ -84,20 +123,6 @@ impl Live {
     /// Calls in flight.
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Acquire)
-    }
-
-    /// Waits until no call is in flight, or `limit` passes; true when drained.
-    pub async fn drained(&self, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let idle = self.idle.notified();
-            if self.inflight() == 0 {
-                return true;
-            }
-            if tokio::time::timeout_at(deadline, idle).await.is_err() {
-                return self.inflight() == 0;
-            }
-        }
     }
 }
 

@@ -131,17 +131,8 @@ pub async fn serve<S>(
     let accept_log = RateLimited::new(Duration::from_secs(10));
     loop {
         let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(s) => s,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly, keep serving.
-                    if let Some(n) = accept_log.hit() {
-                        warn!(api = name, error = %e, suppressed = n, "accepting an API connection failed");
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            // Out of file descriptors and the like: logged, a short pause, and on.
+            s = dialback_channel::accept_with_backoff(&listener, &accept_log, name) => s,
             () = stop.cancelled() => break,
         };
         let activity = {

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use dialback_proto::common::{HttpExtension, InvokeRequest, http_extension::Verb};
-use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
+use tonic::metadata::MetadataMap;
 
 use crate::error::{ERR_DIRECT_INVOKE, InvokeError, error_body};
 use crate::invoke::invoke;
@@ -154,23 +154,6 @@ fn too_large(size: u64, max: usize) -> Response {
     )
 }
 
-/// Headers that describe the HTTP hop, not the call; never forwarded.
-const HOP_HEADERS: &[&str] = &[
-    "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
-    "content-length",
-    "content-type",
-    "dapr-api-token",
-    "dapr-app-id",
-    "expect",
-];
-
 /// Maps an HTTP call to Dapr's InvokeRequest as daprd does: the verb and
 /// query string in HTTPExtension, the body as `data.value`, the content
 /// type in its field, and the other headers as gRPC metadata.
@@ -193,17 +176,7 @@ pub fn to_invoke_request(
             querystring: query.unwrap_or_default().to_string(),
         }),
     };
-    let mut md = MetadataMap::new();
-    for (name, value) in headers {
-        let name = name.as_str();
-        if HOP_HEADERS.contains(&name) || name.starts_with("grpc-") || name.starts_with(':') {
-            continue;
-        }
-        if let (Ok(k), Ok(v)) = (MetadataKey::from_bytes(name.as_bytes()), MetadataValue::try_from(value.as_bytes())) {
-            md.append(k, v);
-        }
-    }
-    (req, md)
+    (req, super::headers::forwardable(headers, super::token::Api::Http))
 }
 
 fn verb_of(m: &Method) -> Verb {

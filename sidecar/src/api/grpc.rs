@@ -22,17 +22,6 @@ pub struct DaprApi(pub Arc<Sidecar>);
 #[derive(Clone)]
 pub struct AppChannelApi(pub Arc<Sidecar>);
 
-/// Metadata that belongs to this hop and is not passed to the app.
-fn forwardable(md: &MetadataMap) -> MetadataMap {
-    let mut headers = md.clone().into_headers();
-    for k in
-        ["dapr-api-token", "content-type", "te", "user-agent", "grpc-accept-encoding", "grpc-encoding", "grpc-timeout"]
-    {
-        headers.remove(k);
-    }
-    MetadataMap::from_headers(headers)
-}
-
 /// The caller's `grpc-timeout` (gRPC's wire format: up to 8 digits and a
 /// unit of H, M, S, m, u or n), if it sent a valid one.
 pub fn grpc_timeout(md: &MetadataMap) -> Option<Duration> {
@@ -59,7 +48,7 @@ impl Dapr for DaprApi {
         let s = &self.0;
         let timeout =
             grpc_timeout(request.metadata()).map_or(s.limits.app_call_timeout, |t| t.min(s.limits.app_call_timeout));
-        let md = forwardable(request.metadata());
+        let md = super::headers::forwardable(&request.metadata().clone().into_headers(), super::token::Api::Grpc);
         let req = request.into_inner();
         let message: InvokeRequest =
             req.message.ok_or_else(|| Status::invalid_argument("InvokeServiceRequest.message is required"))?;
@@ -89,7 +78,7 @@ impl DaprAppChannel for AppChannelApi {
             .issue(Instant::now(), s.token_ttl);
         let expires = SystemTime::now() + s.token_ttl;
         let (address, port) = match &cb.advertise {
-            Some(adv) => (adv.clone(), adv.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0)),
+            Some(adv) => (adv.to_string(), i32::from(adv.port)),
             None => (String::new(), i32::from(cb.listen.port())),
         };
         Ok(Response::new(ConnectAppCallbackResponse {

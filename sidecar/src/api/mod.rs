@@ -1,0 +1,83 @@
+//! The sidecar's two APIs, Dapr-style: HTTP (`http.rs`) and gRPC
+//! (`grpc.rs`), each behind the one API-token layer (`token.rs`) and
+//! served by a bounded accept loop per port (`serve.rs`); which of a
+//! caller's headers reach the app is decided once for both (`headers.rs`).
+
+mod grpc;
+mod headers;
+mod http;
+mod serve;
+mod token;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use http::to_invoke_request;
+pub use serve::raise_fd_limit;
+pub use token::Api;
+
+use crate::StartError;
+use crate::config::Config;
+use crate::state::Sidecar;
+
+/// The bound API ports and the tasks serving them.
+pub(crate) struct Apis {
+    /// HTTP API addresses.
+    pub http: Vec<SocketAddr>,
+    /// gRPC API addresses.
+    pub grpc: Vec<SocketAddr>,
+    /// One accept loop per port.
+    pub tasks: Vec<JoinHandle<()>>,
+}
+
+/// Binds both APIs on the configured ports and serves `state` on them
+/// until `stop`; after it, connections drain until the deadline set in
+/// `grace`. Fails when a port cannot be bound.
+pub(crate) async fn start(
+    config: &Config,
+    state: Arc<Sidecar>,
+    api_token_sha: Option<[u8; 32]>,
+    stop: &CancellationToken,
+    grace: &Arc<OnceLock<tokio::time::Instant>>,
+) -> Result<Apis, StartError> {
+    // Each API port bounds what a stranger can hold before the token check;
+    // the open-files limit was raised at start, and the caps keep a reserve
+    // of descriptors for the app channel.
+    let limits = config.limits;
+    let listeners = config.http_addrs.len() + config.grpc_addrs.len();
+    let serve_limits = serve::ServeLimits {
+        max_connections: serve::connection_cap(limits.api_max_connections, listeners, serve::fd_limit()),
+        header_timeout: limits.api_header_timeout,
+        idle_timeout: limits.api_idle_timeout,
+    };
+    let http_svc = tower::ServiceBuilder::new()
+        .layer(token::ApiTokenLayer::new(api_token_sha, Api::Http))
+        .service(http::router(state.clone()));
+    let grpc_svc = tower::ServiceBuilder::new()
+        .layer(token::ApiTokenLayer::new(api_token_sha, Api::Grpc))
+        .map_response(|r: ::http::Response<tonic::body::Body>| {
+            grpc::too_large_is_resource_exhausted(r).map(axum::body::Body::new)
+        })
+        .service(grpc::routes(state));
+    let mut apis = Apis { http: Vec::new(), grpc: Vec::new(), tasks: Vec::new() };
+    for addr in &config.http_addrs {
+        let l = bind("HTTP", *addr).await?;
+        apis.http.push(l.local_addr().map_err(|source| StartError::Bind { api: "HTTP", addr: *addr, source })?);
+        let serving = serve::serve(l, http_svc.clone(), serve_limits, "HTTP", stop.clone(), grace.clone());
+        apis.tasks.push(tokio::spawn(serving));
+    }
+    for addr in &config.grpc_addrs {
+        let l = bind("gRPC", *addr).await?;
+        apis.grpc.push(l.local_addr().map_err(|source| StartError::Bind { api: "gRPC", addr: *addr, source })?);
+        let serving = serve::serve(l, grpc_svc.clone(), serve_limits, "gRPC", stop.clone(), grace.clone());
+        apis.tasks.push(tokio::spawn(serving));
+    }
+    Ok(apis)
+}
+
+async fn bind(api: &'static str, addr: SocketAddr) -> Result<tokio::net::TcpListener, StartError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::Bind { api, addr, source })
+}

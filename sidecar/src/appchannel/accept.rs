@@ -1,0 +1,73 @@
+//! Accepting channels: the loop that hands each accepted channel to a
+//! driver of its own, and keeps the state dir's record of the live QUIC app.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dialback_channel::{KeepAlive, Listener};
+use tokio_util::sync::CancellationToken;
+
+use super::driver;
+use super::registry::Registry;
+
+/// What the acceptor needs to know.
+#[derive(Clone, Debug)]
+pub struct CallbackPolicy {
+    /// HTTP/2 keepalive and the Ping deadline.
+    pub keep_alive: KeepAlive,
+    /// Ping interval.
+    pub ping_interval: Duration,
+    /// Bound on the HTTP/2 handshake over a fresh channel.
+    pub handshake: Duration,
+    /// How long a replaced channel may finish its calls.
+    pub drain: Duration,
+    /// Where to keep the QUIC apps' addresses and issued connection IDs, so
+    /// that a restart can reset them at once.
+    pub state_dir: std::path::PathBuf,
+}
+
+/// Accepts channels until `stop`, installing each in `registry`.
+pub async fn accept_loop(
+    mut listener: Listener,
+    registry: Arc<Registry>,
+    policy: CallbackPolicy,
+    stop: CancellationToken,
+) {
+    let mut persist = tokio::time::interval(Duration::from_millis(500));
+    persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut saved = String::new();
+    let mut changes = registry.subscribe();
+    loop {
+        let ch = tokio::select! {
+            ch = listener.accept() => match ch { Some(ch) => ch, None => return },
+            () = stop.cancelled() => { listener.close(); return; }
+            // Record a new channel at once (a restart may follow right away),
+            // and the connection IDs it is issued as they change.
+            _ = changes.changed() => {
+                save_quic_peers(&listener, &registry, &policy, &mut saved);
+                continue;
+            }
+            _ = persist.tick() => {
+                save_quic_peers(&listener, &registry, &policy, &mut saved);
+                continue;
+            }
+        };
+        tokio::spawn(driver::run(ch, registry.clone(), policy.clone()));
+    }
+}
+
+/// Keeps the state dir's record of the live QUIC app and the connection IDs
+/// issued up to date (written only when it changed).
+fn save_quic_peers(listener: &Listener, registry: &Registry, policy: &CallbackPolicy, saved: &mut String) {
+    let Some(live) = registry.current() else { return };
+    if live.info.transport != dialback_channel::Transport::Quic {
+        return;
+    }
+    let content = crate::statedir::format_peers(&[live.conn.peer_addr()], &listener.recent_cids());
+    if content != *saved {
+        match crate::statedir::save_peers(&policy.state_dir, &content) {
+            Ok(()) => *saved = content,
+            Err(e) => tracing::debug!(error = %e, "could not record the QUIC peers"),
+        }
+    }
+}

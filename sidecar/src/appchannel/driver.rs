@@ -1,0 +1,313 @@
+//! One driver per channel (quinn's `ConnectionDriver` is the model): a task
+//! that owns a channel's life from its HTTP/2 handshake to its close. It
+//! proves the channel (a Ping probe), installs it, pings it, watches it and
+//! retires it when told to, and ends with one [`ChannelEnd`], which it
+//! records in the registry and on the [`Live`] handle. The decisions are in
+//! pure cores: [`ChannelEnd::explain`] (which reason wins) and
+//! [`Retirement`] (notice, drain, close).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dialback_channel::notice::{CLOSE_NOTICE_KEY, PING_INTERVAL_KEY, PROBE_KEY};
+use dialback_channel::{Channel, ChannelInfo, CloseCode, CloseNotice, Connection, h2};
+use dialback_proto::runtime::dapr_app_channel_callback_client::DaprAppChannelCallbackClient;
+use futures_util::FutureExt;
+use futures_util::future::Fuse;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::accept::CallbackPolicy;
+use super::end::ChannelEnd;
+use super::registry::{Live, Registry, Retire};
+use super::retire::{Outcome, Retirement};
+
+/// Drives `ch` until it ends: the task the accept loop spawns per channel.
+pub(crate) async fn run(ch: Channel, registry: Arc<Registry>, policy: CallbackPolicy) {
+    let Channel { io, info, conn } = ch;
+    let started = tokio::time::timeout(policy.handshake, h2::client(io, policy.keep_alive)).await;
+    let (client, h2_conn) = match started {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return not_installed(&registry, &info, &conn, &format!("HTTP/2 handshake failed: {e}")),
+        Err(_) => return not_installed(&registry, &info, &conn, "HTTP/2 handshake timed out"),
+    };
+    let live = Arc::new(Live::new(info, conn, client));
+    // The HTTP/2 connection runs in a task of its own: it must go on while
+    // calls drain. Its end is one of the driver's events.
+    let mut h2 = H2 { task: tokio::spawn(h2_conn).fuse(), ended: None };
+    let end = drive(&live, &registry, &policy, &mut h2).await;
+    let id = live.info.channel_id;
+    match &end {
+        ChannelEnd::Unproven(reason) => not_installed(&registry, &live.info, &live.conn, reason),
+        ChannelEnd::SlotTaken => {
+            info!(channel_id = id, "a standby channel arrived while another is live; closing it");
+        }
+        end => {
+            let reason = end.reason();
+            if registry.remove_if(id, &reason) {
+                warn!(channel_id = id, %reason, "app channel down");
+            }
+        }
+    }
+    live.conn.close(end.close_code(), &end.reason());
+    live.set_end(end);
+}
+
+/// The channel's life after its HTTP/2 handshake.
+async fn drive(live: &Arc<Live>, registry: &Registry, policy: &CallbackPolicy, h2: &mut H2) -> ChannelEnd {
+    let id = live.info.channel_id;
+    // Prove the channel live (HTTP/2 served, a Ping answered) before it may
+    // displace anything: a dial that authenticates and then dies must never
+    // take the healthy app's place.
+    let proven = tokio::select! {
+        r = probe(live, policy.keep_alive.idle_timeout) => r.map_err(ChannelEnd::Unproven),
+        end = h2.ended() => Err(end),
+        c = live.conn.closed() => Err(closed_end(c)),
+    };
+    if let Err(seen) = proven {
+        let end = ChannelEnd::explain(seen, h2.settle().await);
+        return ChannelEnd::Unproven(end.reason());
+    }
+    let installed =
+        if live.info.standby { registry.install_if_free(live.clone()) } else { Ok(registry.install(live.clone())) };
+    match installed {
+        Ok(Some(old)) => {
+            info!(old = old.info.channel_id, new = id, "a new channel replaces the old one");
+            old.retire(CloseCode::Replaced, policy.drain);
+        }
+        Ok(None) => {}
+        Err(()) => return ChannelEnd::SlotTaken,
+    }
+    info!(
+        app_id = %live.info.app_id, transport = %live.info.transport, peer = %live.info.peer_addr,
+        channel_id = id, "app channel up"
+    );
+    // The regular Ping stream opens once the channel is installed: for the
+    // SDK, its arrival means "the sidecar calls you over this channel now".
+    let pinging = ping_loop(live, policy.ping_interval, policy.keep_alive.idle_timeout);
+    tokio::pin!(pinging);
+    let mut orders = live.retire_orders();
+    let mut retiring: Option<Retirement> = None;
+    let mut notice: Option<Pin<Box<dyn Future<Output = bool> + Send>>> = None;
+    loop {
+        // Registered before the count is read, so that no "idle" is missed.
+        let idle = live.idle().notified();
+        tokio::pin!(idle);
+        idle.as_mut().enable();
+        if let Some(r) = retiring.as_mut() {
+            if !r.noticing() {
+                r.on_inflight(live.inflight());
+            }
+            if let Some(outcome) = r.outcome() {
+                return retired(live, r, outcome);
+            }
+        }
+        let wake = retiring.as_ref().and_then(Retirement::poll_timeout).map(Instant::from_std);
+        tokio::select! {
+            reason = &mut pinging => {
+                warn!(channel_id = id, %reason, "closing the app channel");
+                return ChannelEnd::PingFailed(reason);
+            }
+            end = h2.ended() => return end,
+            c = live.conn.closed() => {
+                let seen = closed_end(c);
+                return ChannelEnd::explain(seen, h2.settle().await);
+            }
+            order = next_order(&mut orders), if retiring.is_none() => {
+                let r = Retirement::new(order.code, live.rtt(), order.drain, std::time::Instant::now());
+                notice = Some(Box::pin(notify_close(live.client.clone(), r.notice())));
+                retiring = Some(r);
+            }
+            answered = until_some(&mut notice) => {
+                notice = None;
+                if let Some(r) = retiring.as_mut() {
+                    r.on_notice(answered, std::time::Instant::now(), live.inflight());
+                }
+            }
+            () = &mut idle, if retiring.is_some() => {}
+            () = sleep_until(wake), if wake.is_some() => {
+                if let Some(r) = retiring.as_mut() {
+                    r.handle_timeout(std::time::Instant::now(), live.inflight());
+                }
+            }
+        }
+    }
+}
+
+/// The end of a retirement, logged as it went.
+fn retired(live: &Live, r: &Retirement, outcome: Outcome) -> ChannelEnd {
+    let id = live.info.channel_id;
+    match outcome {
+        // The notice doubles as a liveness probe: an app that cannot answer
+        // it is gone (killed, or its path is dead), and calls in flight on
+        // it would only hang until the idle timeout. They fail now instead.
+        Outcome::Unanswered => info!(channel_id = id, "the old channel does not answer; closing it at once"),
+        Outcome::Drained => {}
+        Outcome::CutShort(inflight) => warn!(channel_id = id, inflight, "closing a channel with calls still in flight"),
+    }
+    if r.close().0 == CloseCode::Replaced { ChannelEnd::Replaced } else { ChannelEnd::ShuttingDown }
+}
+
+/// A new channel failed before it went live: say why (in the log, and in
+/// the metadata when no channel is up) and close it.
+fn not_installed(registry: &Registry, info: &ChannelInfo, conn: &Connection, reason: &str) {
+    let id = info.channel_id;
+    let reason = format!("channel {id} from {} failed before it went live: {reason}", info.peer_addr);
+    warn!(channel_id = id, %reason, "new app channel not installed");
+    registry.note_failed(&reason);
+    conn.close(CloseCode::PingTimeout, &reason);
+}
+
+/// The HTTP/2 connection task, and how it ended once it has.
+struct H2 {
+    task: Fuse<JoinHandle<Result<(), hyper::Error>>>,
+    ended: Option<ChannelEnd>,
+}
+
+impl H2 {
+    /// Resolves when the connection ends (at once if it has), saying how.
+    async fn ended(&mut self) -> ChannelEnd {
+        if let Some(end) = &self.ended {
+            return end.clone();
+        }
+        let end = match (&mut self.task).await {
+            Ok(Err(e)) => {
+                debug!(error = %e, "HTTP/2 connection ended");
+                protocol_error(&e).map_or(ChannelEnd::ConnectionClosed, ChannelEnd::ProtocolError)
+            }
+            _ => ChannelEnd::ConnectionClosed,
+        };
+        self.ended = Some(end.clone());
+        end
+    }
+
+    /// Gives the connection a moment to end and say whether the app broke
+    /// HTTP/2, so that the reason names that rather than the closed
+    /// connection it caused.
+    async fn settle(&mut self) -> Option<ChannelEnd> {
+        tokio::time::timeout(Duration::from_millis(500), self.ended()).await.ok()
+    }
+}
+
+/// What a closed connection says.
+fn closed_end(c: Option<(CloseCode, String)>) -> ChannelEnd {
+    match c {
+        Some((code, why)) => ChannelEnd::ClosedByApp(code, why),
+        None => ChannelEnd::ConnectionLost,
+    }
+}
+
+/// The error's text with its causes, when it is the peer breaking HTTP/2
+/// (garbage, a frame or header block over the limits) rather than the
+/// connection going away, which the transport reports better.
+fn protocol_error(e: &hyper::Error) -> Option<String> {
+    if e.is_closed() || e.is_incomplete_message() || e.is_canceled() {
+        return None;
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.is::<std::io::Error>() || c.downcast_ref::<::h2::Error>().is_some_and(::h2::Error::is_io) {
+            return None;
+        }
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    Some(text)
+}
+
+/// The retirement order, once there is one.
+async fn next_order(rx: &mut watch::Receiver<Option<Retire>>) -> Retire {
+    match rx.wait_for(Option::is_some).await.ok().and_then(|o| *o) {
+        Some(order) => order,
+        // The handle holds the sender: no order can come any more.
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves with the future's output once there is one to wait for.
+async fn until_some<T>(f: &mut Option<Pin<Box<dyn Future<Output = T> + Send>>>) -> T {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sends the in-band close notice: a Ping call whose metadata says why.
+/// Works on both transports (TCP has no close codes). Resolves with whether
+/// the app answered; the retirement bounds the wait.
+async fn notify_close(client: h2::H2Client, why: CloseNotice) -> bool {
+    let mut client = DaprAppChannelCallbackClient::new(client);
+    let mut req = tonic::Request::new(futures_util::stream::empty());
+    req.metadata_mut().insert(CLOSE_NOTICE_KEY, tonic::metadata::MetadataValue::from_static(why.as_str()));
+    client.ping(req).await.is_ok()
+}
+
+/// Proves a new channel live before it is installed: a Ping call marked as
+/// a probe (`dialback-probe`), one Empty sent and one answered within
+/// `deadline`. Fails with the reason when the app does not answer.
+async fn probe(live: &Live, deadline: Duration) -> Result<(), String> {
+    let mut client = DaprAppChannelCallbackClient::new(live.client.clone());
+    let mut req = tonic::Request::new(futures_util::stream::iter([()]));
+    req.metadata_mut().insert(PROBE_KEY, tonic::metadata::MetadataValue::from_static("1"));
+    let sent = std::time::Instant::now();
+    let answered = async {
+        let mut inbound = client.ping(req).await.map_err(|s| format!("Ping refused by the app: {}", s.message()))?;
+        match inbound.get_mut().message().await {
+            Ok(Some(())) => Ok(()),
+            Ok(None) => Err("the app ended the Ping probe without answering".to_string()),
+            Err(s) => Err(format!("Ping probe failed: {}", s.message())),
+        }
+    };
+    match tokio::time::timeout(deadline, answered).await {
+        Ok(Ok(())) => {
+            live.set_rtt(sent.elapsed());
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(format!("no Ping answer within {deadline:?}")),
+    }
+}
+
+/// The liveness stream: one Empty per `interval`, each answered within
+/// `deadline`. Resolves only when it fails, saying how.
+async fn ping_loop(live: &Live, interval: Duration, deadline: Duration) -> String {
+    let mut client = DaprAppChannelCallbackClient::new(live.client.clone());
+    let (tx, rx) = mpsc::channel::<()>(1);
+    let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|()| ((), rx)) });
+    let mut req = tonic::Request::new(outbound);
+    if let Ok(v) = interval.as_millis().to_string().parse() {
+        req.metadata_mut().insert(PING_INTERVAL_KEY, v);
+    }
+    let mut inbound = match tokio::time::timeout(deadline, client.ping(req)).await {
+        Ok(Ok(resp)) => resp.into_inner(),
+        Ok(Err(status)) => return format!("Ping refused by the app: {}", status.message()),
+        Err(_) => return "Ping not answered".to_string(),
+    };
+    loop {
+        let sent = std::time::Instant::now();
+        if tx.send(()).await.is_err() {
+            return "Ping stream closed".to_string();
+        }
+        match tokio::time::timeout(deadline, inbound.message()).await {
+            Ok(Ok(Some(()))) => live.set_rtt(sent.elapsed()),
+            Ok(Ok(None)) => return "the app ended the Ping stream".to_string(),
+            Ok(Err(status)) => return format!("Ping stream failed: {}", status.message()),
+            Err(_) => return format!("no Ping answer within {deadline:?}"),
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

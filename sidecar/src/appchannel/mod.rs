@@ -1,0 +1,13 @@
+//! The app channel on the sidecar's side: the accept loop (`accept.rs`),
+//! one driver per channel (`driver.rs`), the registry of the live channel
+//! and its handle `Live` (`registry.rs`), why a channel ends
+//! (`ChannelEnd`, `end.rs`) and how a retirement goes (`retire.rs`).
+
+mod accept;
+mod driver;
+mod end;
+mod registry;
+mod retire;
+
+pub use accept::{CallbackPolicy, accept_loop};
+pub use registry::{CallGuard, Registry};

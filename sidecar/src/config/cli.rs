@@ -1,0 +1,209 @@
+//! `dialbackd`'s flags (clap), named like daprd's where daprd has them.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use dialback_channel::Transports;
+
+use super::units::{parse_duration, parse_size};
+
+/// dialbackd: a Dapr-style sidecar that calls its app back over a channel
+/// the app dialed (QUIC or TCP+TLS), so the app needs no listening socket.
+#[derive(Parser, Debug)]
+#[command(name = "dialbackd", version, about, long_about = None, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// A maintenance command instead of running the sidecar.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The sidecar's flags.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Maintenance commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Development certificates.
+    Certs {
+        /// What to do with them.
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+}
+
+/// `dialbackd certs ...`
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Write a dev PKI: a CA, a server certificate and client certificates naming app-ids.
+    Init {
+        /// Directory to write into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// App-ids to mint client certificates for (repeatable).
+        #[arg(long = "app-id", default_value = "app")]
+        app_ids: Vec<String>,
+        /// Extra DNS names or IPs for the server certificate (repeatable).
+        #[arg(long = "server-name")]
+        server_names: Vec<String>,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The flags of a running sidecar.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// The id of the app this sidecar serves.
+    #[arg(long, env = "APP_ID")]
+    pub app_id: Option<String>,
+
+    /// Port of the Dapr-style HTTP API.
+    #[arg(long, env = "DAPR_HTTP_PORT", default_value_t = 3500)]
+    pub dapr_http_port: u16,
+
+    /// Port of the Dapr-style gRPC API (InvokeService, ConnectAppCallback).
+    #[arg(long, env = "DAPR_GRPC_PORT", default_value_t = 50001)]
+    pub dapr_grpc_port: u16,
+
+    /// Addresses the HTTP and gRPC APIs listen on, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
+    pub dapr_listen_addresses: Vec<IpAddr>,
+
+    /// Classic mode: the app's own gRPC server port, which the sidecar dials.
+    #[arg(long, env = "APP_PORT")]
+    pub app_port: Option<u16>,
+
+    /// Classic mode: the host the app's gRPC server listens on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub app_channel_address: String,
+
+    /// Accept app callback channels instead of dialing the app.
+    #[arg(long)]
+    pub enable_callback_channel: bool,
+
+    /// UDP (QUIC) and TCP port of the callback channel listener; 0 picks a free one.
+    #[arg(long, default_value_t = 0)]
+    pub callback_channel_port: u16,
+
+    /// Address the callback channel listener binds.
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub callback_listen_address: IpAddr,
+
+    /// Transports the callback channel accepts: quic, tcp or auto (both).
+    #[arg(long, default_value = "auto")]
+    pub callback_transport: Transports,
+
+    /// HOST:PORT that ConnectAppCallback tells apps to dial (NAT, load balancer, relay).
+    #[arg(long)]
+    pub callback_advertise_address: Option<String>,
+
+    /// How long a ConnectAppCallback token stays valid (e.g. 10s, 500ms).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub callback_token_ttl: Duration,
+
+    /// How long a call waits for a down channel to come back before failing with 503/UNAVAILABLE.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub callback_wait_timeout: Duration,
+
+    /// Bound on a channel's TLS handshake plus hello.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub callback_handshake_timeout: Duration,
+
+    /// Keepalive interval on a quiet channel (QUIC keepalive, TCP keepalive, HTTP/2 PING).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub callback_keepalive_interval: Duration,
+
+    /// A channel that hears nothing from the app this long is closed.
+    #[arg(long, default_value = "6s", value_parser = parse_duration)]
+    pub callback_idle_timeout: Duration,
+
+    /// Interval of the Ping stream; a ping unanswered for the idle timeout closes the channel.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub callback_ping_interval: Duration,
+
+    /// Callback channel certificate (PEM); default: generated once and kept in the state dir.
+    #[arg(long, requires = "callback_key_file")]
+    pub callback_cert_file: Option<PathBuf>,
+
+    /// Private key of --callback-cert-file (PEM).
+    #[arg(long, requires = "callback_cert_file")]
+    pub callback_key_file: Option<PathBuf>,
+
+    /// CA (PEM) for app client certificates: enables mTLS app identity.
+    #[arg(long)]
+    pub callback_client_ca_file: Option<PathBuf>,
+
+    /// Extra DNS names or IPs for the generated certificate (repeatable).
+    #[arg(long = "callback-server-name")]
+    pub callback_server_names: Vec<String>,
+
+    /// Where the generated identity and the QUIC stateless-reset key live across restarts.
+    #[arg(long, env = "DIALBACK_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// API token every API call must carry (header/metadata `dapr-api-token`); apps may also dial with it.
+    #[arg(long, env = "DAPR_API_TOKEN", hide_env_values = true)]
+    pub dapr_api_token: Option<String>,
+
+    /// How long calls in flight may run on shutdown before the sidecar exits.
+    #[arg(long, default_value_t = 5)]
+    pub dapr_graceful_shutdown_seconds: u64,
+
+    /// Largest request body (HTTP) or message (gRPC) either API accepts, as a
+    /// quantity (4Mi, 512Ki, 1048576); bigger calls get 413/RESOURCE_EXHAUSTED
+    /// before anything reaches the app. The app's own limit, sent in its
+    /// hello, lowers it for that app.
+    #[arg(long, default_value = "4Mi", value_parser = parse_size)]
+    pub max_body_size: u64,
+
+    /// Calls in flight to the app at once; -1: as many as the channel
+    /// carries (its HTTP/2 stream limit).
+    #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+    pub app_max_concurrency: i64,
+
+    /// Calls that may wait for a free slot when the app is at its concurrency
+    /// limit; beyond it a call gets 429/RESOURCE_EXHAUSTED at once.
+    #[arg(long, default_value_t = 512)]
+    pub app_max_pending: usize,
+
+    /// Bound on one invocation, from arrival to the app's answer, waiting for
+    /// a channel or a slot included (504/DEADLINE_EXCEEDED); a gRPC caller's
+    /// shorter grpc-timeout wins.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub app_call_timeout: Duration,
+
+    /// Request bodies the HTTP API holds in memory at once, all calls
+    /// together, as a quantity; a call that would exceed it waits (within
+    /// its timeout) for room.
+    #[arg(long, default_value = "256Mi", value_parser = parse_size)]
+    pub max_body_bytes_in_flight: u64,
+
+    /// Connections each API listener holds at once; at the limit the
+    /// connection idle the longest is closed to make room.
+    #[arg(long, default_value_t = 1000)]
+    pub api_max_connections: usize,
+
+    /// Bound on receiving a request's headers, and on an idle HTTP/1
+    /// keep-alive connection (slow or silent clients are closed).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub api_header_timeout: Duration,
+
+    /// An API connection with no request in flight for this long is closed.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub api_idle_timeout: Duration,
+
+    /// Callback-channel handshakes in flight at once, per transport.
+    #[arg(long, default_value_t = 128)]
+    pub callback_max_handshakes: usize,
+
+    /// Callback-channel handshakes in flight at once from one IP address.
+    #[arg(long, default_value_t = 16)]
+    pub callback_max_handshakes_per_ip: usize,
+
+    /// Log level or filter (RUST_LOG wins when set).
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
