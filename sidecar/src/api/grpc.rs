@@ -83,7 +83,7 @@ impl DaprAppChannel for AppChannelApi {
         };
         Ok(Response::new(ConnectAppCallbackResponse {
             port,
-            transports: cb.transports.iter().map(|t| t.to_proto() as i32).collect(),
+            transports: cb.transports.to_proto(),
             token,
             cert_sha256: cb.fingerprint.0.to_vec(),
             token_expires_unix_ms: expires.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),

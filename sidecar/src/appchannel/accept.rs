@@ -60,7 +60,9 @@ pub async fn accept_loop(
 /// issued up to date (written only when it changed).
 fn save_quic_peers(listener: &Listener, registry: &Registry, policy: &CallbackPolicy, saved: &mut String) {
     let Some(live) = registry.current() else { return };
-    if live.info.transport != dialback_channel::Transport::Quic {
+    // Only a connection that migrates is known by connection IDs that a
+    // restarted sidecar must reset.
+    if !live.conn.can_migrate() {
         return;
     }
     let content = crate::statedir::format_peers(&[live.conn.peer_addr()], &listener.recent_cids());
