@@ -4,27 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dialback_channel::{KeepAlive, Listener};
+use dialback_channel::Listener;
 use tokio_util::sync::CancellationToken;
 
-use super::driver;
+use super::driver::{self, CallbackPolicy};
 use super::registry::Registry;
-
-/// What the acceptor needs to know.
-#[derive(Clone, Debug)]
-pub struct CallbackPolicy {
-    /// HTTP/2 keepalive and the Ping deadline.
-    pub keep_alive: KeepAlive,
-    /// Ping interval.
-    pub ping_interval: Duration,
-    /// Bound on the HTTP/2 handshake over a fresh channel.
-    pub handshake: Duration,
-    /// How long a replaced channel may finish its calls.
-    pub drain: Duration,
-    /// Where to keep the QUIC apps' addresses and issued connection IDs, so
-    /// that a restart can reset them at once.
-    pub state_dir: std::path::PathBuf,
-}
 
 /// Accepts channels until `stop`, installing each in `registry`.
 pub async fn accept_loop(

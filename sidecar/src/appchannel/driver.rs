@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dialback_channel::notice::{CLOSE_NOTICE_KEY, PING_INTERVAL_KEY, PROBE_KEY};
-use dialback_channel::{Channel, ChannelInfo, CloseCode, CloseNotice, Connection, h2};
+use dialback_channel::{Channel, ChannelInfo, CloseCode, CloseNotice, Connection, KeepAlive, h2};
 use dialback_proto::runtime::dapr_app_channel_callback_client::DaprAppChannelCallbackClient;
 use futures_util::FutureExt;
 use futures_util::future::Fuse;
@@ -21,10 +21,25 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::accept::CallbackPolicy;
 use super::end::ChannelEnd;
 use super::registry::{Live, Registry, Retire};
 use super::retire::{Outcome, Retirement};
+
+/// What a channel's driver needs to know.
+#[derive(Clone, Debug)]
+pub struct CallbackPolicy {
+    /// HTTP/2 keepalive and the Ping deadline.
+    pub keep_alive: KeepAlive,
+    /// Ping interval.
+    pub ping_interval: Duration,
+    /// Bound on the HTTP/2 handshake over a fresh channel.
+    pub handshake: Duration,
+    /// How long a replaced channel may finish its calls.
+    pub drain: Duration,
+    /// Where to keep the QUIC apps' addresses and issued connection IDs, so
+    /// that a restart can reset them at once.
+    pub state_dir: std::path::PathBuf,
+}
 
 /// Drives `ch` until it ends: the task the accept loop spawns per channel.
 pub(crate) async fn run(ch: Channel, registry: Arc<Registry>, policy: CallbackPolicy) {

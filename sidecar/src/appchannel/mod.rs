@@ -9,5 +9,6 @@ mod end;
 mod registry;
 mod retire;
 
-pub use accept::{CallbackPolicy, accept_loop};
+pub use accept::accept_loop;
+pub use driver::CallbackPolicy;
 pub use registry::{CallGuard, Registry};
