@@ -52,11 +52,51 @@ pub struct Sidecar {
     pub body_budget: Arc<tokio::sync::Semaphore>,
 }
 
+/// What `runtimeVersion` says.
+const RUNTIME_VERSION: &str = concat!("dialback-", env!("CARGO_PKG_VERSION"));
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)).unwrap_or(0)
 }
 
 impl Sidecar {
+    /// `Dapr/GetMetadata`: the app-id, the version, how the app is reached,
+    /// and the app channel's state (the `appChannel` fields of
+    /// `/v1.0/metadata`) as extended metadata under `appChannel.`.
+    pub fn grpc_metadata(&self) -> dialback_proto::runtime::GetMetadataResponse {
+        let md = self.metadata();
+        let mut extended = std::collections::HashMap::new();
+        if let Some(channel) = md["appChannel"].as_object() {
+            for (k, v) in channel {
+                let v = match v {
+                    Value::Null => continue,
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                extended.insert(format!("appChannel.{k}"), v);
+            }
+        }
+        let channel_address = match &self.app {
+            AppChannel::Callback(_) => "callback".to_string(),
+            AppChannel::Classic(_) | AppChannel::None => String::new(),
+        };
+        dialback_proto::runtime::GetMetadataResponse {
+            id: self.app_id.clone(),
+            extended_metadata: extended,
+            app_connection_properties: Some(dialback_proto::runtime::AppConnectionProperties {
+                port: 0,
+                protocol: "grpc".to_string(),
+                channel_address,
+                max_concurrency: i32::try_from(
+                    self.limits.app_max_concurrency.unwrap_or(dialback_channel::h2::APP_CALL_STREAMS),
+                )
+                .unwrap_or(i32::MAX),
+            }),
+            runtime_version: RUNTIME_VERSION.to_string(),
+            enabled_features: Vec::new(),
+        }
+    }
+
     /// `/v1.0/metadata`: Dapr's fields plus `appChannel`, the channel's state.
     pub fn metadata(&self) -> Value {
         let channel = match (&self.app, &self.callback) {
@@ -89,7 +129,7 @@ impl Sidecar {
         };
         json!({
             "id": self.app_id,
-            "runtimeVersion": concat!("dialback-", env!("CARGO_PKG_VERSION")),
+            "runtimeVersion": RUNTIME_VERSION,
             "appConnectionProperties": { "protocol": "grpc" },
             "appChannel": channel,
         })

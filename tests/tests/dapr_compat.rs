@@ -5,9 +5,9 @@ use dapr::dapr::proto::common::v1::{InvokeRequest, InvokeResponse};
 use dapr::dapr::proto::runtime::v1::app_callback_server::{AppCallback, AppCallbackServer};
 use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
 use dapr::dapr::proto::runtime::v1::{
-    BindingEventRequest, BindingEventResponse, InvokeServiceRequest, JobEventRequest, JobEventResponse,
-    ListInputBindingsResponse, ListTopicSubscriptionsResponse, TopicEventBulkRequest, TopicEventBulkResponse,
-    TopicEventRequest, TopicEventResponse,
+    BindingEventRequest, BindingEventResponse, GetMetadataRequest, InvokeServiceRequest, JobEventRequest,
+    JobEventResponse, ListInputBindingsResponse, ListTopicSubscriptionsResponse, TopicEventBulkRequest,
+    TopicEventBulkResponse, TopicEventRequest, TopicEventResponse,
 };
 use dialback::{CallbackServer, Handle, SidecarOptions, Transport, Transports};
 use dialback_e2e::{PATIENCE, Sidecar, SidecarBuilder, http_call};
@@ -204,6 +204,29 @@ async fn dapr_high_level_client_invokes_the_app() {
     assert_eq!(got["echo"], "dapr-app:high-level", "data: {got}");
     assert_eq!(got["method"], "orders/9", "method: {got}");
 
+    handle.shutdown().await;
+}
+
+/// `Dapr/GetMetadata`, which Dapr's SDKs call at start-up to wait for their
+/// sidecar, answers before any app is connected and decodes as the `dapr`
+/// crate's own message; the app channel's state is in its extended metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dapr_clients_get_metadata_before_and_after_the_app_connects() {
+    let sc = sidecar().await;
+    let mut client = DaprClient::connect(format!("http://127.0.0.1:{}", sc.grpc)).await.unwrap();
+    let md = client.get_metadata(GetMetadataRequest::default()).await.expect("GetMetadata with no app").into_inner();
+    assert_eq!(md.id, "echo");
+    assert!(md.runtime_version.starts_with("dialback-"), "{}", md.runtime_version);
+    assert_eq!(md.extended_metadata.get("appChannel.state").map(String::as_str), Some("disconnected"), "{md:?}");
+    let conn = md.app_connection_properties.expect("appConnectionProperties");
+    assert_eq!((conn.protocol.as_str(), conn.channel_address.as_str()), ("grpc", "callback"));
+
+    let handle = serve_dapr_app(&sc, Transports::QUIC, Transport::Quic).await;
+    let md = client.get_metadata(GetMetadataRequest::default()).await.unwrap().into_inner();
+    let ext = &md.extended_metadata;
+    assert_eq!(ext.get("appChannel.state").map(String::as_str), Some("connected"), "{ext:?}");
+    assert_eq!(ext.get("appChannel.transport").map(String::as_str), Some("quic"), "{ext:?}");
+    assert!(ext.get("appChannel.channelId").is_some_and(|id| id.parse::<u64>().is_ok()), "{ext:?}");
     handle.shutdown().await;
 }
 

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dialback_proto::common::{InvokeRequest, InvokeResponse};
 use dialback_proto::runtime::dapr_app_channel_server::{DaprAppChannel, DaprAppChannelServer};
 use dialback_proto::runtime::dapr_server::{Dapr, DaprServer};
-use dialback_proto::runtime::{ConnectAppCallbackRequest, ConnectAppCallbackResponse, InvokeServiceRequest};
+use dialback_proto::runtime::{
+    ConnectAppCallbackRequest, ConnectAppCallbackResponse, GetMetadataRequest, GetMetadataResponse,
+    InvokeServiceRequest,
+};
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
@@ -56,6 +59,13 @@ impl Dapr for DaprApi {
             return Err(Status::invalid_argument("InvokeRequest.method is required"));
         }
         invoke(s, &req.id, message, md, timeout).await.map(Response::new).map_err(|e| e.to_status())
+    }
+
+    async fn get_metadata(
+        &self,
+        _request: Request<GetMetadataRequest>,
+    ) -> Result<Response<GetMetadataResponse>, Status> {
+        Ok(Response::new(self.0.grpc_metadata()))
     }
 }
 
