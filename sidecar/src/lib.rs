@@ -9,6 +9,7 @@ mod api;
 mod app;
 mod appchannel;
 mod auth;
+mod bridge;
 pub mod config;
 mod error;
 mod invoke;
@@ -83,6 +84,8 @@ pub struct Running {
     pub grpc: Vec<SocketAddr>,
     /// The callback listener's address, in callback mode.
     pub callback: Option<SocketAddr>,
+    /// The bridge port (where daprd's `--app-port` points), in bridge mode.
+    pub bridge: Option<SocketAddr>,
     state: Arc<Sidecar>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -107,6 +110,9 @@ impl Running {
                 AppChannel::Classic(_) => " mode=classic",
                 _ => " mode=none",
             }),
+        }
+        if let Some(bridge) = self.bridge {
+            line.push_str(&format!(" bridge={bridge}"));
         }
         line
     }
@@ -187,11 +193,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let grace_deadline = Arc::new(OnceLock::new());
     let apis = api::start(&config, state.clone(), api_token_sha, &stop, &grace_deadline).await?;
     tasks.extend(apis.tasks);
+    let bridge = apis.bridge;
     let callback_addr = state.callback.as_ref().map(|c| c.listen);
     Ok(Running {
         http: apis.http,
         grpc: apis.grpc,
         callback: callback_addr,
+        bridge,
         state,
         stop,
         tasks,

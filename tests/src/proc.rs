@@ -249,6 +249,7 @@ impl SidecarBuilder {
             http: port("http"),
             grpc: port("grpc"),
             callback: field("callback").and_then(|a| a.parse().ok()),
+            bridge: field("bridge").and_then(|a| a.parse().ok()),
             cert_sha256: field("cert_sha256"),
             state_dir,
             builder: self,
@@ -266,6 +267,8 @@ pub struct Sidecar {
     pub grpc: u16,
     /// Callback listener address.
     pub callback: Option<SocketAddr>,
+    /// The bridge port (where daprd's `--app-port` points), in bridge mode.
+    pub bridge: Option<SocketAddr>,
     /// The channel certificate's fingerprint.
     pub cert_sha256: Option<String>,
     /// Its state dir.

@@ -29,6 +29,8 @@ pub(crate) struct Apis {
     pub http: Vec<SocketAddr>,
     /// gRPC API addresses.
     pub grpc: Vec<SocketAddr>,
+    /// The bridge port daprd's `--app-port` points at, in bridge mode.
+    pub bridge: Option<SocketAddr>,
     /// One accept loop per port.
     pub tasks: Vec<JoinHandle<()>>,
 }
@@ -47,7 +49,7 @@ pub(crate) async fn start(
     // the open-files limit was raised at start, and the caps keep a reserve
     // of descriptors for the app channel.
     let limits = config.limits;
-    let listeners = config.http_addrs.len() + config.grpc_addrs.len();
+    let listeners = config.http_addrs.len() + config.grpc_addrs.len() + usize::from(config.bridge_addr.is_some());
     let serve_limits = serve::ServeLimits {
         max_connections: serve::connection_cap(limits.api_max_connections, listeners, serve::fd_limit()),
         header_timeout: limits.api_header_timeout,
@@ -61,8 +63,8 @@ pub(crate) async fn start(
         .map_response(|r: ::http::Response<tonic::body::Body>| {
             grpc::too_large_is_resource_exhausted(r).map(axum::body::Body::new)
         })
-        .service(grpc::routes(state));
-    let mut apis = Apis { http: Vec::new(), grpc: Vec::new(), tasks: Vec::new() };
+        .service(grpc::routes(state.clone()));
+    let mut apis = Apis { http: Vec::new(), grpc: Vec::new(), bridge: None, tasks: Vec::new() };
     for addr in &config.http_addrs {
         let l = bind("HTTP", *addr).await?;
         apis.http.push(l.local_addr().map_err(|source| StartError::Bind { api: "HTTP", addr: *addr, source })?);
@@ -73,6 +75,16 @@ pub(crate) async fn start(
         let l = bind("gRPC", *addr).await?;
         apis.grpc.push(l.local_addr().map_err(|source| StartError::Bind { api: "gRPC", addr: *addr, source })?);
         let serving = serve::serve(l, grpc_svc.clone(), serve_limits, "gRPC", stop.clone(), grace.clone());
+        apis.tasks.push(tokio::spawn(serving));
+    }
+    // Bridge mode: daprd's app port, served like the API ports (the same
+    // bounds on what a connection may hold) but carrying daprd's calls to
+    // the app instead of serving them.
+    if let (Some(addr), Some(cb)) = (config.bridge_addr, &state.callback) {
+        let l = bind("bridge", addr).await?;
+        apis.bridge = Some(l.local_addr().map_err(|source| StartError::Bind { api: "bridge", addr, source })?);
+        let bridge = crate::bridge::Bridge::new(cb.registry.clone(), state.wait_timeout);
+        let serving = serve::serve(l, bridge, serve_limits, "bridge", stop.clone(), grace.clone());
         apis.tasks.push(tokio::spawn(serving));
     }
     Ok(apis)

@@ -84,6 +84,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub enable_callback_channel: bool,
 
+    /// Bridge mode: the port a real daprd's `--app-port` points at. Every
+    /// request daprd sends there (any gRPC method, or HTTP with daprd's
+    /// `--app-protocol http`) goes to the app over its callback channel, as is.
+    /// Needs --enable-callback-channel; 0 picks a free port.
+    #[arg(long)]
+    pub bridge_app_port: Option<u16>,
+
+    /// Address the bridge port binds (keep it on loopback, next to daprd).
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub bridge_app_address: IpAddr,
+
     /// UDP (QUIC) and TCP port of the callback channel listener; 0 picks a free one.
     #[arg(long, default_value_t = 0)]
     pub callback_channel_port: u16,

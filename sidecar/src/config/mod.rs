@@ -79,6 +79,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// What one caller or stranger may hold.
     pub limits: Limits,
+    /// Bridge mode: where daprd's `--app-port` points (callback mode only).
+    pub bridge_addr: Option<std::net::SocketAddr>,
 }
 
 /// The bounds on calls and API connections (see the flags of the same names).
@@ -137,6 +139,11 @@ pub enum ConfigError {
         "--app-port and --enable-callback-channel are mutually exclusive: the sidecar either dials the app (--app-port) or the app dials the sidecar (--enable-callback-channel)"
     )]
     ModeConflict,
+    /// The bridge carries daprd's calls over the callback channel.
+    #[error(
+        "--bridge-app-port needs --enable-callback-channel: the bridge carries daprd's calls to the app over its callback channel"
+    )]
+    BridgeNeedsCallback,
     /// The advertise address is not HOST:PORT.
     #[error("--callback-advertise-address {0:?} is not HOST:PORT")]
     BadAdvertise(String),
@@ -176,6 +183,9 @@ impl Config {
             (None, true) => AppMode::Callback,
             (None, false) => AppMode::None,
         };
+        if a.bridge_app_port.is_some() && !a.enable_callback_channel {
+            return Err(ConfigError::BridgeNeedsCallback);
+        }
         let advertise = match &a.callback_advertise_address {
             Some(adv) => Some(Advertise::parse(adv).ok_or_else(|| ConfigError::BadAdvertise(adv.clone()))?),
             None => None,
@@ -265,6 +275,7 @@ impl Config {
             api_token: a.dapr_api_token.filter(|t| !t.is_empty()),
             shutdown_grace: Duration::from_secs(a.dapr_graceful_shutdown_seconds),
             limits,
+            bridge_addr: a.bridge_app_port.map(|p| std::net::SocketAddr::new(a.bridge_app_address, p)),
             app_id,
         })
     }

@@ -1,0 +1,117 @@
+//! Bridge mode against a stand-in for daprd: a gRPC client that calls the
+//! bridge port as daprd calls its `--app-port`. (Tests with a real daprd
+//! come with `scripts/daprd.sh`.) The echo app dials the sidecar as usual;
+//! every call to the bridge reaches it as is.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use dialback_e2e::{AppBuilder, PATIENCE, SidecarBuilder, eventually, metadata};
+use dialback_proto::common::InvokeRequest;
+use dialback_proto::runtime::app_callback_client::AppCallbackClient;
+use tonic::Code;
+
+async fn call(
+    client: &mut AppCallbackClient<tonic::transport::Channel>,
+    method: &str,
+    data: &[u8],
+    tell: bool,
+) -> Result<(Vec<u8>, String), tonic::Status> {
+    let mut req = tonic::Request::new(InvokeRequest {
+        method: method.into(),
+        data: Some(prost_types::Any { type_url: String::new(), value: data.to_vec() }),
+        content_type: "application/x-bridge".into(),
+        http_extension: None,
+    });
+    if tell {
+        req.metadata_mut().insert("x-echo-method", "1".parse().unwrap());
+    }
+    let resp =
+        tokio::time::timeout(PATIENCE, client.on_invoke(req)).await.expect("OnInvoke through the bridge timed out")?;
+    let r = resp.into_inner();
+    Ok((r.data.map(|a| a.value).unwrap_or_default(), r.content_type))
+}
+
+/// Before the app dials in, daprd's calls fail as for an unreachable app
+/// (UNAVAILABLE, after the bounded wait); once it has, they reach it with
+/// data, content type and metadata intact, over either transport.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daprds_calls_reach_the_app_through_the_bridge() {
+    let sc = SidecarBuilder::callback("echo")
+        .args(["--bridge-app-port", "0", "--callback-wait-timeout", "300ms"])
+        .spawn()
+        .await;
+    let bridge = sc.bridge.expect("the ready line names the bridge port");
+    assert!(bridge.ip().is_loopback(), "the bridge binds loopback by default: {bridge}");
+    let mut daprd = AppCallbackClient::connect(format!("http://{bridge}")).await.unwrap();
+    let err = call(&mut daprd, "m", b"early", false).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(err.message().contains("not connected"), "{err:?}");
+
+    for transport in ["quic", "tcp"] {
+        let mut app = AppBuilder::echo(sc.grpc).transport(transport).spawn();
+        app.wait_line("echo: connected").await;
+        eventually("the sidecar to show the app connected", PATIENCE, || async {
+            (metadata(sc.http).await.ok()?["appChannel"]["transport"] == transport).then_some(())
+        })
+        .await;
+        let (data, ct) = call(&mut daprd, "orders/42", b"payload", false).await.unwrap();
+        assert_eq!((data.as_slice(), ct.as_str()), (&b"payload"[..], "application/x-bridge"), "over {transport}");
+        // Metadata crosses the bridge too: the echo app answers with the method name when told.
+        let (data, _) = call(&mut daprd, "orders/42", b"x", true).await.unwrap();
+        assert_eq!(String::from_utf8_lossy(&data), "orders/42", "over {transport}");
+        let (data, _) = call(&mut daprd, "whoami", b"", false).await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&data).contains(transport),
+            "whoami over {transport}: {:?}",
+            String::from_utf8_lossy(&data)
+        );
+        app.kill().await;
+    }
+}
+
+/// The bridge carries any method, not just the ones it knows: a service the
+/// app does not serve comes back as the app's own UNIMPLEMENTED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_method_crosses_the_bridge_and_the_apps_own_status_comes_back() {
+    let sc = SidecarBuilder::callback("echo").args(["--bridge-app-port", "0"]).spawn().await;
+    let mut app = AppBuilder::echo(sc.grpc).transport("quic").spawn();
+    app.wait_line("echo: connected").await;
+    let bridge = sc.bridge.unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{bridge}")).unwrap().connect().await.unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/dapr.proto.runtime.v1.AppCallbackAlpha/OnJobEventAlpha1");
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let err = grpc.unary(tonic::Request::new(()), path, codec).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "the app's own answer: {err:?}");
+}
+
+/// The bridge answers daprd's gRPC health probe itself: unhealthy while no
+/// channel is up, healthy while one is (the echo app does not serve the
+/// health service), unhealthy again when the app is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_is_healthy_to_daprd_exactly_while_its_channel_is_up() {
+    use dialback_proto::runtime::app_callback_health_check_client::AppCallbackHealthCheckClient;
+    let sc = SidecarBuilder::callback("echo").args(["--bridge-app-port", "0"]).spawn().await;
+    let mut probe = AppCallbackHealthCheckClient::connect(format!("http://{}", sc.bridge.unwrap())).await.unwrap();
+    let err = probe.health_check(()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "no app yet: {err:?}");
+    let mut app = AppBuilder::echo(sc.grpc).transport("tcp").spawn();
+    app.wait_line("echo: connected").await;
+    eventually("the probe to find the app healthy", PATIENCE, || async { probe.clone().health_check(()).await.ok() })
+        .await;
+    app.kill().await;
+    eventually("the probe to find the app gone", PATIENCE, || async {
+        probe.clone().health_check(()).await.err().filter(|e| e.code() == Code::Unavailable)
+    })
+    .await;
+}
+
+/// `--bridge-app-port` without the callback channel is refused at start, with a clear reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bridge_without_a_callback_channel_is_refused() {
+    let bin = &dialback_e2e::binaries().dialbackd;
+    let out = std::process::Command::new(bin).args(["--app-id", "a", "--bridge-app-port", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--bridge-app-port needs --enable-callback-channel"), "{err}");
+}
