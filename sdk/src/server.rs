@@ -31,6 +31,7 @@ pub struct CallbackServerBuilder {
     routes: Option<tonic::service::Routes>,
     names: Vec<&'static str>,
     handlers: InvokeHandlers,
+    http: Option<axum::Router>,
 }
 
 impl CallbackServerBuilder {
@@ -73,6 +74,21 @@ impl CallbackServerBuilder {
         self
     }
 
+    /// Serves an HTTP app beside the gRPC services, e.g. an axum `Router`
+    /// written for daprd's `--app-protocol http` (`/dapr/subscribe`, event
+    /// and binding routes, invoked methods): every request that is not gRPC
+    /// goes to it. A gRPC request for a service not added is answered
+    /// UNIMPLEMENTED, as before. Calling it again replaces the service.
+    pub fn http_service<S>(mut self, svc: S) -> Self
+    where
+        S: tower::Service<http::Request<axum::body::Body>, Error = Infallible> + Clone + Send + Sync + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.http = Some(axum::Router::new().fallback_service(svc));
+        self
+    }
+
     /// Handles OnInvoke for `method` with `f` (a built-in `AppCallback`;
     /// do not combine with an `AppCallbackServer` of your own).
     pub fn invoke_handler<F, Fut>(mut self, method: &str, f: F) -> Self
@@ -106,10 +122,38 @@ impl CallbackServerBuilder {
         let (state_tx, state_rx) = watch::channel(ChannelState::Connecting { attempt: 0 });
         let stop = CancellationToken::new();
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
-        let runner = Runner::new(sidecar, self.options, self.routes, state_tx, stop.clone(), cmd_rx);
+        let routes = match self.http.take() {
+            Some(http) => Some(with_http(self.routes.take(), http)),
+            None => self.routes.take(),
+        };
+        let runner = Runner::new(sidecar, self.options, routes, state_tx, stop.clone(), cmd_rx);
         let task = tokio::spawn(runner.run());
         Ok(Handle { state: state_rx, stop, task: Some(task), commands: cmd_tx })
     }
+}
+
+/// The gRPC `routes` with `http` behind them: requests no gRPC service
+/// claims go to `http`, but a gRPC one stays a gRPC UNIMPLEMENTED.
+fn with_http(routes: Option<tonic::service::Routes>, http: axum::Router) -> tonic::service::Routes {
+    let fallback = tower::service_fn(move |req: http::Request<axum::body::Body>| {
+        let http = http.clone();
+        async move {
+            let grpc = req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.starts_with("application/grpc"));
+            if grpc {
+                let path = req.uri().path().to_string();
+                return Ok::<_, Infallible>(
+                    tonic::Status::unimplemented(format!("no gRPC service serves {path}")).into_http(),
+                );
+            }
+            Ok(tower::ServiceExt::oneshot(http, req).await.unwrap_or_else(|never| match never {}))
+        }
+    });
+    let router = routes.map(tonic::service::Routes::into_axum_router).unwrap_or_default();
+    tonic::service::Routes::from(router.fallback_service(fallback))
 }
 
 /// The entry point: serve gRPC services to the sidecar over a channel the app dials.

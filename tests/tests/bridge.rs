@@ -106,6 +106,61 @@ async fn the_app_is_healthy_to_daprd_exactly_while_its_channel_is_up() {
     .await;
 }
 
+/// daprd's `--app-protocol http`: an HTTP app (an axum Router) behind the
+/// channel gets daprd's HTTP/1.1 calls through the bridge with method,
+/// path, query, headers and body intact, and its answer comes back whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_app_behind_the_channel_gets_daprds_http_calls() {
+    use axum::routing::any;
+    let sc = SidecarBuilder::callback("echo").args(["--bridge-app-port", "0"]).spawn().await;
+    let app = axum::Router::new().route(
+        "/orders/{id}",
+        any(|method: http::Method, uri: http::Uri, headers: http::HeaderMap, body: axum::body::Bytes| async move {
+            let trace = headers.get("x-trace").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            let answer = serde_json::json!({
+                "method": method.as_str(),
+                "path": uri.path(),
+                "query": uri.query(),
+                "trace": trace,
+                "body": String::from_utf8_lossy(&body),
+            });
+            ([("x-app", "axum")], axum::Json(answer))
+        }),
+    );
+    let handle = dialback::CallbackServer::builder()
+        .sidecar(dialback::SidecarOptions {
+            grpc_endpoint: format!("http://127.0.0.1:{}", sc.grpc),
+            ..Default::default()
+        })
+        .http_service(app)
+        .start()
+        .unwrap();
+    handle.wait_connected(PATIENCE).await.unwrap();
+    let bridge = sc.bridge.unwrap();
+    let r = dialback_e2e::http_call(
+        "PUT",
+        &format!("http://{bridge}/orders/42?x=1&y=2"),
+        &[("x-trace", "t-1")],
+        "the body",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = r.json();
+    assert_eq!(got["method"], "PUT", "{got}");
+    assert_eq!(got["path"], "/orders/42", "{got}");
+    assert_eq!(got["query"], "x=1&y=2", "{got}");
+    assert_eq!(got["trace"], "t-1", "{got}");
+    assert_eq!(got["body"], "the body", "{got}");
+    let missing = dialback_e2e::http_call("GET", &format!("http://{bridge}/nowhere"), &[], "").await.unwrap();
+    assert_eq!(missing.status, 404, "the app's own 404");
+    // gRPC for a service the app does not serve stays UNIMPLEMENTED, not an HTTP 404.
+    let mut daprd = AppCallbackClient::connect(format!("http://{bridge}")).await.unwrap();
+    let err = call(&mut daprd, "m", b"", false).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    handle.shutdown().await;
+}
+
 /// `--bridge-app-port` without the callback channel is refused at start, with a clear reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bridge_without_a_callback_channel_is_refused() {
