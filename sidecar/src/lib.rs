@@ -71,6 +71,9 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// An upstream daprd address is not usable.
+    #[error("{0}")]
+    Upstream(String),
     /// The classic app address is not a valid URI.
     #[error("--app-port: bad app address {0}")]
     AppAddress(String),
@@ -188,6 +191,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         body_budget: Arc::new(tokio::sync::Semaphore::new(
             (config.limits.body_bytes_in_flight / 1024).min(tokio::sync::Semaphore::MAX_PERMITS),
         )),
+        upstream_grpc: match &config.upstream_grpc {
+            Some(a) => {
+                Some(api::upstream::GrpcUpstream::new(a, config.api_token.as_deref()).map_err(StartError::Upstream)?)
+            }
+            None => None,
+        },
+        upstream_http: match &config.upstream_http {
+            Some(a) => {
+                Some(api::upstream::HttpUpstream::new(a, config.api_token.as_deref()).map_err(StartError::Upstream)?)
+            }
+            None => None,
+        },
     });
 
     let grace_deadline = Arc::new(OnceLock::new());

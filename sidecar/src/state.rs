@@ -50,6 +50,10 @@ pub struct Sidecar {
     pub gate: crate::app::CallGate,
     /// HTTP request bodies held in memory at once, in KiB.
     pub body_budget: Arc<tokio::sync::Semaphore>,
+    /// The daprd behind dialbackd, for gRPC calls not served here.
+    pub upstream_grpc: Option<crate::api::upstream::GrpcUpstream>,
+    /// The daprd behind dialbackd, for HTTP calls not served here.
+    pub upstream_http: Option<crate::api::upstream::HttpUpstream>,
 }
 
 /// What `runtimeVersion` says.

@@ -170,3 +170,129 @@ async fn a_bridge_without_a_callback_channel_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--bridge-app-port needs --enable-callback-channel"), "{err}");
 }
+
+/// What the stand-in daprd saw of one forwarded call.
+#[derive(Clone, Debug, Default)]
+struct Seen {
+    path: String,
+    token: Option<String>,
+    body: Vec<u8>,
+}
+
+/// A stand-in for daprd's APIs: answers any HTTP path with what it saw as
+/// JSON, and any gRPC method with one empty message and OK; records the
+/// gRPC calls.
+async fn fake_daprd() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Seen>>>) {
+    use axum::body::Bytes;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let app = axum::Router::new().fallback(
+        move |method: http::Method, uri: http::Uri, headers: http::HeaderMap, body: Bytes| {
+            let log = log.clone();
+            async move {
+                let token = headers.get("dapr-api-token").and_then(|v| v.to_str().ok()).map(str::to_string);
+                let grpc = headers.get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                if grpc {
+                    log.lock().unwrap().push(Seen { path: uri.path().to_string(), token, body: body.to_vec() });
+                    let frames = [
+                        Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))),
+                        Ok(http_body::Frame::trailers(http::HeaderMap::from_iter([(
+                            http::HeaderName::from_static("grpc-status"),
+                            http::HeaderValue::from_static("0"),
+                        )]))),
+                    ];
+                    let body =
+                        axum::body::Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(frames)));
+                    return http::Response::builder().header("content-type", "application/grpc").body(body).unwrap();
+                }
+                let answer = serde_json::json!({
+                    "method": method.as_str(),
+                    "path": uri.path(),
+                    "query": uri.query(),
+                    "token": token,
+                    "body": String::from_utf8_lossy(&body),
+                });
+                http::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(axum::body::Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap()
+            }
+        },
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (addr, seen)
+}
+
+/// The app's own Dapr API calls that dialbackd does not serve (state,
+/// publish, ..., over HTTP and gRPC) go on to the daprd behind it with the
+/// path and body intact; the caller's token is checked at dialbackd and
+/// daprd gets the sidecar's own; a caller without it never reaches daprd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_api_calls_go_on_to_the_daprd_behind() {
+    let (daprd, seen) = fake_daprd().await;
+    let up = daprd.to_string();
+    let sc = SidecarBuilder::callback("echo")
+        .args([
+            "--bridge-app-port",
+            "0",
+            "--dapr-api-token",
+            "s3cret",
+            "--dapr-upstream-grpc",
+            &up,
+            "--dapr-upstream-http",
+            &up,
+        ])
+        .spawn()
+        .await;
+    let token = [("dapr-api-token", "s3cret")];
+    let r = dialback_e2e::http_call(
+        "POST",
+        &format!("{}/v1.0/state/statestore?a=b", sc.http_base()),
+        &token,
+        r#"[{"key":"k","value":"v"}]"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let got = r.json();
+    assert_eq!(got["path"], "/v1.0/state/statestore", "{got}");
+    assert_eq!(got["query"], "a=b", "{got}");
+    assert_eq!(got["token"], "s3cret", "daprd gets the sidecar's token: {got}");
+    assert_eq!(got["body"], r#"[{"key":"k","value":"v"}]"#, "{got}");
+    // Invoking another app is daprd's job; this sidecar's own app stays here.
+    let r = dialback_e2e::http_call("POST", &format!("{}/v1.0/invoke/other/method/m", sc.http_base()), &token, "x")
+        .await
+        .unwrap();
+    assert_eq!(r.json()["path"], "/v1.0/invoke/other/method/m", "{}", r.text());
+    // No token: refused here, never forwarded.
+    let r =
+        dialback_e2e::http_call("POST", &format!("{}/v1.0/state/statestore", sc.http_base()), &[], "x").await.unwrap();
+    assert_eq!(r.status, 401, "{}", r.text());
+
+    // gRPC: any method not served here, unary, with its body.
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", sc.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let mut req = tonic::Request::new(());
+    req.metadata_mut().insert("dapr-api-token", "s3cret".parse().unwrap());
+    let path = http::uri::PathAndQuery::from_static("/dapr.proto.runtime.v1.Dapr/SaveState");
+    grpc.unary(req, path, tonic_prost::ProstCodec::<(), ()>::default()).await.expect("SaveState through dialbackd");
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(calls[0].path, "/dapr.proto.runtime.v1.Dapr/SaveState");
+    assert_eq!(calls[0].token.as_deref(), Some("s3cret"));
+    assert_eq!(calls[0].body, vec![0, 0, 0, 0, 0], "one empty message, as sent");
+    // Without the token: UNAUTHENTICATED here, nothing reaches daprd.
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static("/dapr.proto.runtime.v1.Dapr/SaveState");
+    let err =
+        grpc.unary(tonic::Request::new(()), path, tonic_prost::ProstCodec::<(), ()>::default()).await.unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
+    assert_eq!(seen.lock().unwrap().len(), 1);
+}

@@ -49,6 +49,13 @@ pub fn grpc_timeout(md: &MetadataMap) -> Option<Duration> {
 impl Dapr for DaprApi {
     async fn invoke_service(&self, request: Request<InvokeServiceRequest>) -> Result<Response<InvokeResponse>, Status> {
         let s = &self.0;
+        // Bridge mode: another app is daprd's to reach.
+        if request.get_ref().id != s.app_id
+            && let Some(up) = &s.upstream_grpc
+        {
+            let (mut client, request) = up.client(request);
+            return client.invoke_service(request).await;
+        }
         let timeout =
             grpc_timeout(request.metadata()).map_or(s.limits.app_call_timeout, |t| t.min(s.limits.app_call_timeout));
         let md = super::headers::forwardable(&request.metadata().clone().into_headers(), super::token::Api::Grpc);
@@ -127,11 +134,25 @@ pub fn routes(state: Arc<Sidecar>) -> tonic::service::Routes {
     let dapr = DaprServer::new(DaprApi(state.clone()))
         .max_decoding_message_size(max.saturating_add(ENVELOPE))
         .max_encoding_message_size(max.saturating_add(ENVELOPE));
-    let mut routes = tonic::service::Routes::new(dapr);
-    if state.callback.is_some() {
-        routes = routes.add_service(DaprAppChannelServer::new(AppChannelApi(state)));
+    let app_channel = state.callback.is_some().then(|| DaprAppChannelServer::new(AppChannelApi(state.clone())));
+    let Some(up) = &state.upstream_grpc else {
+        let mut routes = tonic::service::Routes::new(dapr);
+        if let Some(ac) = app_channel {
+            routes = routes.add_service(ac);
+        }
+        return routes;
+    };
+    // Bridge mode: route the methods served here by name, and every other
+    // one (other methods of the Dapr service included) on to daprd.
+    let dapr_service = dialback_proto::runtime::dapr_server::SERVICE_NAME;
+    let mut router = axum::Router::new()
+        .route_service(&format!("/{dapr_service}/InvokeService"), dapr.clone())
+        .route_service(&format!("/{dapr_service}/GetMetadata"), dapr);
+    if let Some(ac) = app_channel {
+        let name = dialback_proto::runtime::dapr_app_channel_server::SERVICE_NAME;
+        router = router.route_service(&format!("/{name}/ConnectAppCallback"), ac);
     }
-    routes
+    tonic::service::Routes::from(router.fallback_service(up.clone()))
 }
 
 #[cfg(test)]

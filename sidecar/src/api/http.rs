@@ -41,6 +41,12 @@ async fn invoke_path(
     Path((app_id, method)): Path<(String, String)>,
     req: Request,
 ) -> Response {
+    // Bridge mode: another app is daprd's to reach.
+    if app_id != s.app_id
+        && let Some(up) = &s.upstream_http
+    {
+        return up.forward(req).await;
+    }
     // As daprd: the method is the decoded path after `/method/`, cleaned.
     let method = clean_path(&method);
     let method = if method == "." { String::new() } else { method };
@@ -50,6 +56,10 @@ async fn invoke_path(
 /// The `dapr-app-id` header form: any path, the target in a header.
 async fn invoke_header(State(s): State<Arc<Sidecar>>, req: Request) -> Response {
     let Some(app_id) = req.headers().get("dapr-app-id").and_then(|v| v.to_str().ok()).map(str::to_string) else {
+        // Bridge mode: what is not served here goes on to daprd.
+        if let Some(up) = &s.upstream_http {
+            return up.forward(req).await;
+        }
         return error_body(StatusCode::NOT_FOUND, "ERR_NOT_FOUND", &format!("no route for {}", req.uri().path()));
     };
     let Ok(path) = percent_encoding::percent_decode_str(req.uri().path()).decode_utf8() else {

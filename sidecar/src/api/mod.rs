@@ -8,6 +8,7 @@ mod headers;
 mod http;
 mod serve;
 mod token;
+pub(crate) mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};

@@ -84,6 +84,16 @@ pub struct RunArgs {
     #[arg(long)]
     pub enable_callback_channel: bool,
 
+    /// Bridge mode: the gRPC API of the daprd behind dialbackd (HOST:PORT).
+    /// gRPC calls dialbackd does not serve itself go on to it.
+    #[arg(long)]
+    pub dapr_upstream_grpc: Option<String>,
+
+    /// Bridge mode: the HTTP API of the daprd behind dialbackd (HOST:PORT).
+    /// HTTP calls dialbackd does not serve itself go on to it.
+    #[arg(long)]
+    pub dapr_upstream_http: Option<String>,
+
     /// Bridge mode: the port a real daprd's `--app-port` points at. Every
     /// request daprd sends there (any gRPC method, or HTTP with daprd's
     /// `--app-protocol http`) goes to the app over its callback channel, as is.

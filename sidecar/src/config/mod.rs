@@ -81,6 +81,10 @@ pub struct Config {
     pub limits: Limits,
     /// Bridge mode: where daprd's `--app-port` points (callback mode only).
     pub bridge_addr: Option<std::net::SocketAddr>,
+    /// The daprd behind dialbackd: its gRPC API (HOST:PORT).
+    pub upstream_grpc: Option<String>,
+    /// The daprd behind dialbackd: its HTTP API (HOST:PORT).
+    pub upstream_http: Option<String>,
 }
 
 /// The bounds on calls and API connections (see the flags of the same names).
@@ -276,6 +280,8 @@ impl Config {
             shutdown_grace: Duration::from_secs(a.dapr_graceful_shutdown_seconds),
             limits,
             bridge_addr: a.bridge_app_port.map(|p| std::net::SocketAddr::new(a.bridge_app_address, p)),
+            upstream_grpc: a.dapr_upstream_grpc,
+            upstream_http: a.dapr_upstream_http,
             app_id,
         })
     }
