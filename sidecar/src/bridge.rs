@@ -17,7 +17,7 @@
 //! back, whether or not the app serves the health service.
 
 use std::convert::Infallible;
-use std::pin::Pin;
+
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -29,7 +29,7 @@ use http_body::Frame;
 use hyper::body::Incoming;
 use tower::ServiceExt;
 
-use crate::appchannel::{CallGuard, Registry};
+use crate::appchannel::Registry;
 use crate::error::error_body;
 
 /// The error code of an HTTP request the bridge could not carry.
@@ -83,7 +83,9 @@ async fn forward(registry: &Registry, wait: Duration, req: Request<Incoming>) ->
     parts.version = Version::HTTP_2;
     let req = Request::from_parts(parts, tonic::body::Body::new(body));
     match live.client.clone().oneshot(req).await {
-        Ok(resp) => resp.map(|body| Body::new(Guarded { body, _guard: guard })),
+        // Counted as a call in flight on its channel until the answer is
+        // done, so a retiring channel drains it.
+        Ok(resp) => resp.map(|body| Body::new(crate::guarded::Guarded::new(body, guard))),
         Err(e) => unavailable(grpc, &format!("the app channel failed during the call: {e}")),
     }
 }
@@ -127,33 +129,6 @@ fn unavailable(grpc: bool, message: &str) -> Response<Body> {
         tonic::Status::unavailable(message).into_http()
     } else {
         error_body(StatusCode::SERVICE_UNAVAILABLE, ERR_APP_CHANNEL, message)
-    }
-}
-
-/// The app's answer, counted as a call in flight on its channel until the
-/// body is done (so a retiring channel drains it).
-struct Guarded {
-    body: tonic::body::Body,
-    _guard: CallGuard,
-}
-
-impl http_body::Body for Guarded {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
     }
 }
 

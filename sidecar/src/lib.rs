@@ -12,6 +12,7 @@ mod auth;
 mod bridge;
 pub mod config;
 mod error;
+mod guarded;
 mod invoke;
 mod state;
 pub mod statedir;

@@ -277,7 +277,7 @@ where
         Box::pin(async move {
             let resp = fut.await?;
             // The request stays in flight until its body has been sent (or dropped).
-            Ok(resp.map(|b| Body::new(GuardedBody { inner: b, _guard: guard })))
+            Ok(resp.map(|b| Body::new(crate::guarded::Guarded::new(b, guard))))
         })
     }
 }
@@ -291,31 +291,6 @@ impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.activity.touch(self.epoch);
         self.activity.inflight.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-struct GuardedBody {
-    inner: Body,
-    _guard: InflightGuard,
-}
-
-impl http_body::Body for GuardedBody {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, axum::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 
