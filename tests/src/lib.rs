@@ -6,6 +6,7 @@
 //! killed when its handle drops.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod dapr;
 pub mod http;
 pub mod load;
 pub mod proc;
