@@ -28,10 +28,22 @@ pub fn dapr_dir() -> &'static PathBuf {
     })
 }
 
-/// A free TCP port on loopback (bound, read back, released: for a process
-/// that wants its port numbers up front).
+/// A free TCP port on loopback for a process that wants its port numbers
+/// up front (bound, read back, released). Never the same one twice in this
+/// process: a released port can come back from the next bind, and two
+/// daprds of parallel tests must not be handed one port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        if GIVEN.lock().map(|mut g| g.insert(port)).unwrap_or(true) {
+            return port;
+        }
+    }
 }
 
 /// A running daprd, killed when dropped.
