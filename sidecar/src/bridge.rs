@@ -79,7 +79,7 @@ async fn forward(registry: &Registry, wait: Duration, req: Request<Incoming>) ->
     };
     let guard = live.begin_call();
     let (mut parts, body) = req.into_parts();
-    strip_hop_headers(&mut parts.headers);
+    crate::api::headers::strip_hop(&mut parts.headers);
     parts.version = Version::HTTP_2;
     let req = Request::from_parts(parts, tonic::body::Body::new(body));
     match live.client.clone().oneshot(req).await {
@@ -113,16 +113,6 @@ fn is_grpc(headers: &HeaderMap) -> bool {
         .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
-/// Headers of the HTTP/1 hop that HTTP/2 forbids; `te` stays only as `trailers`.
-fn strip_hop_headers(headers: &mut HeaderMap) {
-    for name in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "host"] {
-        headers.remove(name);
-    }
-    if headers.get(http::header::TE).is_some_and(|v| v != "trailers") {
-        headers.remove(http::header::TE);
-    }
-}
-
 /// What an unreachable app looks like to daprd: gRPC `UNAVAILABLE`, or a 503.
 fn unavailable(grpc: bool, message: &str) -> Response<Body> {
     if grpc {
@@ -135,21 +125,6 @@ fn unavailable(grpc: bool, message: &str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_http1_hop_stays_behind() {
-        let mut h = HeaderMap::new();
-        for (k, v) in [("connection", "keep-alive"), ("host", "127.0.0.1:3000"), ("te", "gzip"), ("x-call", "1")] {
-            h.insert(http::HeaderName::from_static(k), http::HeaderValue::from_static(v));
-        }
-        strip_hop_headers(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
-        assert!(h.contains_key("x-call"));
-        let mut g = HeaderMap::new();
-        g.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
-        strip_hop_headers(&mut g);
-        assert_eq!(g.get(http::header::TE).map(|v| v.as_bytes()), Some(&b"trailers"[..]), "gRPC keeps te: trailers");
-    }
 
     #[test]
     fn an_unreachable_app_fails_as_daprd_expects() {

@@ -192,18 +192,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         body_budget: Arc::new(tokio::sync::Semaphore::new(
             (config.limits.body_bytes_in_flight / 1024).min(tokio::sync::Semaphore::MAX_PERMITS),
         )),
-        upstream_grpc: match &config.upstream_grpc {
-            Some(a) => {
-                Some(api::upstream::GrpcUpstream::new(a, config.api_token.as_deref()).map_err(StartError::Upstream)?)
-            }
-            None => None,
-        },
-        upstream_http: match &config.upstream_http {
-            Some(a) => {
-                Some(api::upstream::HttpUpstream::new(a, config.api_token.as_deref()).map_err(StartError::Upstream)?)
-            }
-            None => None,
-        },
+        upstream_grpc: (config.upstream_grpc.as_deref())
+            .map(|a| api::upstream::GrpcUpstream::new(a, config.api_token.as_deref()))
+            .transpose()
+            .map_err(StartError::Upstream)?,
+        upstream_http: (config.upstream_http.as_deref())
+            .map(|a| api::upstream::HttpUpstream::new(a, config.api_token.as_deref()))
+            .transpose()
+            .map_err(StartError::Upstream)?,
     });
 
     let grace_deadline = Arc::new(OnceLock::new());

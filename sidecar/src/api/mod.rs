@@ -4,7 +4,7 @@
 //! caller's headers reach the app is decided once for both (`headers.rs`).
 
 mod grpc;
-mod headers;
+pub(crate) mod headers;
 mod http;
 mod serve;
 mod token;

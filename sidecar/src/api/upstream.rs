@@ -107,7 +107,7 @@ impl HttpUpstream {
             return error_body(StatusCode::BAD_REQUEST, ERR_UPSTREAM, "the request's path cannot be forwarded");
         };
         parts.uri = uri;
-        parts.headers.remove(http::header::HOST);
+        super::headers::strip_hop(&mut parts.headers);
         if let Some(t) = &self.token {
             parts.headers.insert(API_TOKEN_HEADER, t.clone());
         }
