@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-use crate::{PATIENCE, eventually, http_call};
+use crate::{PATIENCE, http_call};
 
 /// The directory holding `daprd` (and `placement`), built on first use.
 /// Panics with what is missing when Go is not installed or the build fails.
@@ -97,17 +97,25 @@ impl Daprd {
             .stderr(file)
             .spawn()
             .expect("start daprd");
-        let d = Daprd { child, http, grpc, log, _tmp: tmp };
+        let mut d = Daprd { child, http, grpc, log, _tmp: tmp };
+        // Ready when /v1.0/healthz answers; a daprd that exits first (a
+        // port taken, a bad resource file) fails at once, with its log.
         let url = format!("http://127.0.0.1:{http}/v1.0/healthz");
-        let ready = tokio::time::timeout(
-            PATIENCE,
-            eventually("daprd's /v1.0/healthz to answer", PATIENCE, || async {
-                http_call("GET", &url, &[], "").await.ok().filter(|r| r.status < 300).map(|_| ())
-            }),
-        )
-        .await;
-        assert!(ready.is_ok(), "daprd did not become ready; its log:\n{}", d.log_tail());
-        d
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if http_call("GET", &url, &[], "").await.is_ok_and(|r| r.status < 300) {
+                return d;
+            }
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("daprd exited ({status}) before it was ready; its log:\n{}", d.log_tail());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "daprd not ready within {PATIENCE:?}; its log:\n{}",
+                d.log_tail()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// The end of its log, for failure messages.
