@@ -46,6 +46,88 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Options for a daprd process: see [`Daprd::builder`].
+#[derive(Clone, Debug)]
+pub struct DaprdBuilder {
+    app_id: String,
+    ports: (u16, u16),
+    app_port: u16,
+    protocol: String,
+    resources: Vec<(String, String)>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+impl DaprdBuilder {
+    /// daprd's `--app-protocol` (`grpc` by default, or `http`).
+    pub fn protocol(mut self, p: &str) -> Self {
+        self.protocol = p.into();
+        self
+    }
+
+    /// A resource file (component, resiliency, subscription) by name and YAML.
+    pub fn resource(mut self, name: &str, yaml: &str) -> Self {
+        self.resources.push((name.into(), yaml.into()));
+        self
+    }
+
+    /// More flags.
+    pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, args: I) -> Self {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// An environment variable (e.g. `APP_API_TOKEN`).
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Starts it without waiting: daprd blocks its start-up until its app
+    /// port accepts, so a test that starts dialbackd later waits with
+    /// [`Daprd::wait_ready`] after that.
+    pub fn start(self) -> Daprd {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let res = tmp.path().join("resources");
+        std::fs::create_dir_all(&res).expect("resources dir");
+        for (name, yaml) in &self.resources {
+            std::fs::write(res.join(name), yaml).expect("write a resource file");
+        }
+        let log = tmp.path().join("daprd.log");
+        let child = self.launch(&res, &log);
+        Daprd { child, http: self.ports.0, grpc: self.ports.1, log, spec: self, _tmp: tmp }
+    }
+
+    /// Starts it and waits until it is ready.
+    pub async fn spawn(self) -> Daprd {
+        let mut d = self.start();
+        d.wait_ready().await;
+        d
+    }
+
+    fn launch(&self, res: &Path, log: &Path) -> Child {
+        let (http, grpc) = self.ports;
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("daprd log");
+        let mut cmd = Command::new(dapr_dir().join("daprd"));
+        cmd.args(["--app-id", &self.app_id, "--app-port", &self.app_port.to_string()])
+            .args(["--app-protocol", &self.protocol])
+            .args(["--dapr-http-port", &http.to_string(), "--dapr-grpc-port", &grpc.to_string()])
+            .args(["--dapr-internal-grpc-port", &free_port().to_string(), "--metrics-port", &free_port().to_string()])
+            .args(["--enable-app-health-check", "--app-health-probe-interval", "1"])
+            .arg("--resources-path")
+            .arg(res)
+            .args(&self.args)
+            .env_remove("APP_API_TOKEN")
+            .env_remove("DAPR_API_TOKEN")
+            .stdout(file.try_clone().expect("log file"))
+            .stderr(file);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.spawn().expect("start daprd")
+    }
+}
+
 /// A running daprd, killed when dropped.
 pub struct Daprd {
     child: Child,
@@ -54,6 +136,7 @@ pub struct Daprd {
     /// Its gRPC API port.
     pub grpc: u16,
     log: PathBuf,
+    spec: DaprdBuilder,
     _tmp: tempfile::TempDir,
 }
 
@@ -64,58 +147,81 @@ impl Daprd {
         (free_port(), free_port())
     }
 
-    /// Starts daprd for `app_id` on `ports` (HTTP, gRPC, from
-    /// [`Daprd::ports`]) with its app at `app_port` (`grpc` or `http`
-    /// protocol), app health checks every second, the `resources` (file
-    /// name, YAML) in a resources dir of its own and `extra` flags; waits
-    /// until its `/v1.0/healthz` answers.
+    /// daprd for `app_id` on `ports` (HTTP, gRPC, from [`Daprd::ports`])
+    /// with its app at `app_port`, app health checks every second.
+    pub fn builder(app_id: &str, ports: (u16, u16), app_port: u16) -> DaprdBuilder {
+        DaprdBuilder {
+            app_id: app_id.into(),
+            ports,
+            app_port,
+            protocol: "grpc".into(),
+            resources: vec![],
+            args: vec![],
+            env: vec![],
+        }
+    }
+
+    /// Starts daprd for `app_id` on `ports` with its app at `app_port`
+    /// (`grpc` or `http` protocol), the `resources` (file name, YAML) in a
+    /// resources dir of its own and `extra` flags; waits until it is ready.
     pub async fn spawn(
         app_id: &str,
-        (http, grpc): (u16, u16),
+        ports: (u16, u16),
         app_port: u16,
         protocol: &str,
         resources: &[(&str, &str)],
         extra: &[&str],
     ) -> Daprd {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let res = tmp.path().join("resources");
-        std::fs::create_dir_all(&res).expect("resources dir");
+        let mut b = Daprd::builder(app_id, ports, app_port).protocol(protocol).args(extra.iter().copied());
         for (name, yaml) in resources {
-            std::fs::write(res.join(name), yaml).expect("write a resource file");
+            b = b.resource(name, yaml);
         }
-        let log = tmp.path().join("daprd.log");
-        let file = std::fs::File::create(&log).expect("daprd log");
-        let child = Command::new(dapr_dir().join("daprd"))
-            .args(["--app-id", app_id, "--app-port", &app_port.to_string(), "--app-protocol", protocol])
-            .args(["--dapr-http-port", &http.to_string(), "--dapr-grpc-port", &grpc.to_string()])
-            .args(["--dapr-internal-grpc-port", &free_port().to_string(), "--metrics-port", &free_port().to_string()])
-            .args(["--enable-app-health-check", "--app-health-probe-interval", "1"])
-            .arg("--resources-path")
-            .arg(&res)
-            .args(extra)
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .expect("start daprd");
-        let mut d = Daprd { child, http, grpc, log, _tmp: tmp };
-        // Ready when /v1.0/healthz answers; a daprd that exits first (a
-        // port taken, a bad resource file) fails at once, with its log.
-        let url = format!("http://127.0.0.1:{http}/v1.0/healthz");
+        b.spawn().await
+    }
+
+    /// Waits until its `/v1.0/healthz` answers; a daprd that exits first (a
+    /// port taken, a bad resource file) fails at once, with its log.
+    pub async fn wait_ready(&mut self) {
+        let url = format!("http://127.0.0.1:{}/v1.0/healthz", self.http);
         let deadline = tokio::time::Instant::now() + PATIENCE;
         loop {
             if http_call("GET", &url, &[], "").await.is_ok_and(|r| r.status < 300) {
-                return d;
+                return;
             }
-            if let Ok(Some(status)) = d.child.try_wait() {
-                panic!("daprd exited ({status}) before it was ready; its log:\n{}", d.log_tail());
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("daprd exited ({status}) before it was ready; its log:\n{}", self.log_tail());
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "daprd not ready within {PATIENCE:?}; its log:\n{}",
-                d.log_tail()
+                self.log_tail()
             );
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
+    }
+
+    /// SIGKILL, then the same daprd (ports, resources, flags) again, ready.
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = self.spec.launch(&self._tmp.path().join("resources"), &self.log);
+        self.wait_ready().await;
+    }
+
+    /// Its `/v1.0/metadata` as JSON (subscriptions, components, ...).
+    pub async fn metadata(&self) -> serde_json::Value {
+        let url = format!("http://127.0.0.1:{}/v1.0/metadata", self.http);
+        let r = http_call("GET", &url, &[], "").await.expect("daprd metadata");
+        serde_json::from_slice(&r.body).expect("daprd metadata is JSON")
+    }
+
+    /// The topics daprd delivers to its app, as `pubsub/topic`.
+    pub async fn subscribed_topics(&self) -> Vec<String> {
+        let md = self.metadata().await;
+        let subs = md["subscriptions"].as_array().cloned().unwrap_or_default();
+        subs.iter()
+            .map(|s| format!("{}/{}", s["pubsubname"].as_str().unwrap_or(""), s["topic"].as_str().unwrap_or("")))
+            .collect()
     }
 
     /// The end of its log, for failure messages.
@@ -127,6 +233,52 @@ impl Daprd {
 }
 
 impl Drop for Daprd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A Redis server (Debian's `redis-server`) on a free loopback port, with
+/// nothing on disk; killed when dropped.
+pub struct Redis {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    _tmp: tempfile::TempDir,
+}
+
+impl Redis {
+    /// Starts one and waits until it answers PING. Panics with what to
+    /// install when `redis-server` is missing (`.ci/run` installs it).
+    pub async fn start() -> Redis {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(tmp.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("redis-server could not start ({e}): install Debian's redis-server (.ci/run does)")
+            });
+        let r = Redis { child, port, _tmp: tmp };
+        crate::eventually("redis-server to answer PING", PATIENCE, || async {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            s.write_all(b"PING\r\n").await.ok()?;
+            let mut buf = [0u8; 7];
+            s.read_exact(&mut buf).await.ok()?;
+            (&buf == b"+PONG\r\n").then_some(())
+        })
+        .await;
+        r
+    }
+}
+
+impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -12,12 +12,14 @@ use tokio::sync::mpsc;
 
 use crate::PATIENCE;
 
-/// Paths of the built `dialbackd` and echo binaries.
+/// Paths of the built `dialbackd` and example app binaries.
 pub struct Binaries {
     /// `dialbackd`.
     pub dialbackd: PathBuf,
     /// The echo example.
     pub echo: PathBuf,
+    /// The subscriber example.
+    pub subscriber: PathBuf,
 }
 
 /// Builds `dialbackd` and the echo example once per process (cargo does
@@ -45,6 +47,8 @@ pub fn binaries() -> &'static Binaries {
             "dialback",
             "--example",
             "echo",
+            "--example",
+            "subscriber",
         ]);
         if release {
             cmd.arg("--release");
@@ -74,7 +78,8 @@ pub fn binaries() -> &'static Binaries {
         let echo = std::env::var_os("DIALBACK_E2E_ECHO")
             .map(PathBuf::from)
             .unwrap_or_else(|| dir.join("examples").join("echo"));
-        Binaries { dialbackd, echo }
+        let subscriber = dir.join("examples").join("subscriber");
+        Binaries { dialbackd, echo, subscriber }
     })
 }
 
@@ -342,9 +347,11 @@ pub fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
-/// Options for an echo app process.
+/// Options for an app process: the echo example, or the subscriber.
 #[derive(Clone, Debug)]
 pub struct AppBuilder {
+    /// `echo` or `subscriber`: the example run, and its lines' prefix.
+    program: &'static str,
     grpc_port: u16,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -353,7 +360,13 @@ pub struct AppBuilder {
 impl AppBuilder {
     /// An echo app whose sidecar API is on `grpc_port`.
     pub fn echo(grpc_port: u16) -> AppBuilder {
-        AppBuilder { grpc_port, args: vec![], env: vec![] }
+        AppBuilder { program: "echo", grpc_port, args: vec![], env: vec![] }
+    }
+
+    /// The subscriber example (a Dapr pub/sub and binding app) whose
+    /// sidecar API is on `grpc_port`.
+    pub fn subscriber(grpc_port: u16) -> AppBuilder {
+        AppBuilder { program: "subscriber", grpc_port, args: vec![], env: vec![] }
     }
 
     /// A classic echo app: it listens on a loopback port (see
@@ -382,7 +395,8 @@ impl AppBuilder {
     /// Starts it (does not wait for the channel).
     pub fn spawn(&self) -> App {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut cmd = Command::new(&binaries().echo);
+        let bin = if self.program == "subscriber" { &binaries().subscriber } else { &binaries().echo };
+        let mut cmd = Command::new(bin);
         cmd.args(&self.args)
             .env("DAPR_GRPC_PORT", self.grpc_port.to_string())
             .env_remove("DAPR_GRPC_ENDPOINT")
@@ -393,12 +407,13 @@ impl AppBuilder {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let log = tmp.path().join("echo.log");
-        App { proc: Proc::spawn("echo app", cmd, log), builder: self.clone(), _tmp: tmp }
+        let log = tmp.path().join(format!("{}.log", self.program));
+        let name = if self.program == "subscriber" { "subscriber app" } else { "echo app" };
+        App { proc: Proc::spawn(name, cmd, log), builder: self.clone(), _tmp: tmp }
     }
 }
 
-/// A running echo app.
+/// A running app (echo or subscriber).
 pub struct App {
     proc: Proc,
     builder: AppBuilder,
@@ -408,7 +423,8 @@ pub struct App {
 impl App {
     /// Waits for its next "connected" line and returns the transport it names.
     pub async fn wait_connected(&mut self) -> String {
-        let line = self.proc.wait_line("a connected line", PATIENCE, |l| l.starts_with("echo: connected")).await;
+        let prefix = format!("{}: connected", self.builder.program);
+        let line = self.proc.wait_line("a connected line", PATIENCE, |l| l.starts_with(&prefix)).await;
         line.split_whitespace().find_map(|w| w.strip_prefix("transport=")).unwrap_or_default().to_string()
     }
 

@@ -9,7 +9,7 @@ use dialback_proto::runtime::dapr_app_channel_server::{DaprAppChannel, DaprAppCh
 use dialback_proto::runtime::dapr_server::{Dapr, DaprServer};
 use dialback_proto::runtime::{
     ConnectAppCallbackRequest, ConnectAppCallbackResponse, GetMetadataRequest, GetMetadataResponse,
-    InvokeServiceRequest,
+    InvokeServiceRequest, SubscribeTopicEventsRequestAlpha1, SubscribeTopicEventsResponseAlpha1,
 };
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -73,6 +73,18 @@ impl Dapr for DaprApi {
         _request: Request<GetMetadataRequest>,
     ) -> Result<Response<GetMetadataResponse>, Status> {
         Ok(Response::new(self.0.grpc_metadata()))
+    }
+
+    type SubscribeTopicEventsAlpha1Stream =
+        futures_util::stream::BoxStream<'static, Result<SubscribeTopicEventsResponseAlpha1, Status>>;
+
+    /// Standalone, there is no broker here; in bridge mode the call never
+    /// reaches this: it goes on to daprd, unparsed.
+    async fn subscribe_topic_events_alpha1(
+        &self,
+        _request: Request<tonic::Streaming<SubscribeTopicEventsRequestAlpha1>>,
+    ) -> Result<Response<Self::SubscribeTopicEventsAlpha1Stream>, Status> {
+        Err(Status::unimplemented("pub/sub needs a daprd behind dialbackd: start dialbackd with --dapr-upstream-grpc"))
     }
 }
 

@@ -7,7 +7,7 @@ mod grpc;
 pub(crate) mod headers;
 mod http;
 mod serve;
-mod token;
+pub(crate) mod token;
 pub(crate) mod upstream;
 
 use std::net::SocketAddr;
@@ -50,7 +50,7 @@ pub(crate) async fn start(
     // the open-files limit was raised at start, and the caps keep a reserve
     // of descriptors for the app channel.
     let limits = config.limits;
-    let listeners = config.http_addrs.len() + config.grpc_addrs.len() + usize::from(config.bridge_addr.is_some());
+    let listeners = config.http_addrs.len() + config.grpc_addrs.len() + usize::from(config.bridge.is_some());
     let serve_limits = serve::ServeLimits {
         max_connections: serve::connection_cap(limits.api_max_connections, listeners, serve::fd_limit()),
         header_timeout: limits.api_header_timeout,
@@ -81,10 +81,24 @@ pub(crate) async fn start(
     // Bridge mode: daprd's app port, served like the API ports (the same
     // bounds on what a connection may hold) but carrying daprd's calls to
     // the app instead of serving them.
-    if let (Some(addr), Some(cb)) = (config.bridge_addr, &state.callback) {
+    if let (Some(settings), Some(cb)) = (&config.bridge, &state.callback) {
+        let addr = settings.addr;
         let l = bind("bridge", addr).await?;
         apis.bridge = Some(l.local_addr().map_err(|source| StartError::Bind { api: "bridge", addr, source })?);
-        let bridge = crate::bridge::Bridge::new(cb.registry.clone(), state.wait_timeout);
+        // With daprd's gRPC API at hand, the app's subscriptions are held
+        // as streaming subscriptions that follow its channel.
+        let relaying = state.upstream_grpc.is_some();
+        if let Some(upstream) = state.upstream_grpc.clone() {
+            let relay = crate::bridge::relay::Relay {
+                registry: cb.registry.clone(),
+                upstream,
+                protocol: settings.protocol,
+                app_token: settings.app_token.as_deref().and_then(|t| ::http::HeaderValue::from_str(t).ok()),
+                call_timeout: limits.app_call_timeout,
+            };
+            apis.tasks.push(tokio::spawn(relay.run(stop.clone())));
+        }
+        let bridge = crate::bridge::Bridge::new(cb.registry.clone(), state.wait_timeout, settings, relaying);
         let serving = serve::serve(l, bridge, serve_limits, "bridge", stop.clone(), grace.clone());
         apis.tasks.push(tokio::spawn(serving));
     }

@@ -11,4 +11,4 @@ mod retire;
 
 pub use accept::accept_loop;
 pub use driver::CallbackPolicy;
-pub use registry::{CallGuard, Registry};
+pub use registry::{CallGuard, Live, Registry};

@@ -105,6 +105,25 @@ pub struct RunArgs {
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub bridge_app_address: IpAddr,
 
+    /// Bridge mode: daprd's `--app-protocol` (grpc or http). It decides how
+    /// the bridge answers daprd's health probe and how the app's
+    /// subscriptions are asked for and delivered.
+    #[arg(long, value_enum, default_value = "grpc")]
+    pub bridge_app_protocol: BridgeProtocol,
+
+    /// Bridge mode, HTTP app protocol: daprd's `--app-health-check-path`,
+    /// answered by the bridge itself (2xx exactly while the app's channel is up).
+    #[arg(long, default_value = "/healthz")]
+    pub bridge_app_health_path: String,
+
+    /// Bridge mode: daprd's `APP_API_TOKEN`. Calls on the bridge port must
+    /// carry it as `dapr-api-token` (daprd sends it on invocations, events
+    /// and bindings), else they are refused and never reach the app; it
+    /// passes on to the app as daprd sent it. daprd's listing and health
+    /// calls, which carry no token, are exempt.
+    #[arg(long, env = "APP_API_TOKEN", hide_env_values = true)]
+    pub bridge_app_token: Option<String>,
+
     /// UDP (QUIC) and TCP port of the callback channel listener; 0 picks a free one.
     #[arg(long, default_value_t = 0)]
     pub callback_channel_port: u16,
@@ -227,4 +246,13 @@ pub struct RunArgs {
     /// Log level or filter (RUST_LOG wins when set).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+}
+
+/// daprd's app protocols the bridge speaks.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BridgeProtocol {
+    /// gRPC: Dapr's `AppCallback` services.
+    Grpc,
+    /// HTTP: the app's routes (`/dapr/subscribe`, event routes, methods).
+    Http,
 }

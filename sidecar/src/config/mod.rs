@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dialback_channel::{KeepAlive, Timeouts, Transports};
 
-pub use cli::{CertsCommand, Cli, Command, RunArgs};
+pub use cli::{BridgeProtocol, CertsCommand, Cli, Command, RunArgs};
 pub use units::{MAX_DURATION, parse_duration, parse_size};
 
 /// How the sidecar reaches its app.
@@ -79,12 +79,25 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// What one caller or stranger may hold.
     pub limits: Limits,
-    /// Bridge mode: where daprd's `--app-port` points (callback mode only).
-    pub bridge_addr: Option<std::net::SocketAddr>,
+    /// Bridge mode: where daprd's `--app-port` points (callback mode only), and how.
+    pub bridge: Option<BridgeSettings>,
     /// The daprd behind dialbackd: its gRPC API (HOST:PORT).
     pub upstream_grpc: Option<String>,
     /// The daprd behind dialbackd: its HTTP API (HOST:PORT).
     pub upstream_http: Option<String>,
+}
+
+/// Bridge mode: the port daprd's `--app-port` points at and what daprd speaks there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BridgeSettings {
+    /// Where the bridge port binds.
+    pub addr: std::net::SocketAddr,
+    /// daprd's `--app-protocol`.
+    pub protocol: BridgeProtocol,
+    /// daprd's `--app-health-check-path` (HTTP app protocol).
+    pub health_path: String,
+    /// daprd's `APP_API_TOKEN`, required on the bridge port when set.
+    pub app_token: Option<String>,
 }
 
 /// The bounds on calls and API connections (see the flags of the same names).
@@ -279,7 +292,12 @@ impl Config {
             api_token: a.dapr_api_token.filter(|t| !t.is_empty()),
             shutdown_grace: Duration::from_secs(a.dapr_graceful_shutdown_seconds),
             limits,
-            bridge_addr: a.bridge_app_port.map(|p| std::net::SocketAddr::new(a.bridge_app_address, p)),
+            bridge: a.bridge_app_port.map(|p| BridgeSettings {
+                addr: std::net::SocketAddr::new(a.bridge_app_address, p),
+                protocol: a.bridge_app_protocol,
+                health_path: a.bridge_app_health_path,
+                app_token: a.bridge_app_token.filter(|t| !t.is_empty()),
+            }),
             upstream_grpc: a.dapr_upstream_grpc,
             upstream_http: a.dapr_upstream_http,
             app_id,

@@ -1,0 +1,260 @@
+//! Real Dapr pub/sub and bindings for an app with no listening socket: an
+//! unmodified daprd behind dialbackd's bridge, the subscriber example
+//! dialing dialbackd (QUIC or TCP). The app's subscriptions are held by
+//! dialbackd's relay as daprd streaming subscriptions that follow the
+//! app's channel; bindings and invocations cross the bridge.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use dialback_e2e::dapr::{Daprd, Redis, free_port};
+use dialback_e2e::{AppBuilder, PATIENCE, Sidecar, SidecarBuilder, eventually, http_call, metadata};
+use serde_json::Value;
+
+const APP: &str = "subscriber";
+
+const PUBSUB: &str = "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: pubsub
+spec:
+  type: pubsub.in-memory
+  version: v1
+";
+
+const CRON: &str = "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: cron
+spec:
+  type: bindings.cron
+  version: v1
+  metadata:
+  - name: schedule
+    value: \"@every 1s\"
+";
+
+/// Retries a delivery the app asked to be retried (in-memory pub/sub does
+/// not redeliver by itself; a durable broker does).
+const RESILIENCY: &str = "apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata:
+  name: retries
+spec:
+  policies:
+    retries:
+      quick:
+        policy: constant
+        duration: 200ms
+        maxRetries: 10
+  targets:
+    components:
+      pubsub:
+        inbound:
+          retry: quick
+";
+
+/// dialbackd in bridge mode in front of daprd's `ports`, its bridge on `bridge` (0: any).
+fn bridged(ports: (u16, u16), bridge: u16) -> SidecarBuilder {
+    let up = |p: u16| format!("127.0.0.1:{p}");
+    SidecarBuilder::callback(APP).args([
+        "--bridge-app-port".to_string(),
+        bridge.to_string(),
+        "--dapr-upstream-http".into(),
+        up(ports.0),
+        "--dapr-upstream-grpc".into(),
+        up(ports.1),
+    ])
+}
+
+/// The events the app recorded (its method `events`, invoked through dialbackd).
+async fn events(sc: &Sidecar) -> Vec<Value> {
+    let url = format!("{}/v1.0/invoke/{APP}/method/events", sc.http_base());
+    let r = http_call("POST", &url, &[], "").await.expect("invoke events");
+    assert_eq!(r.status, 200, "events: {}", r.text());
+    r.json().as_array().cloned().unwrap_or_default()
+}
+
+/// Waits until the app has recorded an event that `pred` accepts.
+async fn wait_event(sc: &Sidecar, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    eventually(what, PATIENCE, || {
+        let pred = &pred;
+        async move { events(sc).await.into_iter().find(pred) }
+    })
+    .await
+}
+
+/// Publishes JSON `body` to `topic` through dialbackd's forwarded API.
+async fn publish(sc: &Sidecar, topic: &str, body: &str) {
+    let url = format!("{}/v1.0/publish/pubsub/{topic}", sc.http_base());
+    let r = http_call("POST", &url, &[("content-type", "application/json")], body.to_string()).await.unwrap();
+    assert_eq!(r.status, 204, "publish to {topic}: {}", r.text());
+}
+
+/// Waits until daprd delivers `topic` (of component `pubsub`) to the app.
+async fn wait_subscribed(daprd: &Daprd, topic: &str) {
+    let want = format!("pubsub/{topic}");
+    eventually(&format!("daprd to hold a subscription to {want}"), PATIENCE, || async {
+        daprd.subscribed_topics().await.contains(&want).then_some(())
+    })
+    .await;
+}
+
+fn is_topic(ev: &Value, topic: &str, field: &str, value: i64) -> bool {
+    ev["kind"] == "topic" && ev["topic"] == topic && ev["data"][field].as_i64() == Some(value)
+}
+
+/// Publish -> daprd -> relay -> channel -> OnTopicEvent, with the
+/// CloudEvent intact; RETRY brings the message again; the cron binding's
+/// events cross the bridge to OnBindingEvent.
+async fn pubsub_retry_and_bindings(transport: &str) {
+    let ports = Daprd::ports();
+    let sc = bridged(ports, 0).spawn().await;
+    let bridge = sc.bridge.expect("bridge port").port();
+    let daprd = Daprd::builder(APP, ports, bridge)
+        .resource("pubsub.yaml", PUBSUB)
+        .resource("cron.yaml", CRON)
+        .resource("resiliency.yaml", RESILIENCY)
+        .spawn()
+        .await;
+    let mut app = AppBuilder::subscriber(sc.grpc).transport(transport).args(["--retry-first", "1"]).spawn();
+    assert_eq!(app.wait_connected().await, transport);
+    wait_subscribed(&daprd, "orders").await;
+
+    publish(&sc, "orders", r#"{"order":7}"#).await;
+    let ev = wait_event(&sc, "the order to reach the app", |e| is_topic(e, "orders", "order", 7)).await;
+    assert_eq!(ev["pubsub"], "pubsub", "{ev}");
+    assert_eq!(ev["source"], APP, "{ev}");
+    assert_eq!(ev["type"], "com.dapr.event.sent", "{ev}");
+    assert_eq!(ev["specversion"], "1.0", "{ev}");
+    assert_eq!(ev["datacontenttype"], "application/json", "{ev}");
+    assert_eq!(ev["path"], "/topic/orders", "the subscription's route: {ev}");
+    assert!(!ev["id"].as_str().unwrap_or("").is_empty(), "an event id: {ev}");
+    assert_eq!(ev["attempts"], 2, "answered RETRY once, so delivered twice: {ev}\ndaprd log:\n{}", daprd.log_tail());
+
+    wait_event(&sc, "a cron binding event", |e| e["kind"] == "binding" && e["name"] == "cron").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_retry_and_bindings_quic() {
+    pubsub_retry_and_bindings("quic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pubsub_retry_and_bindings_tcp() {
+    pubsub_retry_and_bindings("tcp").await;
+}
+
+/// daprd first, then the app, dialbackd last; then the app comes back with
+/// another topic: daprd delivers what the app declares now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_follow_the_app_whatever_the_start_order() {
+    let ports = Daprd::ports();
+    let (bridge, sc_http, sc_grpc) = (free_port(), free_port(), free_port());
+    let mut daprd = Daprd::builder(APP, ports, bridge).resource("pubsub.yaml", PUBSUB).start();
+    let mut app = AppBuilder::subscriber(sc_grpc).transport("quic").spawn();
+    let sc = bridged(ports, bridge).ports(sc_http, sc_grpc).spawn().await;
+    daprd.wait_ready().await;
+    app.wait_connected().await;
+    wait_subscribed(&daprd, "orders").await;
+    publish(&sc, "orders", r#"{"order":1}"#).await;
+    wait_event(&sc, "order 1 to reach the app", |e| is_topic(e, "orders", "order", 1)).await;
+
+    // The app restarts subscribed to another topic.
+    app.kill().await;
+    let mut app = AppBuilder::subscriber(sc_grpc).transport("quic").args(["--topic", "invoices"]).spawn();
+    app.wait_connected().await;
+    wait_subscribed(&daprd, "invoices").await;
+    let topics = daprd.subscribed_topics().await;
+    assert!(!topics.contains(&"pubsub/orders".to_string()), "the old topic is gone: {topics:?}");
+    publish(&sc, "invoices", r#"{"invoice":2}"#).await;
+    wait_event(&sc, "invoice 2 to reach the restarted app", |e| is_topic(e, "invoices", "invoice", 2)).await;
+}
+
+/// dialbackd killed and restarted, then daprd killed and restarted: each
+/// time, the system comes back by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_system_comes_back_after_dialbackd_and_daprd_restart() {
+    let ports = Daprd::ports();
+    let bridge = free_port();
+    let mut sc = bridged(ports, bridge).spawn().await;
+    let mut daprd = Daprd::builder(APP, ports, bridge).resource("pubsub.yaml", PUBSUB).spawn().await;
+    let mut app = AppBuilder::subscriber(sc.grpc).transport("quic").spawn();
+    app.wait_connected().await;
+    wait_subscribed(&daprd, "orders").await;
+    publish(&sc, "orders", r#"{"order":1}"#).await;
+    wait_event(&sc, "order 1", |e| is_topic(e, "orders", "order", 1)).await;
+
+    sc.kill().await;
+    let sc = sc.restart().await;
+    app.wait_connected().await;
+    wait_subscribed(&daprd, "orders").await;
+    publish(&sc, "orders", r#"{"order":2}"#).await;
+    wait_event(&sc, "order 2 after dialbackd restarted", |e| is_topic(e, "orders", "order", 2)).await;
+
+    daprd.restart().await;
+    wait_subscribed(&daprd, "orders").await;
+    publish(&sc, "orders", r#"{"order":3}"#).await;
+    wait_event(&sc, "order 3 after daprd restarted", |e| is_topic(e, "orders", "order", 3)).await;
+    let url = format!("http://127.0.0.1:{}/v1.0/invoke/{APP}/method/ping", daprd.http);
+    let r = eventually("an invocation through the restarted daprd", PATIENCE, || async {
+        http_call("POST", &url, &[("content-type", "text/plain")], "pong").await.ok().filter(|r| r.status == 200)
+    })
+    .await;
+    assert_eq!(r.text(), "pong");
+}
+
+/// With Redis Streams: while the app is away, 100 messages wait in the
+/// broker; when it is back, all 100 arrive, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_messages_wait_for_the_app() {
+    let redis = Redis::start().await;
+    let component = format!(
+        "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: pubsub
+spec:
+  type: pubsub.redis
+  version: v1
+  metadata:
+  - name: redisHost
+    value: 127.0.0.1:{}
+  - name: processingTimeout
+    value: 2s
+  - name: redeliverInterval
+    value: 1s
+",
+        redis.port
+    );
+    let ports = Daprd::ports();
+    let sc = bridged(ports, 0).spawn().await;
+    let bridge = sc.bridge.expect("bridge port").port();
+    let daprd = Daprd::builder(APP, ports, bridge).resource("pubsub.yaml", &component).spawn().await;
+    let mut app = AppBuilder::subscriber(sc.grpc).transport("quic").spawn();
+    app.wait_connected().await;
+    wait_subscribed(&daprd, "orders").await;
+    publish(&sc, "orders", r#"{"n":-1}"#).await;
+    wait_event(&sc, "a first message", |e| is_topic(e, "orders", "n", -1)).await;
+
+    app.kill().await;
+    eventually("dialbackd to see the app gone", PATIENCE, || async {
+        let md = metadata(sc.http).await.ok()?;
+        (md["appChannel"]["state"] == "disconnected").then_some(())
+    })
+    .await;
+    for n in 0..100 {
+        publish(&sc, "orders", &format!(r#"{{"n":{n}}}"#)).await;
+    }
+
+    let mut app = app.respawn();
+    app.wait_connected().await;
+    let got = eventually("all 100 messages to reach the restarted app", PATIENCE, || async {
+        let evs = events(&sc).await;
+        let mut ns: Vec<i64> =
+            evs.iter().filter(|e| e["kind"] == "topic").filter_map(|e| e["data"]["n"].as_i64()).collect();
+        ns.sort_unstable();
+        ns.dedup();
+        (ns.len() == 100).then_some(ns)
+    })
+    .await;
+    assert_eq!(got, (0..100).collect::<Vec<i64>>(), "daprd log:\n{}", daprd.log_tail());
+}
