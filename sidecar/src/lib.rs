@@ -200,6 +200,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .map(|a| api::upstream::HttpUpstream::new(a, config.api_token.as_deref()))
             .transpose()
             .map_err(StartError::Upstream)?,
+        own_calls_via_daprd: config.bridge.as_ref().is_some_and(|b| b.protocol == config::BridgeProtocol::Http),
     });
 
     let grace_deadline = Arc::new(OnceLock::new());

@@ -54,6 +54,10 @@ pub struct Sidecar {
     pub upstream_grpc: Option<crate::api::upstream::GrpcUpstream>,
     /// The daprd behind dialbackd, for HTTP calls not served here.
     pub upstream_http: Option<crate::api::upstream::HttpUpstream>,
+    /// Bridge mode with daprd's HTTP app protocol: the app serves HTTP
+    /// routes, not `AppCallback`, so invocations of this app go through
+    /// daprd, which speaks HTTP to it through the bridge.
+    pub own_calls_via_daprd: bool,
 }
 
 /// What `runtimeVersion` says.

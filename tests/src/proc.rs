@@ -234,6 +234,7 @@ impl SidecarBuilder {
             .arg(&state_dir)
             .args(&self.args)
             .env_remove("DAPR_API_TOKEN")
+            .env_remove("APP_API_TOKEN")
             .env("RUST_LOG", "info,dialback_channel=debug")
             .env("NO_COLOR", "1");
         for (k, v) in &self.env {

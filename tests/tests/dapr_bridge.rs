@@ -71,3 +71,306 @@ async fn daprd_reaches_the_app_and_the_app_reaches_daprd_quic() {
 async fn daprd_reaches_the_app_and_the_app_reaches_daprd_tcp() {
     daprd_reaches_the_app_and_the_app_reaches_daprd("tcp").await;
 }
+
+const SUB_APP: &str = "subscriber";
+
+const PUBSUB: &str = "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: pubsub
+spec:
+  type: pubsub.in-memory
+  version: v1
+";
+
+const CRON: &str = "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: cron
+spec:
+  type: bindings.cron
+  version: v1
+  metadata:
+  - name: schedule
+    value: \"@every 1s\"
+";
+
+/// dialbackd in bridge mode in front of daprd's `ports`, with more flags.
+async fn bridged(ports: (u16, u16), extra: &[&str]) -> dialback_e2e::Sidecar {
+    let up = |p: u16| format!("127.0.0.1:{p}");
+    SidecarBuilder::callback(SUB_APP)
+        .args(["--bridge-app-port", "0", "--dapr-upstream-http", &up(ports.0), "--dapr-upstream-grpc", &up(ports.1)])
+        .args(extra.iter().copied())
+        .spawn()
+        .await
+}
+
+/// Invokes `inspect` through daprd's HTTP API (retried until daprd's health
+/// probe has seen the app) and returns what the app saw.
+async fn inspect_through_daprd_http(daprd: &Daprd, headers: &[(&str, &str)]) -> serde_json::Value {
+    let url = format!("http://127.0.0.1:{}/v1.0/invoke/{SUB_APP}/method/inspect?a=1&b=two", daprd.http);
+    let r = eventually("an invocation through daprd's HTTP API to reach the app", PATIENCE, || async {
+        http_call("PUT", &url, headers, "the body").await.ok().filter(|r| r.status == 200)
+    })
+    .await;
+    r.json()
+}
+
+/// The app's recorded events, through dialbackd (for an HTTP app, dialbackd
+/// passes its own invocations to daprd, which speaks HTTP to the app).
+async fn app_events(sc: &dialback_e2e::Sidecar) -> Vec<serde_json::Value> {
+    let url = format!("{}/v1.0/invoke/{SUB_APP}/method/events", sc.http_base());
+    let r = http_call("POST", &url, &[], "").await.unwrap();
+    r.json().as_array().cloned().unwrap_or_default()
+}
+
+/// Test 1 (gRPC app): verb, query, content type, body and headers arrive
+/// intact through daprd's HTTP API and its gRPC API.
+async fn invocation_arrives_intact(transport: &str) {
+    let ports = Daprd::ports();
+    let sc = bridged(ports, &[]).await;
+    let daprd = Daprd::builder(SUB_APP, ports, sc.bridge.unwrap().port()).spawn().await;
+    let mut app = AppBuilder::subscriber(sc.grpc).transport(transport).spawn();
+    app.wait_connected().await;
+
+    let seen = inspect_through_daprd_http(&daprd, &[("content-type", "text/plain"), ("x-custom", "yes")]).await;
+    assert_eq!(seen["verb"], "PUT", "{seen}");
+    assert_eq!(seen["query"], "a=1&b=two", "{seen}");
+    assert_eq!(seen["contentType"], "text/plain", "{seen}");
+    assert_eq!(seen["data"], "the body", "{seen}");
+    assert_eq!(seen["headers"]["x-custom"], "yes", "{seen}");
+
+    use dialback_proto::common::{HttpExtension, InvokeRequest, http_extension::Verb};
+    use dialback_proto::runtime::{InvokeServiceRequest, dapr_client::DaprClient};
+    let mut client = DaprClient::connect(format!("http://127.0.0.1:{}", daprd.grpc)).await.unwrap();
+    let mut req = tonic::Request::new(InvokeServiceRequest {
+        id: SUB_APP.into(),
+        message: Some(InvokeRequest {
+            method: "inspect".into(),
+            data: Some(prost_types::Any { type_url: String::new(), value: b"grpc body".to_vec() }),
+            content_type: "application/x-test".into(),
+            http_extension: Some(HttpExtension { verb: Verb::Patch as i32, querystring: "q=3".into() }),
+        }),
+    });
+    req.metadata_mut().insert("x-custom", "grpc".parse().unwrap());
+    let resp = client.invoke_service(req).await.expect("invoke through daprd's gRPC API").into_inner();
+    let seen: serde_json::Value = serde_json::from_slice(&resp.data.unwrap().value).unwrap();
+    assert_eq!(seen["verb"], "PATCH", "{seen}");
+    assert_eq!(seen["query"], "q=3", "{seen}");
+    assert_eq!(seen["contentType"], "application/x-test", "{seen}");
+    assert_eq!(seen["data"], "grpc body", "{seen}");
+    assert_eq!(seen["headers"]["x-custom"], "grpc", "{seen}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocation_through_daprd_arrives_intact_quic() {
+    invocation_arrives_intact("quic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocation_through_daprd_arrives_intact_tcp() {
+    invocation_arrives_intact("tcp").await;
+}
+
+/// Test 9: daprd's HTTP app protocol and an axum app behind the channel:
+/// invocation, pub/sub (with RETRY) and the cron binding.
+async fn http_app_protocol(transport: &str) {
+    let ports = Daprd::ports();
+    let sc = bridged(ports, &["--bridge-app-protocol", "http"]).await;
+    let resiliency = "apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata:
+  name: retries
+spec:
+  policies:
+    retries:
+      quick:
+        policy: constant
+        duration: 200ms
+        maxRetries: 10
+  targets:
+    components:
+      pubsub:
+        inbound:
+          retry: quick
+";
+    let daprd = Daprd::builder(SUB_APP, ports, sc.bridge.unwrap().port())
+        .protocol("http")
+        .resource("pubsub.yaml", PUBSUB)
+        .resource("cron.yaml", CRON)
+        .resource("resiliency.yaml", resiliency)
+        .spawn()
+        .await;
+    let mut app =
+        AppBuilder::subscriber(sc.grpc).transport(transport).args(["--protocol", "http", "--retry-first", "1"]).spawn();
+    app.wait_connected().await;
+
+    let seen = inspect_through_daprd_http(&daprd, &[("content-type", "text/plain"), ("x-custom", "yes")]).await;
+    assert_eq!(seen["verb"], "PUT", "{seen}");
+    assert_eq!(seen["query"], "a=1&b=two", "{seen}");
+    assert_eq!(seen["contentType"], "text/plain", "{seen}");
+    assert_eq!(seen["data"], "the body", "{seen}");
+    assert_eq!(seen["headers"]["x-custom"], "yes", "{seen}");
+
+    eventually("daprd to hold the app's subscription", PATIENCE, || async {
+        daprd.subscribed_topics().await.contains(&"pubsub/orders".to_string()).then_some(())
+    })
+    .await;
+    let url = format!("{}/v1.0/publish/pubsub/orders", sc.http_base());
+    let r = http_call("POST", &url, &[("content-type", "application/json")], r#"{"order":9}"#).await.unwrap();
+    assert_eq!(r.status, 204, "publish: {}", r.text());
+    let ev = eventually("the order to reach the HTTP app", PATIENCE, || async {
+        app_events(&sc).await.into_iter().find(|e| e["kind"] == "topic" && e["data"]["order"] == 9)
+    })
+    .await;
+    assert_eq!((ev["topic"].as_str(), ev["pubsub"].as_str()), (Some("orders"), Some("pubsub")), "{ev}");
+    assert_eq!(ev["type"], "com.dapr.event.sent", "{ev}");
+    assert_eq!(ev["attempts"], 2, "answered RETRY once: {ev}");
+    eventually("a cron event to reach the HTTP app", PATIENCE, || async {
+        app_events(&sc).await.into_iter().find(|e| e["kind"] == "binding" && e["name"] == "cron")
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_app_protocol_quic() {
+    http_app_protocol("quic").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_app_protocol_tcp() {
+    http_app_protocol("tcp").await;
+}
+
+/// Test 10: with `APP_API_TOKEN`, only daprd's calls reach the app through
+/// the bridge; a stranger without it (or with a wrong one) and garbage on
+/// the port are refused, and the healthy channel carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bridge_port_refuses_strangers_and_garbage() {
+    const TOKEN: &str = "app-secret-7";
+    let ports = Daprd::ports();
+    let up = |p: u16| format!("127.0.0.1:{p}");
+    let sc = SidecarBuilder::callback(SUB_APP)
+        .args(["--bridge-app-port", "0", "--dapr-upstream-http", &up(ports.0), "--dapr-upstream-grpc", &up(ports.1)])
+        .env("APP_API_TOKEN", TOKEN)
+        .spawn()
+        .await;
+    let bridge = sc.bridge.unwrap();
+    let daprd = Daprd::builder(SUB_APP, ports, bridge.port()).env("APP_API_TOKEN", TOKEN).spawn().await;
+    let mut app = AppBuilder::subscriber(sc.grpc).transport("quic").spawn();
+    app.wait_connected().await;
+
+    // daprd's calls carry the token, and it reaches the app as daprd sent it.
+    let seen = inspect_through_daprd_http(&daprd, &[("content-type", "text/plain")]).await;
+    assert_eq!(seen["headers"]["dapr-api-token"], TOKEN, "{seen}");
+
+    // A stranger on the bridge port: HTTP, and gRPC straight to OnTopicEvent.
+    let base = format!("http://{bridge}");
+    for token in [None, Some("wrong")] {
+        let headers: Vec<(&str, &str)> = token.map(|t| ("dapr-api-token", t)).into_iter().collect();
+        let r = http_call("POST", &format!("{base}/inspect"), &headers, "x").await.unwrap();
+        assert_eq!(r.status, 401, "HTTP without the right token: {}", r.text());
+
+        use dialback_proto::runtime::{TopicEventRequest, app_callback_client::AppCallbackClient};
+        let mut client = AppCallbackClient::connect(base.clone()).await.unwrap();
+        let mut req = tonic::Request::new(TopicEventRequest {
+            id: "forged".into(),
+            topic: "orders".into(),
+            pubsub_name: "pubsub".into(),
+            data: b"{}".to_vec(),
+            ..TopicEventRequest::default()
+        });
+        if let Some(t) = token {
+            req.metadata_mut().insert("dapr-api-token", t.parse().unwrap());
+        }
+        let err = client.on_topic_event(req).await.expect_err("a forged event is refused");
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+    }
+
+    // Garbage: refused at the HTTP layer, never an answer from the app.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(bridge).await.unwrap();
+        s.write_all(b"\x16\x03\x01\x00\xffnot http at all\r\n\r\n").await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(PATIENCE, s.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "the bridge closes a garbage connection");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(!text.contains(" 200 "), "garbage never gets a 200: {text:?}");
+    }
+
+    // Nothing forged reached the app; the channel still works.
+    let events = app_events(&sc).await;
+    assert!(events.iter().all(|e| e["id"] != "forged"), "a forged event reached the app: {events:?}");
+    let seen = inspect_through_daprd_http(&daprd, &[("content-type", "text/plain")]).await;
+    assert_eq!(seen["data"], "the body", "the channel carries on: {seen}");
+    assert!(sc.log().contains("app channel up"), "one channel, still up");
+}
+
+/// Test 5: a streaming subscription (`SubscribeTopicEventsAlpha1`) opened on
+/// dialbackd's gRPC API goes on to daprd, with dialbackd's API token
+/// checked there and daprd's own token sent upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_subscription_through_dialbackd() {
+    use dialback_proto::runtime::subscribe_topic_events_request_alpha1::SubscribeTopicEventsRequestType as Req;
+    use dialback_proto::runtime::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType as Resp;
+    use dialback_proto::runtime::{
+        SubscribeTopicEventsRequestAlpha1, SubscribeTopicEventsRequestInitialAlpha1,
+        SubscribeTopicEventsRequestProcessedAlpha1, TopicEventResponse, dapr_client::DaprClient,
+    };
+    const TOKEN: &str = "api-secret-5";
+    let ports = Daprd::ports();
+    let sc = bridged(ports, &["--dapr-api-token", TOKEN]).await;
+    let _daprd = Daprd::builder(SUB_APP, ports, sc.bridge.unwrap().port())
+        .resource("pubsub.yaml", PUBSUB)
+        .env("DAPR_API_TOKEN", TOKEN)
+        .spawn()
+        .await;
+
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(SubscribeTopicEventsRequestAlpha1 {
+        subscribe_topic_events_request_type: Some(Req::InitialRequest(SubscribeTopicEventsRequestInitialAlpha1 {
+            pubsub_name: "pubsub".into(),
+            topic: "alerts".into(),
+            ..Default::default()
+        })),
+    })
+    .await
+    .unwrap();
+    let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let mut client = DaprClient::connect(format!("http://127.0.0.1:{}", sc.grpc)).await.unwrap();
+    let mut req = tonic::Request::new(outbound);
+    req.metadata_mut().insert("dapr-api-token", TOKEN.parse().unwrap());
+    let mut inbound =
+        client.subscribe_topic_events_alpha1(req).await.expect("subscribe through dialbackd").into_inner();
+    let first = tokio::time::timeout(PATIENCE, inbound.message()).await.expect("daprd's first answer").unwrap();
+    assert!(matches!(first.and_then(|m| m.subscribe_topic_events_response_type), Some(Resp::InitialResponse(_))));
+
+    let url = format!("{}/v1.0/publish/pubsub/alerts", sc.http_base());
+    let r =
+        http_call("POST", &url, &[("content-type", "application/json"), ("dapr-api-token", TOKEN)], r#"{"level":3}"#)
+            .await
+            .unwrap();
+    assert_eq!(r.status, 204, "publish: {}", r.text());
+    let msg = tokio::time::timeout(PATIENCE, inbound.message()).await.expect("the event").unwrap().unwrap();
+    let Some(Resp::EventMessage(ev)) = msg.subscribe_topic_events_response_type else {
+        panic!("an event message, got {msg:?}");
+    };
+    assert_eq!((ev.topic.as_str(), ev.pubsub_name.as_str()), ("alerts", "pubsub"));
+    let data: serde_json::Value = serde_json::from_slice(&ev.data).unwrap();
+    assert_eq!(data["level"], 3, "{data}");
+    tx.send(SubscribeTopicEventsRequestAlpha1 {
+        subscribe_topic_events_request_type: Some(Req::EventProcessed(SubscribeTopicEventsRequestProcessedAlpha1 {
+            id: ev.id,
+            status: Some(TopicEventResponse { status: 0 }),
+        })),
+    })
+    .await
+    .unwrap();
+
+    // Without dialbackd's token, the stream is refused at dialbackd.
+    let (_tx2, rx2) = tokio::sync::mpsc::channel::<SubscribeTopicEventsRequestAlpha1>(1);
+    let outbound = futures_util::stream::unfold(rx2, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let err = client.subscribe_topic_events_alpha1(outbound).await.expect_err("no token, no stream");
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+}

@@ -49,8 +49,9 @@ pub fn grpc_timeout(md: &MetadataMap) -> Option<Duration> {
 impl Dapr for DaprApi {
     async fn invoke_service(&self, request: Request<InvokeServiceRequest>) -> Result<Response<InvokeResponse>, Status> {
         let s = &self.0;
-        // Bridge mode: another app is daprd's to reach.
-        if request.get_ref().id != s.app_id
+        // Bridge mode: another app is daprd's to reach (and this one too
+        // when it speaks HTTP to daprd).
+        if (request.get_ref().id != s.app_id || s.own_calls_via_daprd)
             && let Some(up) = &s.upstream_grpc
         {
             let (mut client, request) = up.client(request);

@@ -41,8 +41,9 @@ async fn invoke_path(
     Path((app_id, method)): Path<(String, String)>,
     req: Request,
 ) -> Response {
-    // Bridge mode: another app is daprd's to reach.
-    if app_id != s.app_id
+    // Bridge mode: another app is daprd's to reach (and this one too when
+    // it speaks HTTP to daprd).
+    if (app_id != s.app_id || s.own_calls_via_daprd)
         && let Some(up) = &s.upstream_http
     {
         return up.forward(req).await;
@@ -62,6 +63,12 @@ async fn invoke_header(State(s): State<Arc<Sidecar>>, req: Request) -> Response 
         }
         return error_body(StatusCode::NOT_FOUND, "ERR_NOT_FOUND", &format!("no route for {}", req.uri().path()));
     };
+    if app_id == s.app_id
+        && s.own_calls_via_daprd
+        && let Some(up) = &s.upstream_http
+    {
+        return up.forward(req).await;
+    }
     let Ok(path) = percent_encoding::percent_decode_str(req.uri().path()).decode_utf8() else {
         return error_body(StatusCode::BAD_REQUEST, ERR_DIRECT_INVOKE, "the path is not valid UTF-8 once decoded");
     };
