@@ -10,6 +10,7 @@ pub mod dapr;
 pub mod http;
 pub mod load;
 pub mod proc;
+pub mod sdks;
 
 pub use http::{HttpReply, http_call, metadata};
 pub use load::{CallLoop, Summary};
