@@ -169,6 +169,21 @@ async fn subscriptions_follow_the_app_whatever_the_start_order() {
     wait_event(&sc, "invoice 2 to reach the restarted app", |e| is_topic(e, "invoices", "invoice", 2)).await;
 }
 
+/// dialbackd and the app first, daprd last: the relay waits for daprd and
+/// subscribes as soon as it is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_wait_for_a_daprd_that_starts_last() {
+    let ports = Daprd::ports();
+    let sc = bridged(ports, 0).spawn().await;
+    let mut app = AppBuilder::subscriber(sc.grpc).transport("tcp").spawn();
+    app.wait_connected().await;
+    let bridge = sc.bridge.expect("bridge port").port();
+    let daprd = Daprd::builder(APP, ports, bridge).resource("pubsub.yaml", PUBSUB).spawn().await;
+    wait_subscribed(&daprd, "orders").await;
+    publish(&sc, "orders", r#"{"order":5}"#).await;
+    wait_event(&sc, "order 5 to reach the app", |e| is_topic(e, "orders", "order", 5)).await;
+}
+
 /// dialbackd killed and restarted, then daprd killed and restarted: each
 /// time, the system comes back by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
