@@ -72,18 +72,7 @@ impl Sidecar {
     /// and the app channel's state (the `appChannel` fields of
     /// `/v1.0/metadata`) as extended metadata under `appChannel.`.
     pub fn grpc_metadata(&self) -> dialback_proto::runtime::GetMetadataResponse {
-        let md = self.metadata();
-        let mut extended = std::collections::HashMap::new();
-        if let Some(channel) = md["appChannel"].as_object() {
-            for (k, v) in channel {
-                let v = match v {
-                    Value::Null => continue,
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                extended.insert(format!("appChannel.{k}"), v);
-            }
-        }
+        let extended = self.channel_extended();
         let channel_address = match &self.app {
             AppChannel::Callback(_) => "callback".to_string(),
             AppChannel::Classic(_) | AppChannel::None => String::new(),
@@ -103,6 +92,24 @@ impl Sidecar {
             runtime_version: RUNTIME_VERSION.to_string(),
             enabled_features: Vec::new(),
         }
+    }
+
+    /// The app channel's state (the `appChannel` fields of `/v1.0/metadata`)
+    /// as Dapr's extended metadata, under keys that start with `appChannel.`.
+    pub fn channel_extended(&self) -> std::collections::HashMap<String, String> {
+        let md = self.metadata();
+        let mut extended = std::collections::HashMap::new();
+        if let Some(channel) = md["appChannel"].as_object() {
+            for (k, v) in channel {
+                let v = match v {
+                    Value::Null => continue,
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                extended.insert(format!("appChannel.{k}"), v);
+            }
+        }
+        extended
     }
 
     /// `/v1.0/metadata`: Dapr's fields plus `appChannel`, the channel's state.

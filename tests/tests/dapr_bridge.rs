@@ -60,6 +60,19 @@ async fn daprd_reaches_the_app_and_the_app_reaches_daprd(transport: &str) {
     assert_eq!(r.status, 204, "delete: {}", r.text());
     let r = http_call("GET", &format!("{base}/v1.0/state/statestore/k1"), &[], "").await.unwrap();
     assert_eq!(r.status, 204, "gone after delete: {}", r.text());
+
+    // Metadata is daprd's (its components), with the app channel's state added.
+    let md = dialback_e2e::metadata(sc.http).await.unwrap();
+    let components = md["components"].as_array().cloned().unwrap_or_default();
+    assert!(components.iter().any(|c| c["name"] == "statestore"), "daprd's components: {md}");
+    assert_eq!(md["appChannel"]["state"], "connected", "{md}");
+    assert_eq!(md["extended"]["appChannel.transport"], transport, "{md}");
+    use dapr::dapr::proto::runtime::v1::{GetMetadataRequest, dapr_client::DaprClient};
+    let mut client = DaprClient::connect(format!("http://127.0.0.1:{}", sc.grpc)).await.unwrap();
+    let md = client.get_metadata(GetMetadataRequest::default()).await.expect("GetMetadata").into_inner();
+    assert!(md.registered_components.iter().any(|c| c.name == "statestore"), "daprd's components: {md:?}");
+    assert_eq!(md.extended_metadata.get("appChannel.state").map(String::as_str), Some("connected"), "{md:?}");
+    assert_eq!(md.extended_metadata.get("appChannel.transport").map(String::as_str), Some(transport), "{md:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -148,7 +148,7 @@ pub fn routes(state: Arc<Sidecar>) -> tonic::service::Routes {
         .max_decoding_message_size(max.saturating_add(ENVELOPE))
         .max_encoding_message_size(max.saturating_add(ENVELOPE));
     let app_channel = state.callback.is_some().then(|| DaprAppChannelServer::new(AppChannelApi(state.clone())));
-    let Some(up) = &state.upstream_grpc else {
+    let Some(up) = state.upstream_grpc.clone() else {
         let mut routes = tonic::service::Routes::new(dapr);
         if let Some(ac) = app_channel {
             routes = routes.add_service(ac);
@@ -158,14 +158,15 @@ pub fn routes(state: Arc<Sidecar>) -> tonic::service::Routes {
     // Bridge mode: route the methods served here by name, and every other
     // one (other methods of the Dapr service included) on to daprd.
     let dapr_service = dialback_proto::runtime::dapr_server::SERVICE_NAME;
-    let mut router = axum::Router::new()
-        .route_service(&format!("/{dapr_service}/InvokeService"), dapr.clone())
-        .route_service(&format!("/{dapr_service}/GetMetadata"), dapr);
+    let mut router = axum::Router::new().route_service(&format!("/{dapr_service}/InvokeService"), dapr).route_service(
+        &format!("/{dapr_service}/GetMetadata"),
+        tower::service_fn(move |req| super::merged::grpc_metadata(state.clone(), req)),
+    );
     if let Some(ac) = app_channel {
         let name = dialback_proto::runtime::dapr_app_channel_server::SERVICE_NAME;
         router = router.route_service(&format!("/{name}/ConnectAppCallback"), ac);
     }
-    tonic::service::Routes::from(router.fallback_service(up.clone()))
+    tonic::service::Routes::from(router.fallback_service(up))
 }
 
 #[cfg(test)]

@@ -32,7 +32,11 @@ async fn healthz() -> StatusCode {
     StatusCode::NO_CONTENT
 }
 
-async fn metadata(State(s): State<Arc<Sidecar>>) -> Response {
+async fn metadata(State(s): State<Arc<Sidecar>>, req: Request) -> Response {
+    // Bridge mode: daprd's metadata, with the channel's state added.
+    if s.upstream_http.is_some() {
+        return super::merged::http_metadata(&s, req).await;
+    }
     axum::Json(s.metadata()).into_response()
 }
 

@@ -6,6 +6,7 @@
 mod grpc;
 pub(crate) mod headers;
 mod http;
+mod merged;
 mod serve;
 pub(crate) mod token;
 pub(crate) mod upstream;
