@@ -122,10 +122,7 @@ impl CallbackServerBuilder {
         let (state_tx, state_rx) = watch::channel(ChannelState::Connecting { attempt: 0 });
         let stop = CancellationToken::new();
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
-        let routes = match self.http.take() {
-            Some(http) => Some(with_http(self.routes.take(), http)),
-            None => self.routes.take(),
-        };
+        let routes = Some(with_http(self.routes.take(), self.http.take()));
         let runner = Runner::new(sidecar, self.options, routes, state_tx, stop.clone(), cmd_rx);
         let task = tokio::spawn(runner.run());
         Ok(Handle { state: state_rx, stop, task: Some(task), commands: cmd_tx })
@@ -133,8 +130,11 @@ impl CallbackServerBuilder {
 }
 
 /// The gRPC `routes` with `http` behind them: requests no gRPC service
-/// claims go to `http`, but a gRPC one stays a gRPC UNIMPLEMENTED.
-fn with_http(routes: Option<tonic::service::Routes>, http: axum::Router) -> tonic::service::Routes {
+/// claims go to `http`, but a gRPC one stays a gRPC UNIMPLEMENTED. Without
+/// an HTTP service, an HTTP request gets a plain 404 (not tonic's
+/// UNIMPLEMENTED, which an HTTP client such as daprd with
+/// `--app-protocol http` would read as 200).
+fn with_http(routes: Option<tonic::service::Routes>, http: Option<axum::Router>) -> tonic::service::Routes {
     let fallback = tower::service_fn(move |req: http::Request<axum::body::Body>| {
         let http = http.clone();
         async move {
@@ -149,6 +149,14 @@ fn with_http(routes: Option<tonic::service::Routes>, http: axum::Router) -> toni
                     tonic::Status::unimplemented(format!("no gRPC service serves {path}")).into_http(),
                 );
             }
+            let Some(http) = http else {
+                let mut resp = axum::response::Response::new(axum::body::Body::from(
+                    "this app serves no HTTP routes: it serves gRPC (daprd's --app-protocol grpc), \
+                     or add HTTP routes with CallbackServerBuilder::http_service",
+                ));
+                *resp.status_mut() = http::StatusCode::NOT_FOUND;
+                return Ok(resp);
+            };
             Ok(tower::ServiceExt::oneshot(http, req).await.unwrap_or_else(|never| match never {}))
         }
     });

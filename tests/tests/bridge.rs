@@ -112,7 +112,10 @@ async fn the_app_is_healthy_to_daprd_exactly_while_its_channel_is_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_http_app_behind_the_channel_gets_daprds_http_calls() {
     use axum::routing::any;
-    let sc = SidecarBuilder::callback("echo").args(["--bridge-app-port", "0"]).spawn().await;
+    let sc = SidecarBuilder::callback("echo")
+        .args(["--bridge-app-port", "0", "--bridge-app-protocol", "http"])
+        .spawn()
+        .await;
     let app = axum::Router::new().route(
         "/orders/{id}",
         any(|method: http::Method, uri: http::Uri, headers: http::HeaderMap, body: axum::body::Bytes| async move {
@@ -154,11 +157,50 @@ async fn an_http_app_behind_the_channel_gets_daprds_http_calls() {
     assert_eq!(got["body"], "the body", "{got}");
     let missing = dialback_e2e::http_call("GET", &format!("http://{bridge}/nowhere"), &[], "").await.unwrap();
     assert_eq!(missing.status, 404, "the app's own 404");
-    // gRPC for a service the app does not serve stays UNIMPLEMENTED, not an HTTP 404.
+    // gRPC on a bridge set for HTTP: a clear refusal naming the flags.
     let mut daprd = AppCallbackClient::connect(format!("http://{bridge}")).await.unwrap();
     let err = call(&mut daprd, "m", b"", false).await.unwrap_err();
-    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("--bridge-app-protocol"), "{err:?}");
     handle.shutdown().await;
+}
+
+/// daprd and dialbackd disagreeing on the app protocol get a clear error,
+/// not a silent 200; and an app with no HTTP routes answers HTTP with 404,
+/// not with tonic's UNIMPLEMENTED (which HTTP reads as 200).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_mismatch_is_named_not_swallowed() {
+    let sc = SidecarBuilder::callback("echo").args(["--bridge-app-port", "0"]).spawn().await;
+    let mut app = AppBuilder::echo(sc.grpc).transport("quic").spawn();
+    app.wait_connected().await;
+    let bridge = sc.bridge.unwrap();
+    let r = dialback_e2e::http_call("POST", &format!("http://{bridge}/orders"), &[], "x").await.unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("--app-protocol grpc"), "{}", r.text());
+    // The health path too: daprd with --app-protocol http sees an unhealthy app.
+    let r = dialback_e2e::http_call("GET", &format!("http://{bridge}/healthz"), &[], "").await.unwrap();
+    assert_eq!(r.status, 502, "{}", r.text());
+
+    let sc = SidecarBuilder::callback("echo")
+        .args(["--bridge-app-port", "0", "--bridge-app-protocol", "http"])
+        .spawn()
+        .await;
+    let mut app = AppBuilder::echo(sc.grpc).transport("tcp").spawn();
+    app.wait_connected().await;
+    let bridge = sc.bridge.unwrap();
+    let r = dialback_e2e::http_call("POST", &format!("http://{bridge}/orders"), &[], "x").await.unwrap();
+    assert_eq!(r.status, 404, "a gRPC-only app has no HTTP routes: {}", r.text());
+    assert!(r.text().contains("serves no HTTP routes"), "{}", r.text());
+    // daprd's HTTP health probe is the bridge's to answer: healthy while the channel is up.
+    let health = format!("http://{bridge}/healthz");
+    let r = dialback_e2e::http_call("GET", &health, &[], "").await.unwrap();
+    assert_eq!(r.status, 204, "{}", r.text());
+    app.kill().await;
+    eventually("the HTTP health path to say unhealthy", PATIENCE, || async {
+        let r = dialback_e2e::http_call("GET", &health, &[], "").await.ok()?;
+        (r.status == 503).then_some(())
+    })
+    .await;
 }
 
 /// `--bridge-app-port` without the callback channel is refused at start, with a clear reason.

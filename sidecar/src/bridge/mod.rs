@@ -147,6 +147,12 @@ impl tower::Service<Request<Incoming>> for Bridge {
                 return Box::pin(async move { Ok(resp) });
             }
         }
+        // daprd speaking the other protocol than the bridge expects: say so
+        // plainly (daprd then sees an unhealthy app, and logs why).
+        if grpc != (self.protocol == BridgeProtocol::Grpc) {
+            let resp = protocol_mismatch(grpc);
+            return Box::pin(async move { Ok(resp) });
+        }
         let (registry, wait) = (self.registry.clone(), self.wait);
         Box::pin(async move { Ok(forward(&registry, wait, grpc, req).await) })
     }
@@ -167,6 +173,24 @@ async fn forward(registry: &Registry, wait: Duration, grpc: bool, req: Request<I
         // done, so a retiring channel drains it.
         Ok(resp) => resp.map(|body| Body::new(crate::guarded::Guarded::new(body, guard))),
         Err(e) => unavailable(grpc, &format!("the app channel failed during the call: {e}")),
+    }
+}
+
+/// A request in the other app protocol than `--bridge-app-protocol`.
+fn protocol_mismatch(grpc: bool) -> Response<Body> {
+    if grpc {
+        tonic::Status::failed_precondition(
+            "daprd sends gRPC but dialbackd's --bridge-app-protocol is http: start daprd with --app-protocol http \
+             or dialbackd with --bridge-app-protocol grpc",
+        )
+        .into_http()
+    } else {
+        error_body(
+            StatusCode::BAD_GATEWAY,
+            "ERR_APP_PROTOCOL",
+            "daprd sends HTTP but dialbackd's --bridge-app-protocol is grpc: start daprd with --app-protocol grpc \
+             or dialbackd with --bridge-app-protocol http",
+        )
     }
 }
 
