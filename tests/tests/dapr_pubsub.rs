@@ -273,3 +273,76 @@ spec:
     .await;
     assert_eq!(got, (0..100).collect::<Vec<i64>>(), "daprd log:\n{}", daprd.log_tail());
 }
+
+/// A hostile (or buggy) app that declares 300 subscriptions.
+#[derive(Clone)]
+struct Greedy;
+
+#[tonic::async_trait]
+impl dialback_proto::runtime::app_callback_server::AppCallback for Greedy {
+    async fn on_invoke(
+        &self,
+        _r: tonic::Request<dialback_proto::common::InvokeRequest>,
+    ) -> Result<tonic::Response<dialback_proto::common::InvokeResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no"))
+    }
+    async fn list_topic_subscriptions(
+        &self,
+        _r: tonic::Request<()>,
+    ) -> Result<tonic::Response<dialback_proto::runtime::ListTopicSubscriptionsResponse>, tonic::Status> {
+        let subscriptions = (0..300)
+            .map(|i| dialback_proto::runtime::TopicSubscription {
+                pubsub_name: "pubsub".into(),
+                topic: format!("t{i}"),
+                ..Default::default()
+            })
+            .collect();
+        Ok(tonic::Response::new(dialback_proto::runtime::ListTopicSubscriptionsResponse { subscriptions }))
+    }
+    async fn on_topic_event(
+        &self,
+        _r: tonic::Request<dialback_proto::runtime::TopicEventRequest>,
+    ) -> Result<tonic::Response<dialback_proto::runtime::TopicEventResponse>, tonic::Status> {
+        Ok(tonic::Response::new(dialback_proto::runtime::TopicEventResponse::default()))
+    }
+    async fn list_input_bindings(
+        &self,
+        _r: tonic::Request<()>,
+    ) -> Result<tonic::Response<dialback_proto::runtime::ListInputBindingsResponse>, tonic::Status> {
+        Ok(tonic::Response::new(Default::default()))
+    }
+    async fn on_binding_event(
+        &self,
+        _r: tonic::Request<dialback_proto::runtime::BindingEventRequest>,
+    ) -> Result<tonic::Response<dialback_proto::runtime::BindingEventResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no"))
+    }
+}
+
+/// An app cannot make dialbackd open any number of streams to daprd: the
+/// first 256 subscriptions are held, and the log says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_declaring_too_many_subscriptions_gets_a_bounded_number() {
+    let ports = Daprd::ports();
+    let sc = bridged(ports, 0).spawn().await;
+    let bridge = sc.bridge.expect("bridge port").port();
+    let daprd = Daprd::builder(APP, ports, bridge).resource("pubsub.yaml", PUBSUB).spawn().await;
+    let handle = dialback::CallbackServer::builder()
+        .sidecar(dialback::SidecarOptions {
+            grpc_endpoint: format!("http://127.0.0.1:{}", sc.grpc),
+            ..Default::default()
+        })
+        .add_service(dialback_proto::runtime::app_callback_server::AppCallbackServer::new(Greedy))
+        .start()
+        .unwrap();
+    handle.wait_connected(PATIENCE).await.unwrap();
+    eventually("daprd to hold the 256 subscriptions dialbackd opens", PATIENCE, || async {
+        (daprd.subscribed_topics().await.len() == 256).then_some(())
+    })
+    .await;
+    assert!(sc.log().contains("more subscriptions than dialbackd holds"), "the log says why:\n{}", sc.log_tail());
+    // The first ones, and none past the bound.
+    let topics = daprd.subscribed_topics().await;
+    assert!(topics.contains(&"pubsub/t0".to_string()) && !topics.contains(&"pubsub/t256".to_string()), "{topics:?}");
+    handle.shutdown().await;
+}

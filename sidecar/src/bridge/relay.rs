@@ -45,6 +45,10 @@ use crate::config::BridgeProtocol;
 /// Events of one subscription handled at once.
 const EVENTS_IN_FLIGHT: usize = 64;
 
+/// Subscriptions held for one app at most: each is a stream to daprd, and an
+/// app (buggy or hostile) could declare any number. The first ones are held.
+pub const MAX_SUBSCRIPTIONS: usize = 256;
+
 /// The largest `/dapr/subscribe` answer read from an HTTP app.
 const MAX_SUBSCRIBE_BODY: usize = 1024 * 1024;
 
@@ -89,7 +93,7 @@ impl Relay {
     /// Asks the app on `live` for its subscriptions and holds them.
     async fn hold_all(self, live: Arc<Live>) {
         let mut pause = FIRST_PAUSE;
-        let subs = loop {
+        let mut subs = loop {
             match self.list(&live).await {
                 Ok(subs) => break subs,
                 Err(e) => {
@@ -99,6 +103,15 @@ impl Relay {
                 }
             }
         };
+        if subs.len() > MAX_SUBSCRIPTIONS {
+            warn!(
+                channel_id = live.info.channel_id,
+                declared = subs.len(),
+                held = MAX_SUBSCRIPTIONS,
+                "the app declares more subscriptions than dialbackd holds for one app; the first ones are held"
+            );
+            subs.truncate(MAX_SUBSCRIPTIONS);
+        }
         info!(
             channel_id = live.info.channel_id,
             subscriptions = subs.len(),
@@ -179,7 +192,9 @@ impl Relay {
             subscribe_topic_events_request_type: Some(Req::InitialRequest(initial)),
         });
         let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-        let (mut client, req) = self.upstream.client(tonic::Request::new(outbound));
+        let (client, req) = self.upstream.client(tonic::Request::new(outbound));
+        // daprd is trusted and bounds its events by its own --max-body-size.
+        let mut client = client.max_decoding_message_size(usize::MAX);
         let mut inbound = client.subscribe_topic_events_alpha1(req).await?.into_inner();
         let mut deliveries = JoinSet::new();
         let permits = Arc::new(tokio::sync::Semaphore::new(EVENTS_IN_FLIGHT));
