@@ -76,17 +76,27 @@ impl Relay {
     /// subscriptions; none while no channel is up.
     pub async fn run(self, stop: tokio_util::sync::CancellationToken) {
         let mut channels = self.registry.subscribe();
+        // The channel whose subscriptions are held; dropping its set closes them.
+        let mut held: Option<(Arc<Live>, JoinSet<()>)> = None;
         loop {
             let current = channels.borrow_and_update().clone();
-            let mut held = JoinSet::new();
-            if let Some(live) = current {
-                held.spawn(self.clone().hold_all(live));
+            let same = match (&held, &current) {
+                (Some((h, _)), Some(c)) => Arc::ptr_eq(h, c),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same {
+                // A new channel or none: the old one's streams close.
+                held = current.map(|live| {
+                    let mut set = JoinSet::new();
+                    set.spawn(self.clone().hold_all(live.clone()));
+                    (live, set)
+                });
             }
             tokio::select! {
                 changed = channels.changed() => if changed.is_err() { return },
                 _ = stop.cancelled() => return,
             }
-            // A new channel or none: the old one's streams close as `held` drops.
         }
     }
 
