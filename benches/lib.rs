@@ -1,6 +1,9 @@
-//! Shared pieces of dialback's benchmarks: percentiles, table output and
-//! reading the sidecar's errors. The benchmarks themselves are the
-//! `[[bench]]` targets (`recovery.rs`, `cost.rs`, `soak.rs`).
+//! Shared pieces of dialback's benchmarks: percentiles, table output,
+//! reading the sidecar's errors, and driving a Dapr API with invocations
+//! ([`drive`], for `cost.rs` and `bridge.rs`). The benchmarks themselves are
+//! the `[[bench]]` targets (`recovery.rs`, `cost.rs`, `soak.rs`, `bridge.rs`).
+
+pub mod drive;
 
 use std::time::Duration;
 

@@ -208,6 +208,11 @@ impl Daprd {
         self.wait_ready().await;
     }
 
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its `/v1.0/metadata` as JSON (subscriptions, components, ...).
     pub async fn metadata(&self) -> serde_json::Value {
         let url = format!("http://127.0.0.1:{}/v1.0/metadata", self.http);
