@@ -338,3 +338,121 @@ async fn the_apps_api_calls_go_on_to_the_daprd_behind() {
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
     assert_eq!(seen.lock().unwrap().len(), 1);
 }
+
+/// A stand-in app serving a bidirectional stream of a service that is not
+/// `AppCallback` (`Dapr/SubscribeTopicEventsAlpha1`): each request comes
+/// back as an answer, the request's metadata comes back in the headers,
+/// and the stream ends with the app's own status and trailer metadata.
+#[derive(Clone)]
+struct StreamEcho;
+
+#[tonic::async_trait]
+impl dialback_proto::runtime::dapr_server::Dapr for StreamEcho {
+    async fn invoke_service(
+        &self,
+        _r: tonic::Request<dialback_proto::runtime::InvokeServiceRequest>,
+    ) -> Result<tonic::Response<dialback_proto::common::InvokeResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no"))
+    }
+    async fn get_metadata(
+        &self,
+        _r: tonic::Request<dialback_proto::runtime::GetMetadataRequest>,
+    ) -> Result<tonic::Response<dialback_proto::runtime::GetMetadataResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("no"))
+    }
+    type SubscribeTopicEventsAlpha1Stream = futures_util::stream::BoxStream<
+        'static,
+        Result<dialback_proto::runtime::SubscribeTopicEventsResponseAlpha1, tonic::Status>,
+    >;
+    async fn subscribe_topic_events_alpha1(
+        &self,
+        r: tonic::Request<tonic::Streaming<dialback_proto::runtime::SubscribeTopicEventsRequestAlpha1>>,
+    ) -> Result<tonic::Response<Self::SubscribeTopicEventsAlpha1Stream>, tonic::Status> {
+        use dialback_proto::runtime::subscribe_topic_events_request_alpha1::SubscribeTopicEventsRequestType as Req;
+        use dialback_proto::runtime::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType as Resp;
+        use futures_util::StreamExt;
+        let seen = r.metadata().get("x-test").cloned();
+        let answers = r
+            .into_inner()
+            .map(|m| {
+                let m = m?;
+                let id = match m.subscribe_topic_events_request_type {
+                    Some(Req::EventProcessed(p)) => p.id,
+                    _ => "initial".into(),
+                };
+                Ok(dialback_proto::runtime::SubscribeTopicEventsResponseAlpha1 {
+                    subscribe_topic_events_response_type: Some(Resp::EventMessage(
+                        dialback_proto::runtime::TopicEventRequest { id, ..Default::default() },
+                    )),
+                })
+            })
+            .chain(futures_util::stream::once(async {
+                let mut md = tonic::metadata::MetadataMap::new();
+                md.insert("x-trailer", "bye".parse().unwrap());
+                Err(tonic::Status::with_metadata(tonic::Code::Aborted, "the app's own ending", md))
+            }));
+        let mut resp = tonic::Response::new(answers.boxed());
+        if let Some(v) = seen {
+            resp.metadata_mut().insert("x-seen", v);
+        }
+        Ok(resp)
+    }
+}
+
+/// A bidirectional stream crosses the bridge both ways, message by
+/// message, with headers, status and trailers intact; and the channel's
+/// own control stream is not the bridge's to carry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bidi_stream_crosses_the_bridge_and_the_control_stream_does_not() {
+    use dialback_proto::runtime::subscribe_topic_events_request_alpha1::SubscribeTopicEventsRequestType as Req;
+    use dialback_proto::runtime::subscribe_topic_events_response_alpha1::SubscribeTopicEventsResponseType as Resp;
+    use dialback_proto::runtime::{SubscribeTopicEventsRequestAlpha1, SubscribeTopicEventsRequestProcessedAlpha1};
+    let sc = SidecarBuilder::callback("echo").args(["--bridge-app-port", "0"]).spawn().await;
+    let handle = dialback::CallbackServer::builder()
+        .sidecar(dialback::SidecarOptions {
+            grpc_endpoint: format!("http://127.0.0.1:{}", sc.grpc),
+            ..Default::default()
+        })
+        .add_service(dialback_proto::runtime::dapr_server::DaprServer::new(StreamEcho))
+        .start()
+        .unwrap();
+    handle.wait_connected(PATIENCE).await.unwrap();
+    let bridge = sc.bridge.unwrap();
+    let mut client =
+        dialback_proto::runtime::dapr_client::DaprClient::connect(format!("http://{bridge}")).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    let mut req = tonic::Request::new(outbound);
+    req.metadata_mut().insert("x-test", "hello".parse().unwrap());
+    let resp = client.subscribe_topic_events_alpha1(req).await.expect("the stream opens through the bridge");
+    assert_eq!(resp.metadata().get("x-seen").and_then(|v| v.to_str().ok()), Some("hello"));
+    let mut inbound = resp.into_inner();
+    // Message by message: each answer comes before the next request is sent.
+    for i in 0..3 {
+        let processed = SubscribeTopicEventsRequestProcessedAlpha1 { id: format!("m{i}"), status: None };
+        tx.send(SubscribeTopicEventsRequestAlpha1 {
+            subscribe_topic_events_request_type: Some(Req::EventProcessed(processed)),
+        })
+        .await
+        .unwrap();
+        let got = tokio::time::timeout(PATIENCE, inbound.message()).await.expect("an answer").unwrap().unwrap();
+        match got.subscribe_topic_events_response_type {
+            Some(Resp::EventMessage(ev)) => assert_eq!(ev.id, format!("m{i}")),
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    drop(tx);
+    let end = tokio::time::timeout(PATIENCE, inbound.message()).await.expect("the end").unwrap_err();
+    assert_eq!((end.code(), end.message()), (Code::Aborted, "the app's own ending"), "{end:?}");
+    assert_eq!(end.metadata().get("x-trailer").and_then(|v| v.to_str().ok()), Some("bye"), "{end:?}");
+
+    // A stranger on the bridge port cannot ping the app or send it a close notice.
+    use dialback_proto::runtime::dapr_app_channel_callback_client::DaprAppChannelCallbackClient;
+    let mut control = DaprAppChannelCallbackClient::connect(format!("http://{bridge}")).await.unwrap();
+    let mut req = tonic::Request::new(futures_util::stream::iter(vec![()]));
+    req.metadata_mut().insert(dialback_channel::notice::CLOSE_NOTICE_KEY, "shutting-down".parse().unwrap());
+    let err = control.ping(req).await.expect_err("the control stream is refused");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(matches!(handle.state(), dialback::ChannelState::Connected(_)), "the app's channel is untouched");
+    handle.shutdown().await;
+}

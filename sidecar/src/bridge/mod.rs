@@ -23,6 +23,8 @@
 //!   subscriptions that live exactly as long as its channel.
 //! - With `APP_API_TOKEN` set: calls without it are refused here and never
 //!   reach the app.
+//! - dialbackd's own control stream with the app (`DaprAppChannelCallback`,
+//!   the Ping and close notices) is never carried: PERMISSION_DENIED.
 
 use std::convert::Infallible;
 
@@ -56,6 +58,10 @@ pub const LIST_SUBSCRIPTIONS_PATH: &str = "/dapr.proto.runtime.v1.AppCallback/Li
 
 /// daprd's gRPC question for the app's input bindings.
 pub const LIST_BINDINGS_PATH: &str = "/dapr.proto.runtime.v1.AppCallback/ListInputBindings";
+
+/// dialbackd's own control service on the channel (Ping, close notices):
+/// between dialbackd and the app only, never carried for anyone else.
+pub const CONTROL_SERVICE_PREFIX: &str = "/dapr.proto.runtime.v1.DaprAppChannelCallback/";
 
 /// daprd's HTTP question for the app's subscriptions.
 pub const HTTP_SUBSCRIBE_PATH: &str = "/dapr/subscribe";
@@ -135,6 +141,14 @@ impl tower::Service<Request<Incoming>> for Bridge {
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let grpc = is_grpc(req.headers());
+        // The channel's own liveness and close-notice stream is dialbackd's:
+        // a process on the bridge port must not ping the app or tell it the
+        // sidecar is going away.
+        if req.uri().path().starts_with(CONTROL_SERVICE_PREFIX) {
+            let resp =
+                tonic::Status::permission_denied("the app channel's control stream is dialbackd's own").into_http();
+            return Box::pin(async move { Ok(resp) });
+        }
         if let Some(resp) = self.own_answer(grpc, req.method(), req.uri().path()) {
             return Box::pin(async move { Ok(resp) });
         }
