@@ -28,6 +28,65 @@ pub fn dapr_dir() -> &'static PathBuf {
     })
 }
 
+/// Dapr resource files the tests give daprd (file name, YAML). The
+/// subscriber example's own copies, for people, are in
+/// `sdk/examples/dapr-resources`.
+pub mod components {
+    /// `pubsub`: Dapr's in-memory pub/sub.
+    pub const PUBSUB: &str = "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: pubsub
+spec:
+  type: pubsub.in-memory
+  version: v1
+";
+
+    /// `statestore`: Dapr's in-memory state store (transactions included).
+    pub const STATE_STORE: &str = "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: statestore
+spec:
+  type: state.in-memory
+  version: v1
+";
+
+    /// `cron`: an input binding that fires every second.
+    pub const CRON: &str = "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: cron
+spec:
+  type: bindings.cron
+  version: v1
+  metadata:
+  - name: schedule
+    value: \"@every 1s\"
+";
+
+    /// Retries a delivery the app asked to be retried, every 200 ms up to
+    /// 10 times: in-memory pub/sub does not redeliver by itself (a durable
+    /// broker does).
+    pub const RESILIENCY: &str = "apiVersion: dapr.io/v1alpha1
+kind: Resiliency
+metadata:
+  name: retries
+spec:
+  policies:
+    retries:
+      quick:
+        policy: constant
+        duration: 200ms
+        maxRetries: 10
+  targets:
+    components:
+      pubsub:
+        inbound:
+          retry: quick
+";
+}
+
 /// A free TCP port on loopback for a process that wants its port numbers
 /// up front (bound, read back, released). Never the same one twice in this
 /// process: a released port can come back from the next bind, and two

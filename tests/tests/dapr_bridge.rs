@@ -5,16 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use dialback_e2e::dapr::Daprd;
+use dialback_e2e::dapr::components::{CRON, PUBSUB, RESILIENCY, STATE_STORE};
 use dialback_e2e::{AppBuilder, PATIENCE, SidecarBuilder, eventually, http_call};
-
-const STATE_STORE: &str = "apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata:
-  name: statestore
-spec:
-  type: state.in-memory
-  version: v1
-";
 
 /// Invocation through daprd's API reaches the firewalled app (through the
 /// bridge and the channel), and the app's state calls to dialbackd reach
@@ -87,27 +79,6 @@ async fn daprd_reaches_the_app_and_the_app_reaches_daprd_tcp() {
 
 const SUB_APP: &str = "subscriber";
 
-const PUBSUB: &str = "apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata:
-  name: pubsub
-spec:
-  type: pubsub.in-memory
-  version: v1
-";
-
-const CRON: &str = "apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata:
-  name: cron
-spec:
-  type: bindings.cron
-  version: v1
-  metadata:
-  - name: schedule
-    value: \"@every 1s\"
-";
-
 /// dialbackd in bridge mode in front of daprd's `ports`, with more flags.
 async fn bridged(ports: (u16, u16), extra: &[&str]) -> dialback_e2e::Sidecar {
     let up = |p: u16| format!("127.0.0.1:{p}");
@@ -129,6 +100,15 @@ async fn inspect_through_daprd_http(daprd: &Daprd, headers: &[(&str, &str)]) -> 
     r.json()
 }
 
+/// What the app's `inspect` saw is what was sent.
+fn assert_intact(seen: &serde_json::Value, verb: &str, query: &str, content_type: &str, data: &str, custom: &str) {
+    assert_eq!(seen["verb"], verb, "{seen}");
+    assert_eq!(seen["query"], query, "{seen}");
+    assert_eq!(seen["contentType"], content_type, "{seen}");
+    assert_eq!(seen["data"], data, "{seen}");
+    assert_eq!(seen["headers"]["x-custom"], custom, "{seen}");
+}
+
 /// The app's recorded events, through dialbackd (for an HTTP app, dialbackd
 /// passes its own invocations to daprd, which speaks HTTP to the app).
 async fn app_events(sc: &dialback_e2e::Sidecar) -> Vec<serde_json::Value> {
@@ -147,11 +127,7 @@ async fn invocation_arrives_intact(transport: &str) {
     app.wait_connected().await;
 
     let seen = inspect_through_daprd_http(&daprd, &[("content-type", "text/plain"), ("x-custom", "yes")]).await;
-    assert_eq!(seen["verb"], "PUT", "{seen}");
-    assert_eq!(seen["query"], "a=1&b=two", "{seen}");
-    assert_eq!(seen["contentType"], "text/plain", "{seen}");
-    assert_eq!(seen["data"], "the body", "{seen}");
-    assert_eq!(seen["headers"]["x-custom"], "yes", "{seen}");
+    assert_intact(&seen, "PUT", "a=1&b=two", "text/plain", "the body", "yes");
 
     use dialback_proto::common::{HttpExtension, InvokeRequest, http_extension::Verb};
     use dialback_proto::runtime::{InvokeServiceRequest, dapr_client::DaprClient};
@@ -168,11 +144,7 @@ async fn invocation_arrives_intact(transport: &str) {
     req.metadata_mut().insert("x-custom", "grpc".parse().unwrap());
     let resp = client.invoke_service(req).await.expect("invoke through daprd's gRPC API").into_inner();
     let seen: serde_json::Value = serde_json::from_slice(&resp.data.unwrap().value).unwrap();
-    assert_eq!(seen["verb"], "PATCH", "{seen}");
-    assert_eq!(seen["query"], "q=3", "{seen}");
-    assert_eq!(seen["contentType"], "application/x-test", "{seen}");
-    assert_eq!(seen["data"], "grpc body", "{seen}");
-    assert_eq!(seen["headers"]["x-custom"], "grpc", "{seen}");
+    assert_intact(&seen, "PATCH", "q=3", "application/x-test", "grpc body", "grpc");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -190,28 +162,11 @@ async fn invocation_through_daprd_arrives_intact_tcp() {
 async fn http_app_protocol(transport: &str) {
     let ports = Daprd::ports();
     let sc = bridged(ports, &["--bridge-app-protocol", "http"]).await;
-    let resiliency = "apiVersion: dapr.io/v1alpha1
-kind: Resiliency
-metadata:
-  name: retries
-spec:
-  policies:
-    retries:
-      quick:
-        policy: constant
-        duration: 200ms
-        maxRetries: 10
-  targets:
-    components:
-      pubsub:
-        inbound:
-          retry: quick
-";
     let daprd = Daprd::builder(SUB_APP, ports, sc.bridge.unwrap().port())
         .protocol("http")
         .resource("pubsub.yaml", PUBSUB)
         .resource("cron.yaml", CRON)
-        .resource("resiliency.yaml", resiliency)
+        .resource("resiliency.yaml", RESILIENCY)
         .spawn()
         .await;
     let mut app =
@@ -219,11 +174,7 @@ spec:
     app.wait_connected().await;
 
     let seen = inspect_through_daprd_http(&daprd, &[("content-type", "text/plain"), ("x-custom", "yes")]).await;
-    assert_eq!(seen["verb"], "PUT", "{seen}");
-    assert_eq!(seen["query"], "a=1&b=two", "{seen}");
-    assert_eq!(seen["contentType"], "text/plain", "{seen}");
-    assert_eq!(seen["data"], "the body", "{seen}");
-    assert_eq!(seen["headers"]["x-custom"], "yes", "{seen}");
+    assert_intact(&seen, "PUT", "a=1&b=two", "text/plain", "the body", "yes");
 
     eventually("daprd to hold the app's subscription", PATIENCE, || async {
         daprd.subscribed_topics().await.contains(&"pubsub/orders".to_string()).then_some(())

@@ -5,52 +5,12 @@
 //! app's channel; bindings and invocations cross the bridge.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use dialback_e2e::dapr::components::{CRON, PUBSUB, RESILIENCY};
 use dialback_e2e::dapr::{Daprd, Redis, free_port};
 use dialback_e2e::{AppBuilder, PATIENCE, Sidecar, SidecarBuilder, eventually, http_call, metadata};
 use serde_json::Value;
 
 const APP: &str = "subscriber";
-
-const PUBSUB: &str = "apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata:
-  name: pubsub
-spec:
-  type: pubsub.in-memory
-  version: v1
-";
-
-const CRON: &str = "apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata:
-  name: cron
-spec:
-  type: bindings.cron
-  version: v1
-  metadata:
-  - name: schedule
-    value: \"@every 1s\"
-";
-
-/// Retries a delivery the app asked to be retried (in-memory pub/sub does
-/// not redeliver by itself; a durable broker does).
-const RESILIENCY: &str = "apiVersion: dapr.io/v1alpha1
-kind: Resiliency
-metadata:
-  name: retries
-spec:
-  policies:
-    retries:
-      quick:
-        policy: constant
-        duration: 200ms
-        maxRetries: 10
-  targets:
-    components:
-      pubsub:
-        inbound:
-          retry: quick
-";
 
 /// dialbackd in bridge mode in front of daprd's `ports`, its bridge on `bridge` (0: any).
 fn bridged(ports: (u16, u16), bridge: u16) -> SidecarBuilder {

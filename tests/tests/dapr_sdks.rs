@@ -15,19 +15,10 @@ use dapr::dapr::proto::common::v1::StateItem;
 use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
 use dapr::dapr::proto::runtime::v1::{ExecuteStateTransactionRequest, GetStateRequest, TransactionalStateOperation};
 use dialback_e2e::dapr::Daprd;
+use dialback_e2e::dapr::components::STATE_STORE;
 use dialback_e2e::sdks::{Sdk, SidecarEnv, run_program, sdk_dir};
 use dialback_e2e::{App, AppBuilder, PATIENCE, Sidecar, SidecarBuilder, http_call};
 use serde_json::{Value, json};
-
-/// The state store daprd loads; `state.in-memory` supports transactions.
-const STATE_STORE: &str = "apiVersion: dapr.io/v1alpha1
-kind: Component
-metadata:
-  name: statestore
-spec:
-  type: state.in-memory
-  version: v1
-";
 
 /// The store's name.
 const STORE: &str = "statestore";
