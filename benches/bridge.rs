@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dialback_benches::drive::{Api, Endpoint, Plan, hold, ratio, rotate, rss_kib, size};
+use dialback_benches::drive::{Api, Endpoint, Plan, cells, hold, rss_kib, size};
 use dialback_e2e::dapr::Daprd;
 use dialback_e2e::{App, AppBuilder, PATIENCE, Sidecar, SidecarBuilder};
 use serde_json::json;
@@ -185,76 +185,64 @@ async fn main() -> anyhow::Result<()> {
         "calls x",
         "cpu x"
     );
-    let mut cells = Vec::new();
-    let mut failed = 0;
-    for &payload_len in &args.payloads {
-        for &conc in &args.conc {
-            for &api in &args.apis {
-                let payload = Bytes::from(vec![0x5a; payload_len]);
-                let sums = rotate(&eps, api, conc, &payload, args.rounds, dur).await;
-                failed += sums.iter().map(|s| s.failed).sum::<u64>();
-                let base = sums[0].clone();
-                let mut modes = Vec::new();
-                for (ep, s) in eps.iter().zip(&sums) {
-                    let vs = ep.mode != base_mode;
-                    let r = |x: f64, b: f64| if vs { ratio(x, b) } else { String::new() };
-                    let each = |i: usize| {
-                        if ep.procs[i].1 == 0 { "-".to_string() } else { format!("{:.0}", s.cpu_us_per_call_each[i]) }
-                    };
-                    println!(
-                        "{:<4} {:>2} {:>7} {:<6} {:>7.3} {:>7.3} {:>7.0} {:>8.0} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>7} {:>6}",
-                        api.name(),
-                        conc,
-                        size(payload_len),
-                        ep.mode,
-                        s.p50_ms,
-                        s.p99_ms,
-                        s.calls_per_s,
-                        s.cpu_us_per_call,
-                        each(0),
-                        each(1),
-                        each(2),
-                        s.failed,
-                        r(s.p50_ms, base.p50_ms),
-                        r(s.p99_ms, base.p99_ms),
-                        r(s.calls_per_s, base.calls_per_s),
-                        r(s.cpu_us_per_call, base.cpu_us_per_call),
-                    );
-                    let per_proc: Vec<_> = ep
-                        .procs
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, (_, pid))| *pid != 0)
-                        .map(|(i, (role, _))| {
-                            json!({
-                                "process": role,
-                                "cpu_us_per_call": s.cpu_us_per_call_each[i],
-                                "peak_rss_mib": s.rss_mib[i],
-                            })
+    let (cells, failed) = cells(&eps, &args, dur, |row| {
+        let (s, base, ep) = (row.s, row.base, row.ep);
+        let (api, conc, payload_len) = (row.api, row.conc, row.payload_len);
+        let r = |x: f64, b: f64| row.ratio(x, b);
+        let each = |i: usize| {
+            if ep.procs[i].1 == 0 { "-".to_string() } else { format!("{:.0}", s.cpu_us_per_call_each[i]) }
+        };
+        println!(
+            "{:<4} {:>2} {:>7} {:<6} {:>7.3} {:>7.3} {:>7.0} {:>8.0} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>7} {:>6}",
+            api.name(),
+            conc,
+            size(payload_len),
+            ep.mode,
+            s.p50_ms,
+            s.p99_ms,
+            s.calls_per_s,
+            s.cpu_us_per_call,
+            each(0),
+            each(1),
+            each(2),
+            s.failed,
+            r(s.p50_ms, base.p50_ms),
+            r(s.p99_ms, base.p99_ms),
+            r(s.calls_per_s, base.calls_per_s),
+            r(s.cpu_us_per_call, base.cpu_us_per_call),
+        );
+        let per_proc: Vec<_> = ep
+            .procs
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, pid))| *pid != 0)
+            .map(|(i, (role, _))| {
+                json!({
+                "process": role,
+                "cpu_us_per_call": s.cpu_us_per_call_each[i],
+                "peak_rss_mib": s.rss_mib[i],
                         })
-                        .collect();
-                    modes.push(json!({
-                        "mode": ep.mode,
-                        "p50_ms": s.p50_ms,
-                        "p99_ms": s.p99_ms,
-                        "calls_per_s": s.calls_per_s,
-                        "mb_per_s": s.mb_per_s,
-                        "failed": s.failed,
-                        "cpu_us_per_call": s.cpu_us_per_call,
-                        "processes": per_proc,
-                        "udp_rcvbuf_drops": s.udp_drops,
-                        "vs_direct": {
-                            "p50": s.p50_ms / base.p50_ms,
-                            "p99": s.p99_ms / base.p99_ms,
-                            "calls_per_s": s.calls_per_s / base.calls_per_s,
-                            "cpu_per_call": s.cpu_us_per_call / base.cpu_us_per_call,
-                        },
-                    }));
-                }
-                cells.push(json!({ "api": api.name(), "concurrency": conc, "payload": payload_len, "modes": modes }));
-            }
-        }
-    }
+            })
+            .collect();
+        json!({
+            "mode": ep.mode,
+            "p50_ms": s.p50_ms,
+            "p99_ms": s.p99_ms,
+            "calls_per_s": s.calls_per_s,
+            "mb_per_s": s.mb_per_s,
+            "failed": s.failed,
+            "cpu_us_per_call": s.cpu_us_per_call,
+            "processes": per_proc,
+            "udp_rcvbuf_drops": s.udp_drops,
+            "vs_direct": {
+                "p50": s.p50_ms / base.p50_ms,
+                "p99": s.p99_ms / base.p99_ms,
+                "calls_per_s": s.calls_per_s / base.calls_per_s,
+                "cpu_per_call": s.cpu_us_per_call / base.cpu_us_per_call,
+            },
+        })
+    })
+    .await;
     println!("idle RSS after setup (MiB, {}):", ROLES.join("/"));
     for (ep, rss) in eps.iter().zip(&idle) {
         let v: Vec<String> = rss.iter().map(|m| if *m > 0.0 { format!("{m:.1}") } else { "-".into() }).collect();

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use dialback_benches::drive::{Api, Endpoint, Plan, hold, ratio, rotate, rss_kib, size};
+use dialback_benches::drive::{Api, Endpoint, Plan, cells, hold, rss_kib, size};
 use dialback_e2e::{App, AppBuilder, Sidecar, SidecarBuilder};
 use serde_json::json;
 
@@ -125,68 +125,53 @@ async fn main() -> anyhow::Result<()> {
         "cpu x",
         "RSS x"
     );
-    let mut cells = Vec::new();
-    let mut failed = 0;
-    // Payload outermost: the allocators keep what a cell grew to, so the
-    // peak RSS of a cell is that of the largest payload so far, its own.
-    for &payload_len in &args.payloads {
-        for &conc in &args.conc {
-            for &api in &args.apis {
-                let payload = Bytes::from(vec![0x5a; payload_len]);
-                let sums = rotate(&eps, api, conc, &payload, args.rounds, dur).await;
-                failed += sums.iter().map(|s| s.failed).sum::<u64>();
-                let base = sums[0].clone();
-                let base_mode = eps[0].mode;
-                let mut modes = Vec::new();
-                for (ep, s) in eps.iter().zip(&sums) {
-                    let vs = ep.mode != base_mode;
-                    let r = |x: f64, b: f64| if vs { ratio(x, b) } else { String::new() };
-                    let (rss_sc, rss_app) = (s.rss_mib[0], s.rss_mib[1]);
-                    println!(
-                        "{:<5} {:>3} {:>7} {:<8} {:>8.3} {:>8.3} {:>9.0} {:>8.1} {:>7.1} {:>7.1} {:>9.0} {:>6} {:>6} {:>6} {:>7} {:>7} {:>6}",
-                        api.name(),
-                        conc,
-                        size(payload_len),
-                        ep.mode,
-                        s.p50_ms,
-                        s.p99_ms,
-                        s.calls_per_s,
-                        s.mb_per_s,
-                        rss_sc,
-                        rss_app,
-                        s.cpu_us_per_call,
-                        s.failed,
-                        r(s.p50_ms, base.p50_ms),
-                        r(s.p99_ms, base.p99_ms),
-                        r(s.calls_per_s, base.calls_per_s),
-                        r(s.cpu_us_per_call, base.cpu_us_per_call),
-                        r(s.rss_total_mib(), base.rss_total_mib()),
-                    );
-                    modes.push(json!({
-                        "mode": ep.mode,
-                        "p50_ms": s.p50_ms,
-                        "p99_ms": s.p99_ms,
-                        "calls_per_s": s.calls_per_s,
-                        "mb_per_s": s.mb_per_s,
-                        "failed": s.failed,
-                        "rss_sidecar_mib": rss_sc,
-                        "rss_app_mib": rss_app,
-                        "cpu_us_per_call": s.cpu_us_per_call,
-                        "udp_rcvbuf_drops": s.udp_drops,
-                        "vs_baseline": {
-                            "p50": s.p50_ms / base.p50_ms,
-                            "p99": s.p99_ms / base.p99_ms,
-                            "calls_per_s": s.calls_per_s / base.calls_per_s,
-                            "mb_per_s": s.mb_per_s / base.mb_per_s,
-                            "cpu_per_call": s.cpu_us_per_call / base.cpu_us_per_call,
-                            "rss": s.rss_total_mib() / base.rss_total_mib(),
-                        },
-                    }));
-                }
-                cells.push(json!({ "api": api.name(), "concurrency": conc, "payload": payload_len, "modes": modes }));
-            }
-        }
-    }
+    let (cells, failed) = cells(&eps, &args, dur, |row| {
+        let (s, base, ep) = (row.s, row.base, row.ep);
+        let (api, conc, payload_len) = (row.api, row.conc, row.payload_len);
+        let r = |x: f64, b: f64| row.ratio(x, b);
+        let (rss_sc, rss_app) = (s.rss_mib[0], s.rss_mib[1]);
+        println!(
+            "{:<5} {:>3} {:>7} {:<8} {:>8.3} {:>8.3} {:>9.0} {:>8.1} {:>7.1} {:>7.1} {:>9.0} {:>6} {:>6} {:>6} {:>7} {:>7} {:>6}",
+            api.name(),
+            conc,
+            size(payload_len),
+            ep.mode,
+            s.p50_ms,
+            s.p99_ms,
+            s.calls_per_s,
+            s.mb_per_s,
+            rss_sc,
+            rss_app,
+            s.cpu_us_per_call,
+            s.failed,
+            r(s.p50_ms, base.p50_ms),
+            r(s.p99_ms, base.p99_ms),
+            r(s.calls_per_s, base.calls_per_s),
+            r(s.cpu_us_per_call, base.cpu_us_per_call),
+            r(s.rss_total_mib(), base.rss_total_mib()),
+        );
+        json!({
+            "mode": ep.mode,
+            "p50_ms": s.p50_ms,
+            "p99_ms": s.p99_ms,
+            "calls_per_s": s.calls_per_s,
+            "mb_per_s": s.mb_per_s,
+            "failed": s.failed,
+            "rss_sidecar_mib": rss_sc,
+            "rss_app_mib": rss_app,
+            "cpu_us_per_call": s.cpu_us_per_call,
+            "udp_rcvbuf_drops": s.udp_drops,
+            "vs_baseline": {
+                "p50": s.p50_ms / base.p50_ms,
+                "p99": s.p99_ms / base.p99_ms,
+                "calls_per_s": s.calls_per_s / base.calls_per_s,
+                "mb_per_s": s.mb_per_s / base.mb_per_s,
+                "cpu_per_call": s.cpu_us_per_call / base.cpu_us_per_call,
+                "rss": s.rss_total_mib() / base.rss_total_mib(),
+            },
+        })
+    })
+    .await;
     println!("idle RSS after setup (MiB, sidecar/app):");
     for (ep, (sc, app)) in eps.iter().zip(&idle) {
         println!("  {:<8} {sc:.1} / {app:.1}", ep.mode);

@@ -319,6 +319,60 @@ pub async fn rotate(
     runs.iter().map(|r| Summary::of(r)).collect()
 }
 
+/// One mode's figures in one cell, with the baseline's (the first mode's)
+/// from the same rounds, for a benchmark's table row and JSON.
+pub struct Row<'a> {
+    /// The API driven.
+    pub api: Api,
+    /// Calls in flight.
+    pub conc: usize,
+    /// Payload size, bytes.
+    pub payload_len: usize,
+    /// The mode's endpoint.
+    pub ep: &'a Endpoint,
+    /// The mode's medians.
+    pub s: &'a Summary,
+    /// The baseline's medians.
+    pub base: &'a Summary,
+}
+
+impl Row<'_> {
+    /// `x / base` as a ratio column, blank on the baseline's own row.
+    pub fn ratio(&self, x: f64, base: f64) -> String {
+        if std::ptr::eq(self.s, self.base) { String::new() } else { ratio(x, base) }
+    }
+}
+
+/// Every cell of `plan` (payload outermost: allocators keep what a cell
+/// grew to, so a cell's peak RSS is that of the largest payload so far,
+/// its own; then concurrency, then API), each driven with [`rotate`]; `row`
+/// prints one mode's row and returns its JSON. Returns the cells' JSON and
+/// the calls that failed.
+pub async fn cells(
+    eps: &[Arc<Endpoint>],
+    plan: &Plan,
+    dur: Duration,
+    mut row: impl FnMut(&Row<'_>) -> serde_json::Value,
+) -> (Vec<serde_json::Value>, u64) {
+    let (mut cells, mut failed) = (Vec::new(), 0);
+    for &payload_len in &plan.payloads {
+        for &conc in &plan.conc {
+            for &api in &plan.apis {
+                let payload = Bytes::from(vec![0x5a; payload_len]);
+                let sums = rotate(eps, api, conc, &payload, plan.rounds, dur).await;
+                failed += sums.iter().map(|s| s.failed).sum::<u64>();
+                let modes: Vec<_> = (eps.iter().zip(&sums))
+                    .map(|(ep, s)| row(&Row { api, conc, payload_len, ep, s, base: &sums[0] }))
+                    .collect();
+                cells.push(serde_json::json!({
+                    "api": api.name(), "concurrency": conc, "payload": payload_len, "modes": modes,
+                }));
+            }
+        }
+    }
+    (cells, failed)
+}
+
 /// Drives one cell of `ep` until SIGTERM or Ctrl-C, printing `held: N calls/s`
 /// every 5 s, for attaching a profiler.
 pub async fn hold(ep: &Arc<Endpoint>, api: Api, conc: usize, payload: &Bytes) -> anyhow::Result<()> {
