@@ -8,16 +8,10 @@
 // Prints one JSON line, {"grpc": {...}, "http": {...}}: per client what it
 // read back (values as JSON, a missing key as null); exits 1 with the
 // error on stderr when a call fails.
-import { createRequire } from "node:module";
-import path from "node:path";
+import { clientFor, failer, loadDapr, runEach } from "./common.mjs";
 
-const fail = (msg) => {
-  process.stderr.write(`state.mjs: ${msg}\n`);
-  process.exit(1);
-};
-if (!process.env.DIALBACK_SDK_JS) fail("DIALBACK_SDK_JS must name the SDK's directory (scripts/sdks.sh js)");
-const require = createRequire(path.join(process.env.DIALBACK_SDK_JS, "package.json"));
-const { DaprClient, CommunicationProtocolEnum, LogLevel } = require("@dapr/dapr");
+const fail = failer("state.mjs");
+const dapr = loadDapr(fail);
 
 const [store, prefix, protocols] = process.argv.slice(2);
 if (!store || !prefix || !protocols) fail("usage: state.mjs STORE KEY_PREFIX grpc,http");
@@ -34,9 +28,7 @@ const read = async (client, key) => {
 };
 
 async function run(protocol) {
-  const communicationProtocol = { grpc: CommunicationProtocolEnum.GRPC, http: CommunicationProtocolEnum.HTTP }[protocol];
-  if (communicationProtocol === undefined) throw new Error(`unknown protocol ${protocol}`);
-  const client = new DaprClient({ communicationProtocol, logger: { level: LogLevel.Error } });
+  const client = clientFor(dapr, protocol);
   const k = (n) => `${prefix}-${protocol}-${n}`;
   const out = {};
   check("save", await client.state.save(store, [
@@ -61,17 +53,4 @@ async function run(protocol) {
   return out;
 }
 
-try {
-  const result = {};
-  for (const p of protocols.split(",")) {
-    try {
-      result[p] = await run(p);
-    } catch (e) {
-      throw new Error(`${p} client: ${e?.stack ?? e}`);
-    }
-  }
-  process.stdout.write(`${JSON.stringify(result)}\n`);
-  process.exit(0);
-} catch (e) {
-  fail(String(e));
-}
+await runEach(protocols, run, fail);
