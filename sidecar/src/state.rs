@@ -97,19 +97,7 @@ impl Sidecar {
     /// The app channel's state (the `appChannel` fields of `/v1.0/metadata`)
     /// as Dapr's extended metadata, under keys that start with `appChannel.`.
     pub fn channel_extended(&self) -> std::collections::HashMap<String, String> {
-        let md = self.metadata();
-        let mut extended = std::collections::HashMap::new();
-        if let Some(channel) = md["appChannel"].as_object() {
-            for (k, v) in channel {
-                let v = match v {
-                    Value::Null => continue,
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                extended.insert(format!("appChannel.{k}"), v);
-            }
-        }
-        extended
+        extended_of(&self.metadata()["appChannel"])
     }
 
     /// `/v1.0/metadata`: Dapr's fields plus `appChannel`, the channel's state.
@@ -149,4 +137,19 @@ impl Sidecar {
             "appChannel": channel,
         })
     }
+}
+
+/// `appChannel` fields (a JSON object) as Dapr's extended metadata: keys
+/// prefixed `appChannel.`, values as text, nulls left out.
+pub fn extended_of(channel: &Value) -> std::collections::HashMap<String, String> {
+    let mut extended = std::collections::HashMap::new();
+    for (k, v) in channel.as_object().into_iter().flatten() {
+        let v = match v {
+            Value::Null => continue,
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        extended.insert(format!("appChannel.{k}"), v);
+    }
+    extended
 }

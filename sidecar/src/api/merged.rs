@@ -28,16 +28,17 @@ use crate::state::Sidecar;
 /// The largest metadata answer read from daprd.
 const MAX_METADATA: usize = 4 * 1024 * 1024;
 
-/// daprd's JSON metadata with the app channel's state added; anything but
-/// a JSON object is returned as daprd sent it.
-pub fn merge_json(daprd: &[u8], channel: &Value, extended: &HashMap<String, String>) -> Option<Vec<u8>> {
+/// daprd's JSON metadata with the app channel's state (`channel`, the
+/// `appChannel` object) added; `None` for anything but a JSON object.
+pub fn merge_json(daprd: &[u8], channel: &Value) -> Option<Vec<u8>> {
+    let extended = crate::state::extended_of(channel);
     let mut v: Value = serde_json::from_slice(daprd).ok()?;
     let obj = v.as_object_mut()?;
     obj.insert("appChannel".into(), channel.clone());
     let ext = obj.entry("extended").or_insert_with(|| Value::Object(Default::default()));
     if let Some(ext) = ext.as_object_mut() {
         for (k, val) in extended {
-            ext.insert(k.clone(), Value::String(val.clone()));
+            ext.insert(k, Value::String(val));
         }
     }
     serde_json::to_vec(&v).ok()
@@ -106,7 +107,7 @@ pub async fn http_metadata(state: &Sidecar, req: axum::extract::Request) -> Resp
         );
     };
     let data = collected.to_bytes();
-    let merged = merge_json(&data, &state.metadata()["appChannel"], &state.channel_extended());
+    let merged = merge_json(&data, &state.metadata()["appChannel"]);
     parts.headers.remove(http::header::CONTENT_LENGTH);
     Response::from_parts(parts, Body::from(merged.map(Bytes::from).unwrap_or(data)))
 }
@@ -144,9 +145,7 @@ mod tests {
     #[test]
     fn json_gets_the_channel_and_keeps_daprds_fields() {
         let channel = serde_json::json!({"state": "connected"});
-        let ext = HashMap::from([("appChannel.state".to_string(), "connected".to_string())]);
-        let merged =
-            merge_json(br#"{"id":"a","components":[{"name":"s"}],"extended":{"x":"1"}}"#, &channel, &ext).unwrap();
+        let merged = merge_json(br#"{"id":"a","components":[{"name":"s"}],"extended":{"x":"1"}}"#, &channel).unwrap();
         let v: Value = serde_json::from_slice(&merged).unwrap();
         assert_eq!(v["components"][0]["name"], "s");
         assert_eq!(v["appChannel"]["state"], "connected");
@@ -154,7 +153,7 @@ mod tests {
             (v["extended"]["x"].as_str(), v["extended"]["appChannel.state"].as_str()),
             (Some("1"), Some("connected"))
         );
-        assert!(merge_json(b"[1]", &channel, &ext).is_none());
-        assert!(merge_json(b"not json", &channel, &ext).is_none());
+        assert!(merge_json(b"[1]", &channel).is_none());
+        assert!(merge_json(b"not json", &channel).is_none());
     }
 }
