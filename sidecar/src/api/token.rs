@@ -63,7 +63,7 @@ pub fn exempt(api: Api, method: &Method, path: &str) -> bool {
 
 /// Whether `value` is the token whose SHA-256 is `want` (compared by digest,
 /// so the time taken does not depend on where they differ).
-fn matches(value: Option<&HeaderValue>, want: &[u8; 32]) -> bool {
+pub(crate) fn matches(value: Option<&HeaderValue>, want: &[u8; 32]) -> bool {
     value.map(|v| crate::auth::sha256_bytes(v.as_bytes()) == *want).unwrap_or(false)
 }
 

@@ -154,12 +154,10 @@ impl tower::Service<Request<Incoming>> for Bridge {
         }
         if let Some(want) = &self.token_sha
             && !self.token_exempt(grpc, req.method(), req.uri().path())
+            && !crate::api::token::matches(req.headers().get(API_TOKEN_HEADER), want)
         {
-            let given = req.headers().get(API_TOKEN_HEADER).map(|v| crate::auth::sha256_bytes(v.as_bytes()));
-            if given.as_ref() != Some(want) {
-                let resp = refusal(grpc);
-                return Box::pin(async move { Ok(resp) });
-            }
+            let resp = refusal(grpc);
+            return Box::pin(async move { Ok(resp) });
         }
         // daprd speaking the other protocol than the bridge expects: say so
         // plainly (daprd then sees an unhealthy app, and logs why).
