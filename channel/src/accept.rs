@@ -18,6 +18,7 @@ use tracing::{info, warn};
 use crate::auth::{Authenticator, Grant, HelloContext, Refusal};
 use crate::config::ListenerConfig;
 use crate::error::AcceptError;
+use crate::events::{ListenerEvents, Refused};
 use crate::handshake::{self, FrameError};
 use crate::io::{Channel, ChannelInfo, CloseCode, Connection, Io};
 use crate::lograte::RateLimited;
@@ -27,6 +28,7 @@ use crate::{Hello, RefusalReason, Timeouts, Transport};
 /// What the accept loops of both transports share.
 pub(crate) struct Shared {
     auth: Arc<dyn Authenticator>,
+    pub(crate) events: Arc<dyn ListenerEvents>,
     pub(crate) timeouts: Timeouts,
     tx: mpsc::Sender<Channel>,
     /// Handshake slots, one budget per transport.
@@ -61,6 +63,7 @@ impl Shared {
         let max_handshakes = config.max_handshakes.max(1);
         Shared {
             auth,
+            events: config.events.clone(),
             timeouts: config.timeouts,
             tx,
             max_handshakes,
@@ -93,12 +96,14 @@ impl Shared {
     /// caller turns the connection away.
     pub(crate) fn admit(&self, peer: SocketAddr, transport: Transport) -> Option<Admitted> {
         let Some(ip) = self.per_ip.take(peer.ip()) else {
+            self.events.refused(transport, Refused::PerAddress);
             if let Some(n) = self.log_per_ip.hit() {
                 warn!(%peer, %transport, suppressed = n, "too many channel handshakes from one address; turning connections away");
             }
             return None;
         };
         let Ok(slot) = self.slots(transport).clone().try_acquire_owned() else {
+            self.events.refused(transport, Refused::Busy);
             if let Some(n) = self.log_full.hit() {
                 warn!(%peer, %transport, suppressed = n, "too many channel handshakes in flight; turning connections away");
             }
@@ -108,7 +113,9 @@ impl Shared {
     }
 
     /// Logs a connection that did not become a channel, at a bounded rate.
+    /// Also tells the events hook.
     pub(crate) fn log_refused(&self, peer: SocketAddr, transport: Transport, e: &AcceptError) {
+        self.events.refused(transport, Refused::of(e));
         if let Some(n) = self.log_refused.hit() {
             warn!(%peer, transport = transport.as_str(), error = %e, suppressed = n, "callback channel refused");
         }
@@ -235,7 +242,8 @@ fn decide(hello: &Hello, seen: &Seen<'_>, shared: &Shared) -> Result<(Grant, Cre
     Ok((grant, CredentialKind::of(credential)))
 }
 
-/// Hands an accepted channel up to [`crate::Listener::accept`].
+/// Hands an accepted channel up to [`crate::Listener::accept`]; `arrived`
+/// is when its connection did (for the handshake's duration).
 pub(crate) async fn deliver(
     shared: &Shared,
     accepted: Accepted,
@@ -243,8 +251,10 @@ pub(crate) async fn deliver(
     peer: SocketAddr,
     io: Io,
     conn: Connection,
+    arrived: Instant,
 ) {
     let Accepted { hello, channel_id, credential } = accepted;
+    shared.events.accepted(transport, credential, arrived.elapsed());
     let info = ChannelInfo {
         app_id: hello.app_id,
         instance: hello.instance,

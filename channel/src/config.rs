@@ -140,6 +140,8 @@ pub struct ListenerConfig {
     /// connection IDs it had issued: each gets a stateless reset before the
     /// listener starts, so those apps learn of the restart at once (needs `reset_key`).
     pub reset_previous: (Vec<SocketAddr>, Vec<Vec<u8>>),
+    /// Told of refusals, accepted handshakes and resets (metrics).
+    pub events: Arc<dyn crate::ListenerEvents>,
 }
 
 /// Where and how to dial.

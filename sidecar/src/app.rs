@@ -75,11 +75,12 @@ impl AppChannel {
         &self,
         wait: Duration,
         max_message: usize,
+        metrics: &crate::metrics::Metrics,
     ) -> Result<(AppCallbackClient<AppConn>, Option<CallGuard>, Option<usize>), InvokeError> {
         let (conn, guard, app_limit) = match self {
             AppChannel::None => return Err(InvokeError::NoApp),
             AppChannel::Classic(c) => (AppConn::Classic(c.clone()), None, None),
-            AppChannel::Callback(reg) => match reg.wait(wait).await {
+            AppChannel::Callback(reg) => match metrics.waiting_for_channel(reg.wait(wait)).await {
                 Some(live) => {
                     let limit = match live.info.max_message_bytes {
                         0 => APP_DEFAULT_MAX_MESSAGE,

@@ -44,7 +44,7 @@ pub async fn invoke(
     let deadline = Instant::now() + timeout;
     let call = async {
         let (mut client, _guard, app_limit) =
-            s.app.client(s.wait_timeout.min(timeout), max.saturating_add(ENVELOPE)).await?;
+            s.app.client(s.wait_timeout.min(timeout), max.saturating_add(ENVELOPE), &s.metrics).await?;
         if let Some(limit) = app_limit
             && size > limit
         {
@@ -53,7 +53,11 @@ pub async fn invoke(
         let _slot = s.gate.enter(deadline, timeout).await?;
         let mut request = tonic::Request::new(req);
         *request.metadata_mut() = metadata;
-        match client.on_invoke(request).await {
+        let sent = std::time::Instant::now();
+        let answer = client.on_invoke(request).await;
+        let code = answer.as_ref().map_or_else(|s| s.code() as i32, |_| 0);
+        s.metrics.invoked(target, code, sent.elapsed());
+        match answer {
             Ok(resp) => Ok(resp.into_inner()),
             Err(status) => Err(InvokeError::from_status(status)),
         }

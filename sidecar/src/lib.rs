@@ -14,6 +14,7 @@ pub mod config;
 mod error;
 mod guarded;
 mod invoke;
+mod metrics;
 mod state;
 pub mod statedir;
 
@@ -72,6 +73,20 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The metrics port could not be bound.
+    #[error(
+        "cannot bind the metrics server on {addr} (--metrics-port, --metrics-listen-address; \
+         --enable-metrics=false turns it off): {source}"
+    )]
+    MetricsBind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The metrics could not be set up (a programming error).
+    #[error("metrics: {0}")]
+    Metrics(String),
     /// An upstream daprd address is not usable.
     #[error("{0}")]
     Upstream(String),
@@ -90,6 +105,8 @@ pub struct Running {
     pub callback: Option<SocketAddr>,
     /// The bridge port (where daprd's `--app-port` points), in bridge mode.
     pub bridge: Option<SocketAddr>,
+    /// The metrics server's address, unless `--enable-metrics=false`.
+    pub metrics: Option<SocketAddr>,
     state: Arc<Sidecar>,
     stop: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -117,6 +134,9 @@ impl Running {
         }
         if let Some(bridge) = self.bridge {
             line.push_str(&format!(" bridge={bridge}"));
+        }
+        if let Some(metrics) = self.metrics {
+            line.push_str(&format!(" metrics={metrics}"));
         }
         line
     }
@@ -150,6 +170,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut tasks = Vec::new();
     let api_token_sha = config.api_token.as_deref().map(auth::sha256);
     let tokens = Arc::new(Mutex::new(auth::TokenStore::default()));
+    let metrics = Arc::new(metrics::Metrics::new(&config.app_id).map_err(|e| StartError::Metrics(e.to_string()))?);
 
     let (app, callback) = match &config.mode {
         AppMode::None => (AppChannel::None, None),
@@ -164,13 +185,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             (AppChannel::Classic(ep.connect_lazy()), None)
         }
         AppMode::Callback => {
-            let (info, listener) = bind_callback(&config, api_token_sha, tokens.clone()).await?;
+            let (info, listener) = bind_callback(&config, api_token_sha, tokens.clone(), metrics.clone()).await?;
             let policy = CallbackPolicy {
                 keep_alive: config.timeouts.keep_alive,
                 ping_interval: config.ping_interval,
                 handshake: config.timeouts.handshake,
                 drain: config.shutdown_grace,
                 state_dir: config.state_dir.clone(),
+                metrics: metrics.clone(),
             };
             tasks.push(tokio::spawn(appchannel::accept_loop(listener, info.registry.clone(), policy, stop.clone())));
             (AppChannel::Callback(info.registry.clone()), Some(info))
@@ -201,6 +223,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .transpose()
             .map_err(StartError::Upstream)?,
         own_calls_via_daprd: config.bridge.as_ref().is_some_and(|b| b.protocol == config::BridgeProtocol::Http),
+        metrics,
     });
 
     let grace_deadline = Arc::new(OnceLock::new());
@@ -213,6 +236,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         grpc: apis.grpc,
         callback: callback_addr,
         bridge,
+        metrics: apis.metrics,
         state,
         stop,
         tasks,
@@ -225,6 +249,7 @@ async fn bind_callback(
     config: &Config,
     api_token_sha: Option<[u8; 32]>,
     tokens: Arc<Mutex<auth::TokenStore>>,
+    metrics: Arc<metrics::Metrics>,
 ) -> Result<(CallbackInfo, Listener), StartError> {
     let state_dir = statedir::ensure(&config.state_dir)?;
     let mut names = dialback_certs::default_server_names();
@@ -262,6 +287,7 @@ async fn bind_callback(
             max_handshakes: config.limits.callback_max_handshakes,
             max_handshakes_per_ip: config.limits.callback_max_handshakes_per_ip,
             reset_previous: statedir::load_peers(&state_dir),
+            events: metrics,
         },
         auth,
     )

@@ -58,6 +58,8 @@ pub struct Sidecar {
     /// routes, not `AppCallback`, so invocations of this app go through
     /// daprd, which speaks HTTP to it through the bridge.
     pub own_calls_via_daprd: bool,
+    /// What the metrics server serves.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// What `runtimeVersion` says.

@@ -227,6 +227,11 @@ impl SidecarBuilder {
             }
             None => Command::new(&binaries().dialbackd),
         };
+        // Metrics on a free loopback port unless the test chose: many
+        // sidecars run at once, and daprd's default 9090 may be taken.
+        if !self.args.iter().any(|a| a.starts_with("--metrics-") || a.starts_with("--enable-metrics")) {
+            cmd.args(["--metrics-port", "0", "--metrics-listen-address", "127.0.0.1"]);
+        }
         cmd.args(["--app-id", &self.app_id])
             .args(["--dapr-http-port", &self.http_port.to_string()])
             .args(["--dapr-grpc-port", &self.grpc_port.to_string()])
@@ -256,6 +261,7 @@ impl SidecarBuilder {
             grpc: port("grpc"),
             callback: field("callback").and_then(|a| a.parse().ok()),
             bridge: field("bridge").and_then(|a| a.parse().ok()),
+            metrics: field("metrics").and_then(|a| a.parse().ok()),
             cert_sha256: field("cert_sha256"),
             state_dir,
             builder: self,
@@ -275,6 +281,8 @@ pub struct Sidecar {
     pub callback: Option<SocketAddr>,
     /// The bridge port (where daprd's `--app-port` points), in bridge mode.
     pub bridge: Option<SocketAddr>,
+    /// The metrics server's address, unless metrics are off.
+    pub metrics: Option<SocketAddr>,
     /// The channel certificate's fingerprint.
     pub cert_sha256: Option<String>,
     /// Its state dir.

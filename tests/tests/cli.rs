@@ -62,6 +62,7 @@ fn certs_init_writes_a_dev_set_and_refuses_to_overwrite() {
     let state = dir.path().join("state");
     let mut sc = Command::new(&binaries().dialbackd);
     sc.args(["--app-id", "echo", "--enable-callback-channel", "--dapr-http-port", "0", "--dapr-grpc-port", "0"])
+        .args(["--enable-metrics=false"])
         .args(["--callback-listen-address", "127.0.0.1", "--state-dir"])
         .arg(&state)
         .arg("--callback-cert-file")

@@ -43,6 +43,9 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Both transports, QUIC first.
+    pub const ALL: [Transport; 2] = [Transport::Quic, Transport::TcpTls];
+
     /// The short name used in flags, logs and metadata: `quic` or `tcp`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -226,6 +226,7 @@ pub(crate) fn bind(
     if let Some(key) = &config.reset_key {
         let (peers, previous) = &config.reset_previous;
         let sent = reset_previous(&socket, key, peers, previous);
+        config.events.resets_sent(sent);
         if sent > 0 {
             info!(sent, peers = peers.len(), "sent stateless resets to the apps of the previous run");
         }
@@ -270,7 +271,8 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
 }
 
 async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<(), AcceptError> {
-    let deadline = Instant::now() + shared.timeouts.handshake;
+    let arrived = Instant::now();
+    let deadline = arrived + shared.timeouts.handshake;
     let limit = shared.timeouts.handshake;
     let peer = incoming.remote_address();
     let conn = tokio::time::timeout_at(deadline, incoming).await.map_err(|_| AcceptError::Timeout(limit))??;
@@ -291,7 +293,7 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<(), Acc
             // Proven: open the window that was kept small for strangers.
             conn.set_receive_window(quinn::VarInt::from_u32(crate::config::CONN_RECEIVE_WINDOW));
             let (io, connection) = channel_parts(conn, send, recv);
-            crate::accept::deliver(shared, accepted, Transport::Quic, peer, io, connection).await;
+            crate::accept::deliver(shared, accepted, Transport::Quic, peer, io, connection, arrived).await;
             Ok(())
         }
         Err(e) => {

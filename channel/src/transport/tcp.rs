@@ -167,7 +167,8 @@ async fn handshake(
     tls: Arc<rustls::ServerConfig>,
     shared: &Shared,
 ) -> Result<(), AcceptError> {
-    let deadline = Instant::now() + shared.timeouts.handshake;
+    let arrived = Instant::now();
+    let deadline = arrived + shared.timeouts.handshake;
     let limit = shared.timeouts.handshake;
     if let Err(e) = shared.timeouts.keep_alive.apply_tcp(&stream) {
         debug!(%peer, error = %e, "could not set TCP keepalive");
@@ -197,7 +198,7 @@ async fn handshake(
     match outcome {
         Ok(accepted) => {
             let (io, connection) = channel_parts(tokio_rustls::TlsStream::Server(tls_stream), peer);
-            crate::accept::deliver(shared, accepted, Transport::TcpTls, peer, io, connection).await;
+            crate::accept::deliver(shared, accepted, Transport::TcpTls, peer, io, connection, arrived).await;
             Ok(())
         }
         Err(e) => {

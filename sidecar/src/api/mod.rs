@@ -33,6 +33,8 @@ pub(crate) struct Apis {
     pub grpc: Vec<SocketAddr>,
     /// The bridge port daprd's `--app-port` points at, in bridge mode.
     pub bridge: Option<SocketAddr>,
+    /// The metrics server's address, when it is on.
+    pub metrics: Option<SocketAddr>,
     /// One accept loop per port.
     pub tasks: Vec<JoinHandle<()>>,
 }
@@ -51,22 +53,37 @@ pub(crate) async fn start(
     // the open-files limit was raised at start, and the caps keep a reserve
     // of descriptors for the app channel.
     let limits = config.limits;
-    let listeners = config.http_addrs.len() + config.grpc_addrs.len() + usize::from(config.bridge.is_some());
+    let listeners = config.http_addrs.len()
+        + config.grpc_addrs.len()
+        + usize::from(config.bridge.is_some())
+        + usize::from(config.metrics_addr.is_some());
     let serve_limits = serve::ServeLimits {
         max_connections: serve::connection_cap(limits.api_max_connections, listeners, serve::fd_limit()),
         header_timeout: limits.api_header_timeout,
         idle_timeout: limits.api_idle_timeout,
     };
+    // Outermost, so that refused calls are counted too (without their path).
+    let metered = |kind| crate::metrics::api::ApiMetricsLayer::new(state.metrics.clone(), kind);
     let http_svc = tower::ServiceBuilder::new()
+        .layer(metered(crate::metrics::api::Kind::Http))
         .layer(token::ApiTokenLayer::new(api_token_sha, Api::Http))
         .service(http::router(state.clone()));
     let grpc_svc = tower::ServiceBuilder::new()
+        .layer(metered(crate::metrics::api::Kind::Grpc))
         .layer(token::ApiTokenLayer::new(api_token_sha, Api::Grpc))
         .map_response(|r: ::http::Response<tonic::body::Body>| {
             grpc::too_large_is_resource_exhausted(r).map(axum::body::Body::new)
         })
         .service(grpc::routes(state.clone()));
-    let mut apis = Apis { http: Vec::new(), grpc: Vec::new(), bridge: None, tasks: Vec::new() };
+    let mut apis = Apis { http: Vec::new(), grpc: Vec::new(), bridge: None, metrics: None, tasks: Vec::new() };
+    if let Some(addr) = config.metrics_addr {
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::MetricsBind { addr, source })?;
+        apis.metrics = Some(l.local_addr().map_err(|source| StartError::MetricsBind { addr, source })?);
+        let registry = state.callback.as_ref().map(|c| c.registry.clone());
+        let up = move || registry.as_ref().and_then(|r| r.current()).map(|live| live.info.transport);
+        let svc = crate::metrics::service(state.metrics.clone(), up);
+        apis.tasks.push(tokio::spawn(serve::serve(l, svc, serve_limits, "metrics", stop.clone(), grace.clone())));
+    }
     for addr in &config.http_addrs {
         let l = bind("HTTP", *addr).await?;
         apis.http.push(l.local_addr().map_err(|source| StartError::Bind { api: "HTTP", addr: *addr, source })?);
@@ -99,7 +116,13 @@ pub(crate) async fn start(
             };
             apis.tasks.push(tokio::spawn(relay.run(stop.clone())));
         }
-        let bridge = crate::bridge::Bridge::new(cb.registry.clone(), state.wait_timeout, settings, relaying);
+        let bridge = crate::bridge::Bridge::new(
+            cb.registry.clone(),
+            state.wait_timeout,
+            settings,
+            relaying,
+            state.metrics.clone(),
+        );
         let serving = serve::serve(l, bridge, serve_limits, "bridge", stop.clone(), grace.clone());
         apis.tasks.push(tokio::spawn(serving));
     }

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use super::end::ChannelEnd;
 use super::registry::{Live, Registry, Retire};
 use super::retire::{Outcome, Retirement};
+use crate::metrics::Metrics;
 
 /// What a channel's driver needs to know.
 #[derive(Clone, Debug)]
@@ -39,6 +40,8 @@ pub struct CallbackPolicy {
     /// Where to keep the QUIC apps' addresses and issued connection IDs, so
     /// that a restart can reset them at once.
     pub state_dir: std::path::PathBuf,
+    /// Where the channel's life is counted.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 /// Drives `ch` until it ends: the task the accept loop spawns per channel.
@@ -47,9 +50,18 @@ pub(crate) async fn run(ch: Channel, registry: Arc<Registry>, policy: CallbackPo
     let started = tokio::time::timeout(policy.handshake, h2::client(io, policy.keep_alive)).await;
     let (client, h2_conn) = match started {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return not_installed(&registry, &info, &conn, &format!("HTTP/2 handshake failed: {e}")),
-        Err(_) => return not_installed(&registry, &info, &conn, "HTTP/2 handshake timed out"),
+        Ok(Err(e)) => {
+            let why = format!("HTTP/2 handshake failed: {e}");
+            policy.metrics.channel_end(info.transport, &ChannelEnd::Unproven(why.clone()));
+            return not_installed(&registry, &info, &conn, &why);
+        }
+        Err(_) => {
+            let why = "HTTP/2 handshake timed out";
+            policy.metrics.channel_end(info.transport, &ChannelEnd::Unproven(why.to_string()));
+            return not_installed(&registry, &info, &conn, why);
+        }
     };
+    let transport = info.transport;
     let live = Arc::new(Live::new(info, conn, client));
     // The HTTP/2 connection runs in a task of its own: it must go on while
     // calls drain. Its end is one of the driver's events.
@@ -68,6 +80,7 @@ pub(crate) async fn run(ch: Channel, registry: Arc<Registry>, policy: CallbackPo
             }
         }
     }
+    policy.metrics.channel_end(transport, &end);
     live.conn.close(end.close_code(), &end.reason());
     live.set_end(end);
 }
@@ -101,9 +114,10 @@ async fn drive(live: &Arc<Live>, registry: &Registry, policy: &CallbackPolicy, h
         app_id = %live.info.app_id, transport = %live.info.transport, peer = %live.info.peer_addr,
         channel_id = id, "app channel up"
     );
+    policy.metrics.channel_up(live.info.transport);
     // The regular Ping stream opens once the channel is installed: for the
     // SDK, its arrival means "the sidecar calls you over this channel now".
-    let pinging = ping_loop(live, policy.ping_interval, policy.keep_alive.idle_timeout);
+    let pinging = ping_loop(live, policy.ping_interval, policy.keep_alive.idle_timeout, &policy.metrics);
     tokio::pin!(pinging);
     let mut orders = live.retire_orders();
     let mut retiring: Option<Retirement> = None;
@@ -299,7 +313,7 @@ async fn probe(live: &Live, deadline: Duration) -> Result<(), String> {
 
 /// The liveness stream: one Empty per `interval`, each answered within
 /// `deadline`. Resolves only when it fails, saying how.
-async fn ping_loop(live: &Live, interval: Duration, deadline: Duration) -> String {
+async fn ping_loop(live: &Live, interval: Duration, deadline: Duration, metrics: &Metrics) -> String {
     let mut client = DaprAppChannelCallbackClient::new(live.client.clone());
     let (tx, rx) = mpsc::channel::<()>(1);
     let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|()| ((), rx)) });
@@ -312,13 +326,27 @@ async fn ping_loop(live: &Live, interval: Duration, deadline: Duration) -> Strin
         Ok(Err(status)) => return format!("Ping refused by the app: {}", status.message()),
         Err(_) => return "Ping not answered".to_string(),
     };
+    let transport = live.info.transport;
+    let mut peer = live.conn.peer_addr();
     loop {
         let sent = std::time::Instant::now();
         if tx.send(()).await.is_err() {
             return "Ping stream closed".to_string();
         }
         match tokio::time::timeout(deadline, inbound.message()).await {
-            Ok(Ok(Some(()))) => live.set_rtt(sent.elapsed()),
+            Ok(Ok(Some(()))) => {
+                let rtt = sent.elapsed();
+                live.set_rtt(rtt);
+                metrics.ping(transport, rtt);
+                // QUIC follows the app to a new address (migration, NAT
+                // rebinding); the answered Ping shows the path works.
+                let now = live.conn.peer_addr();
+                if now != peer {
+                    info!(channel_id = live.info.channel_id, from = %peer, to = %now, "the app's address changed; the channel moved with it");
+                    metrics.migrated(transport);
+                    peer = now;
+                }
+            }
             Ok(Ok(None)) => return "the app ended the Ping stream".to_string(),
             Ok(Err(status)) => return format!("Ping stream failed: {}", status.message()),
             Err(_) => return format!("no Ping answer within {deadline:?}"),

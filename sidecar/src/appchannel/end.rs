@@ -42,6 +42,21 @@ impl ChannelEnd {
         }
     }
 
+    /// The metric label: one snake_case word per kind of end.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ChannelEnd::Unproven(_) => "unproven",
+            ChannelEnd::SlotTaken => "slot_taken",
+            ChannelEnd::Replaced => "replaced",
+            ChannelEnd::ShuttingDown => "shutting_down",
+            ChannelEnd::PingFailed(_) => "ping_failed",
+            ChannelEnd::ProtocolError(_) => "protocol_error",
+            ChannelEnd::ClosedByApp(..) => "closed_by_app",
+            ChannelEnd::ConnectionClosed => "connection_closed",
+            ChannelEnd::ConnectionLost => "connection_lost",
+        }
+    }
+
     /// The code the sidecar closes the connection with for this end.
     pub fn close_code(&self) -> CloseCode {
         match self {

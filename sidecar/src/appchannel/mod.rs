@@ -11,4 +11,5 @@ mod retire;
 
 pub use accept::accept_loop;
 pub use driver::CallbackPolicy;
+pub use end::ChannelEnd;
 pub use registry::{CallGuard, Live, Registry};

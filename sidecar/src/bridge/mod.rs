@@ -77,13 +77,21 @@ pub struct Bridge {
     token_sha: Option<[u8; 32]>,
     /// Whether [`relay`] holds the app's subscriptions (daprd is told none).
     relaying: bool,
+    /// Where calls waiting for the channel are counted.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Bridge {
     /// Carries requests to the app channel in `registry`, waiting up to
     /// `wait` for one while none is up; `relaying` when [`relay`] holds the
-    /// app's subscriptions.
-    pub fn new(registry: Arc<Registry>, wait: Duration, settings: &BridgeSettings, relaying: bool) -> Bridge {
+    /// app's subscriptions; waits are counted in `metrics`.
+    pub fn new(
+        registry: Arc<Registry>,
+        wait: Duration,
+        settings: &BridgeSettings,
+        relaying: bool,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Bridge {
         Bridge {
             registry,
             wait,
@@ -91,6 +99,7 @@ impl Bridge {
             health_path: settings.health_path.as_str().into(),
             token_sha: settings.app_token.as_deref().map(|t| crate::auth::sha256_bytes(t.as_bytes())),
             relaying,
+            metrics,
         }
     }
 
@@ -165,14 +174,20 @@ impl tower::Service<Request<Incoming>> for Bridge {
             let resp = protocol_mismatch(grpc);
             return Box::pin(async move { Ok(resp) });
         }
-        let (registry, wait) = (self.registry.clone(), self.wait);
-        Box::pin(async move { Ok(forward(&registry, wait, grpc, req).await) })
+        let (registry, wait, metrics) = (self.registry.clone(), self.wait, self.metrics.clone());
+        Box::pin(async move { Ok(forward(&registry, wait, grpc, req, &metrics).await) })
     }
 }
 
 /// Carries one request over the app channel and its answer back.
-async fn forward(registry: &Registry, wait: Duration, grpc: bool, req: Request<Incoming>) -> Response<Body> {
-    let Some(live) = registry.wait(wait).await else {
+async fn forward(
+    registry: &Registry,
+    wait: Duration,
+    grpc: bool,
+    req: Request<Incoming>,
+    metrics: &crate::metrics::Metrics,
+) -> Response<Body> {
+    let Some(live) = metrics.waiting_for_channel(registry.wait(wait)).await else {
         return unavailable(grpc, &format!("the app is not connected (waited {wait:?} for its callback channel)"));
     };
     let guard = live.begin_call();

@@ -243,6 +243,19 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 16)]
     pub callback_max_handshakes_per_ip: usize,
 
+    /// Serve Prometheus metrics (as daprd does); `--enable-metrics=false` turns them off.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_metrics: bool,
+
+    /// Port of the metrics server (daprd's default, 9090; next to a daprd
+    /// on the same host, give one of them another); 0 picks a free port.
+    #[arg(long, default_value_t = 9090)]
+    pub metrics_port: u16,
+
+    /// Address the metrics server binds (daprd's default: every interface).
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub metrics_listen_address: IpAddr,
+
     /// Log level or filter (RUST_LOG wins when set).
     #[arg(long, default_value = "info")]
     pub log_level: String,

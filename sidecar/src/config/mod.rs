@@ -85,6 +85,8 @@ pub struct Config {
     pub upstream_grpc: Option<String>,
     /// The daprd behind dialbackd: its HTTP API (HOST:PORT).
     pub upstream_http: Option<String>,
+    /// Where the metrics server binds; `None`: no metrics server.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Bridge mode: the port daprd's `--app-port` points at and what daprd speaks there.
@@ -300,6 +302,7 @@ impl Config {
             }),
             upstream_grpc: a.dapr_upstream_grpc,
             upstream_http: a.dapr_upstream_http,
+            metrics_addr: a.enable_metrics.then(|| std::net::SocketAddr::new(a.metrics_listen_address, a.metrics_port)),
             app_id,
         })
     }
@@ -365,6 +368,18 @@ mod tests {
         assert_eq!(c.mode, AppMode::None);
         assert_eq!(c.transports, Transports::AUTO);
         assert_eq!(c.token_ttl, Duration::from_secs(10));
+        assert_eq!(c.metrics_addr, Some("0.0.0.0:9090".parse().unwrap()));
+    }
+
+    #[test]
+    fn metrics_flags_read_as_daprds() {
+        let off = parse(&["--app-id", "a", "--enable-metrics=false"]).unwrap();
+        assert_eq!(off.metrics_addr, None);
+        let on = parse(&["--app-id", "a", "--enable-metrics", "--metrics-port", "0"]).unwrap();
+        assert_eq!(on.metrics_addr, Some("0.0.0.0:0".parse().unwrap()));
+        let local =
+            parse(&["--app-id", "a", "--metrics-listen-address", "127.0.0.1", "--metrics-port", "9091"]).unwrap();
+        assert_eq!(local.metrics_addr, Some("127.0.0.1:9091".parse().unwrap()));
     }
 
     #[test]
