@@ -11,6 +11,7 @@ mod backoff;
 mod error;
 mod handlers;
 mod health;
+pub mod metrics;
 mod options;
 mod ping;
 mod plan;

@@ -95,6 +95,8 @@ pub(crate) struct Runner {
     cache: Option<Cached>,
     /// Replaced by another instance: hellos ask for the channel only if it is free.
     standby: bool,
+    /// When the last channel in service was lost, until the next is.
+    down_since: Option<Instant>,
 }
 
 /// What the SDK keeps from the last channel to redial the same sidecar
@@ -126,7 +128,19 @@ impl Runner {
         commands: mpsc::UnboundedReceiver<Command>,
     ) -> Runner {
         let dialer = Dialer::new(options.local_ip);
-        Runner { sidecar, options, routes, state, stop, commands, dialer, channels: 0, cache: None, standby: false }
+        Runner {
+            sidecar,
+            options,
+            routes,
+            state,
+            stop,
+            commands,
+            dialer,
+            channels: 0,
+            cache: None,
+            standby: false,
+            down_since: None,
+        }
     }
 
     pub(crate) async fn run(mut self) {
@@ -167,6 +181,7 @@ impl Runner {
                     continue;
                 }
                 Err(e) => {
+                    crate::metrics::dial_failed();
                     warn!(error = %e, "callback channel not up");
                     self.state.send_replace(ChannelState::Disconnected { reason: e.to_string() });
                     continue;
@@ -179,10 +194,13 @@ impl Runner {
                     debug!(%reason, "standing by: the channel went to another instance")
                 }
                 End::Lost(reason) => {
+                    crate::metrics::out_of_service();
+                    self.down_since = Some(Instant::now());
                     warn!(%reason, "callback channel down; reconnecting");
                     self.state.send_replace(ChannelState::Disconnected { reason });
                 }
                 End::Replaced => {
+                    crate::metrics::out_of_service();
                     warn!("another instance of this app took over the channel; standing by");
                     self.state.send_replace(ChannelState::Replaced);
                     self.standby = true;
@@ -190,6 +208,7 @@ impl Runner {
                 End::Stopped => break,
             }
         }
+        crate::metrics::out_of_service();
         self.state.send_replace(ChannelState::Stopped);
     }
 
@@ -217,6 +236,7 @@ impl Runner {
         let keep_alive = self.options.timeouts.keep_alive;
         let serving = tokio::spawn(async move { h2::serve(io, svc, keep_alive).await.map_err(Into::into) });
         self.channels += 1;
+        crate::metrics::opened(info.transport);
         let session = Session {
             transport: info.transport,
             channel_id: info.channel_id,
@@ -232,7 +252,8 @@ impl Runner {
         session
     }
 
-    fn publish(&self, s: &Session) {
+    fn publish(&mut self, s: &Session) {
+        crate::metrics::in_service(self.down_since.take().map(|t| t.elapsed()));
         self.state.send_replace(ChannelState::Connected(Connected {
             transport: s.transport,
             channel_id: s.channel_id,
@@ -277,7 +298,10 @@ impl Runner {
                         // after an interface change, so silence is the signal.
                         // (A connection that cannot migrate waits for the verdict.)
                         Verdict::MoveSocket => match self.dialer.network_changed(&current.conn, None) {
-                            Ok(NetworkChange::Migrated(addr)) => info!(%addr, "pings are late; moved the socket"),
+                            Ok(NetworkChange::Migrated(addr)) => {
+                                crate::metrics::migrated("late_pings");
+                                info!(%addr, "pings are late; moved the socket");
+                            }
                             Ok(NetworkChange::NeedsRedial) => {}
                             Err(e) => debug!(error = %e, "moving the socket after late pings failed"),
                         },
@@ -313,6 +337,7 @@ impl Runner {
     /// QUIC migrates to a new socket; TCP gets a new channel from the new address.
     async fn network_changed(&mut self, current: &mut Session, ip: Option<std::net::IpAddr>) -> Result<(), Error> {
         if let NetworkChange::Migrated(addr) = self.dialer.network_changed(&current.conn, ip)? {
+            crate::metrics::migrated("rebind");
             info!(%addr, "network changed; the connection migrates");
             return Ok(());
         }
@@ -351,6 +376,7 @@ impl Runner {
         let head_start = self.options.tcp_head_start;
         let outcome = {
             let direct = async {
+                crate::metrics::dialing(redial.transports);
                 let pending = self.dialer.connect_any(redial.transports, head_start, &c.config).await?;
                 Ok::<_, Error>(pending.hello(&hello).await?)
             };
@@ -410,6 +436,7 @@ impl Runner {
         let tls = dialback_certs::client_config(&plan.trust, client_identity).map_err(|e| Error::Tls(e.to_string()))?;
         let config =
             DialConfig { addr, server_name: plan.server_name, tls: Arc::new(tls), timeouts: self.options.timeouts };
+        crate::metrics::dialing(plan.transports);
         let pending = self.dialer.connect_any(plan.transports, self.options.tcp_head_start, &config).await?;
         let (ch, grant) = pending.hello(&self.hello(&plan.app_id, plan.credential)).await?;
         self.remember(config, plan.app_id, plan.offered, grant);

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dialback::{SidecarClient, SidecarOptions};
+use dialback::{CallbackServer, ChannelState, SidecarClient, SidecarOptions, Transports};
 use dialback_e2e::{AppBuilder, PATIENCE, Sidecar, SidecarBuilder, http_call, metadata};
 use dialback_netsim::{Relay, RelayConfig};
 use tokio::io::AsyncWriteExt;
@@ -255,4 +255,69 @@ async fn metrics_can_be_turned_off_and_a_taken_port_is_named() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "started on a taken metrics port: {stderr}");
     assert!(stderr.contains("--metrics-port") && stderr.contains("metrics server"), "{stderr}");
+}
+
+/// What the SDK reports through the `metrics` facade, read by a recorder
+/// installed in the app's process: the app (here this test process) dials
+/// a real dialbackd, the sidecar is killed and restarted, then the app says
+/// its network changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sdk_reports_dials_reconnects_migrations_and_time_disconnected() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().expect("the only recorder of this test binary");
+    dialback::metrics::describe();
+
+    let mut sc = SidecarBuilder::callback("echo").spawn().await;
+    let handle = CallbackServer::builder()
+        .sidecar(SidecarOptions { grpc_endpoint: format!("http://127.0.0.1:{}", sc.grpc), ..Default::default() })
+        .transports(Transports::QUIC)
+        .invoke_handler("echo", |req| async move {
+            Ok(dialback::proto::common::InvokeResponse { data: req.into_inner().data, content_type: String::new() })
+        })
+        .start()
+        .unwrap();
+    handle.wait_connected(PATIENCE).await.expect("the in-process app connects");
+    let channels = |n: u64| {
+        let mut rx = handle.watch();
+        async move {
+            let got = tokio::time::timeout(
+                PATIENCE,
+                rx.wait_for(|s| matches!(s, ChannelState::Connected(c) if c.channels >= n)),
+            )
+            .await;
+            assert!(matches!(got, Ok(Ok(_))), "the app's channel number {n} never came up");
+        }
+    };
+    sc.kill().await;
+    let sc = sc.restart().await;
+    channels(2).await;
+    handle.rebind(None).await.expect("QUIC moves to a new socket");
+    assert_eq!(http_invoke(&sc).await, 200, "the channel serves after the move");
+
+    let snap = snapshotter.snapshot().into_vec();
+    let find = |name: &str, label: Option<(&str, &str)>| {
+        snap.iter()
+            .filter(|(k, ..)| k.key().name() == name)
+            .filter(|(k, ..)| label.is_none_or(|(lk, lv)| k.key().labels().any(|l| l.key() == lk && l.value() == lv)))
+            .map(|(_, unit, _, v)| (*unit, v))
+            .collect::<Vec<_>>()
+    };
+    let counter = |name: &str, label: Option<(&str, &str)>| -> u64 {
+        find(name, label).iter().map(|(_, v)| if let DebugValue::Counter(n) = v { *n } else { 0 }).sum()
+    };
+    assert_eq!(counter(dialback::metrics::CHANNELS_OPENED, Some(("transport", "quic"))), 2, "{snap:?}");
+    assert!(counter(dialback::metrics::DIAL_ATTEMPTS, Some(("transport", "quic"))) >= 2, "{snap:?}");
+    assert_eq!(counter(dialback::metrics::DIAL_ATTEMPTS, Some(("transport", "tcp"))), 0, "QUIC only: {snap:?}");
+    assert_eq!(counter(dialback::metrics::RECONNECTS, None), 1, "{snap:?}");
+    assert_eq!(counter(dialback::metrics::MIGRATIONS, Some(("cause", "rebind"))), 1, "{snap:?}");
+    let outages = find(dialback::metrics::DISCONNECTED_SECONDS, None);
+    let [(unit, DebugValue::Histogram(samples))] = outages.as_slice() else { panic!("one outage histogram: {snap:?}") };
+    assert_eq!(unit.as_ref().map(|u| u.as_str()), Some("seconds"), "described in seconds");
+    assert_eq!(samples.len(), 1, "one outage: {samples:?}");
+    assert!(samples[0].into_inner() > 0.0, "{samples:?}");
+    let connected = find(dialback::metrics::CONNECTED, None);
+    assert!(matches!(connected.as_slice(), [(_, DebugValue::Gauge(v))] if v.into_inner() == 1.0), "{connected:?}");
+    handle.shutdown().await;
 }
