@@ -17,6 +17,7 @@ mod invoke;
 mod metrics;
 mod state;
 pub mod statedir;
+mod trace;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -16,6 +16,8 @@ pub struct HttpReply {
     pub content_type: Option<String>,
     /// Body.
     pub body: Bytes,
+    /// All response headers.
+    pub headers: http::HeaderMap,
 }
 
 impl HttpReply {
@@ -46,8 +48,9 @@ pub async fn http_call(
     let resp = tokio::time::timeout(Duration::from_secs(30), client.request(req)).await??;
     let status = resp.status().as_u16();
     let content_type = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let headers = resp.headers().clone();
     let body = resp.into_body().collect().await?.to_bytes();
-    Ok(HttpReply { status, content_type, body })
+    Ok(HttpReply { status, content_type, body, headers })
 }
 
 /// `GET /v1.0/metadata` as JSON.

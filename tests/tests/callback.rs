@@ -292,3 +292,36 @@ async fn a_restarted_sidecar_resets_the_quic_app_without_waiting_for_it_to_speak
     assert_eq!(app.wait_connected().await, "quic");
     reachable_over(&sc2, "quic").await;
 }
+
+/// W3C Trace Context: a caller's `traceparent` reaches the app's handler as
+/// a child of the caller's span (the channel hop's), `tracestate` as it
+/// was, and the caller gets the hop's `traceparent` back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callers_traceparent_reaches_the_apps_handler() {
+    let sc = SidecarBuilder::callback("subscriber").spawn().await;
+    let mut app = AppBuilder::subscriber(sc.grpc).spawn();
+    app.wait_connected().await;
+    let sent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = http_call(
+        "POST",
+        &format!("{}/v1.0/invoke/subscriber/method/inspect", sc.http_base()),
+        &[("traceparent", sent), ("tracestate", "congo=t61rcWkgMzE")],
+        "x",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = r.json()["headers"].clone();
+    let at_app = seen["traceparent"].as_str().unwrap_or_default().to_string();
+    let parts: Vec<&str> = at_app.split('-').collect();
+    assert_eq!(parts.len(), 4, "the app's traceparent: {seen}");
+    assert_eq!(
+        (parts[0], parts[1], parts[3]),
+        ("00", "4bf92f3577b34da6a3ce929d0e0e4736", "01"),
+        "same trace: {at_app}"
+    );
+    assert_ne!(parts[2], "00f067aa0ba902b7", "the app's parent is the hop's span, not the caller's");
+    assert_eq!(seen["tracestate"], "congo=t61rcWkgMzE");
+    let back = r.headers.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert_eq!(back, at_app, "the caller gets the hop's traceparent back");
+}

@@ -59,14 +59,21 @@ impl Dapr for DaprApi {
         }
         let timeout =
             grpc_timeout(request.metadata()).map_or(s.limits.app_call_timeout, |t| t.min(s.limits.app_call_timeout));
-        let md = super::headers::forwardable(&request.metadata().clone().into_headers(), super::token::Api::Grpc);
+        let mut md = super::headers::forwardable(&request.metadata().clone().into_headers(), super::token::Api::Grpc);
+        let hop = crate::trace::Hop::begin(&mut md);
         let req = request.into_inner();
         let message: InvokeRequest =
             req.message.ok_or_else(|| Status::invalid_argument("InvokeServiceRequest.message is required"))?;
         if message.method.is_empty() {
             return Err(Status::invalid_argument("InvokeRequest.method is required"));
         }
-        invoke(s, &req.id, message, md, timeout).await.map(Response::new).map_err(|e| e.to_status())
+        let span = crate::trace::Hop::span(hop.as_ref(), &req.id, &message.method);
+        let answer = tracing::Instrument::instrument(invoke(s, &req.id, message, md, timeout), span).await;
+        let mut resp = answer.map(Response::new).map_err(|e| e.to_status())?;
+        if let Some(v) = hop.and_then(|h| h.traceparent().parse().ok()) {
+            resp.metadata_mut().insert(crate::trace::TRACEPARENT, v);
+        }
+        Ok(resp)
     }
 
     async fn get_metadata(
