@@ -174,6 +174,13 @@ pub(crate) struct Accepted {
     credential: CredentialKind,
 }
 
+impl Accepted {
+    /// The mobile profile's beat, when the hello asked for it.
+    pub(crate) fn beat(&self) -> Option<Duration> {
+        crate::Liveness::from_hello(self.hello.liveness_beat_ms).beat()
+    }
+}
+
 /// Reads the hello, decides, and writes the verdict: the part of the
 /// handshake both transports share.
 pub(crate) async fn exchange<R, W>(
@@ -264,6 +271,7 @@ pub(crate) async fn deliver(
         credential,
         standby: hello.standby,
         max_message_bytes: hello.max_message_bytes,
+        beat: crate::Liveness::from_hello(hello.liveness_beat_ms).beat(),
     };
     info!(app_id = %info.app_id, %transport, %peer, channel_id, "callback channel authenticated");
     if shared.tx.send(Channel { io, info, conn: conn.clone() }).await.is_err() {

@@ -29,6 +29,63 @@ impl Default for KeepAlive {
     }
 }
 
+/// How a channel proves itself alive while idle: the app chooses in its
+/// hello, since the app knows it is on a battery.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Liveness {
+    /// Both ends keep the channel alive, every [`KeepAlive::interval`]:
+    /// QUIC keepalives (TCP keepalive probes), HTTP/2 PINGs and the
+    /// sidecar's Ping stream. A dead path is found in seconds, at the cost
+    /// of a radio that never sleeps.
+    #[default]
+    Default,
+    /// For a phone: the app sends one keepalive every `beat` (a QUIC PING
+    /// or a TCP keepalive probe, which the sidecar acknowledges) and
+    /// neither end sends anything else while idle: no HTTP/2 PINGs, no
+    /// periodic Ping, no keepalive from the sidecar. A dead path is found
+    /// by the app's idle timeout, i.e. after a few beats.
+    Mobile {
+        /// The keepalive period; UDP mappings on carrier NATs last about
+        /// 30 s, so 25 s keeps them ([`MOBILE_BEAT`]).
+        beat: Duration,
+    },
+}
+
+/// The mobile profile's default beat: under the ~30 s that UDP mappings on
+/// carrier NATs last, and no more often than RFC 9308 advises.
+pub const MOBILE_BEAT: Duration = Duration::from_secs(25);
+
+/// The longest QUIC idle timeout the sidecar accepts (the effective one is
+/// the smaller of both ends'), so a mobile app's own timeout of a few beats
+/// holds; the default profile's apps ask for seconds.
+pub const MAX_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
+
+impl Liveness {
+    /// The profile a hello's `liveness_beat_ms` asks for.
+    pub fn from_hello(beat_ms: u32) -> Liveness {
+        match beat_ms {
+            0 => Liveness::Default,
+            ms => Liveness::Mobile { beat: Duration::from_millis(u64::from(ms)) },
+        }
+    }
+
+    /// The hello's `liveness_beat_ms` for this profile.
+    pub fn to_hello(self) -> u32 {
+        match self {
+            Liveness::Default => 0,
+            Liveness::Mobile { beat } => u32::try_from(beat.as_millis()).unwrap_or(u32::MAX).max(1),
+        }
+    }
+
+    /// The mobile beat, if any.
+    pub fn beat(self) -> Option<Duration> {
+        match self {
+            Liveness::Default => None,
+            Liveness::Mobile { beat } => Some(beat),
+        }
+    }
+}
+
 /// Every time bound of the channel layer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timeouts {
@@ -65,12 +122,20 @@ impl KeepAlive {
     }
 
     /// The sidecar's transport config: as [`KeepAlive::quic_transport`], but
-    /// what a peer that has not yet proven itself can make it hold is small:
+    /// with no keepalive of its own (the app's keepalive, and in the default
+    /// profile the Ping stream, keep the path alive; a mobile app's radio
+    /// must not be woken by the sidecar) and an idle timeout of at least
+    /// [`MAX_IDLE_TIMEOUT`] (the app's own, smaller, is the one in force).
+    /// What a peer that has not yet proven itself can make it hold is small:
     /// one bidirectional stream (the hello's), no unidirectional streams, and
     /// a connection window of [`PRE_HELLO_WINDOW`]. The window opens to
     /// [`CONN_RECEIVE_WINDOW`] once the hello is accepted.
     pub(crate) fn quic_transport_before_hello(&self) -> Arc<quinn::TransportConfig> {
         let mut t = self.quic_transport_config();
+        t.keep_alive_interval(None);
+        if let Ok(idle) = quinn::IdleTimeout::try_from(self.idle_timeout.max(MAX_IDLE_TIMEOUT)) {
+            t.max_idle_timeout(Some(idle));
+        }
         t.receive_window(quinn::VarInt::from_u32(PRE_HELLO_WINDOW));
         t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(1));
         t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));

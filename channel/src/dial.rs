@@ -65,6 +65,7 @@ impl Pending {
             credential,
             standby: hello.standby,
             max_message_bytes: hello.max_message_bytes,
+            beat: crate::Liveness::from_hello(hello.liveness_beat_ms).beat(),
         };
         debug!(channel_id = info.channel_id, %addr, %transport, "channel up");
         Ok((Channel { io, info, conn }, Grant { reconnect_token: verdict.reconnect_token }))

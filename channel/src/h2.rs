@@ -51,19 +51,23 @@ pub struct H2Client {
 /// resolves when the connection ends, which is when the channel is gone.
 pub type ClientConnection = Pin<Box<dyn Future<Output = Result<(), hyper::Error>> + Send>>;
 
-/// Starts HTTP/2 as the client on `io`, with HTTP/2 PINGs per `keep_alive`.
-/// Fails when the app does not complete the HTTP/2 preface.
-pub async fn client(io: Io, keep_alive: KeepAlive) -> Result<(H2Client, ClientConnection), hyper::Error> {
-    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+/// Starts HTTP/2 as the client on `io`, with HTTP/2 PINGs per `keep_alive`
+/// (`None`: no PINGs, as in the mobile profile). Fails when the app does
+/// not complete the HTTP/2 preface.
+pub async fn client(io: Io, keep_alive: Option<KeepAlive>) -> Result<(H2Client, ClientConnection), hyper::Error> {
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder
         .timer(TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .keep_alive_interval(keep_alive.interval)
-        .keep_alive_timeout(ping_timeout(keep_alive))
-        .keep_alive_while_idle(true)
-        .handshake(TokioIo::new(io))
-        .await?;
+        .max_frame_size(MAX_FRAME);
+    if let Some(keep_alive) = keep_alive {
+        builder
+            .keep_alive_interval(keep_alive.interval)
+            .keep_alive_timeout(ping_timeout(keep_alive))
+            .keep_alive_while_idle(true);
+    }
+    let (send, conn) = builder.handshake(TokioIo::new(io)).await?;
     Ok((H2Client { send }, Box::pin(conn)))
 }
 
@@ -91,21 +95,24 @@ impl tower::Service<Request<Body>> for H2Client {
 }
 
 /// Serves `service` (e.g. tonic `Routes`) as the HTTP/2 server on `io`
-/// until the connection ends. Resolves with the error that ended it, if any.
-pub async fn serve<S>(io: Io, service: S, keep_alive: KeepAlive) -> Result<(), hyper::Error>
+/// until the connection ends, with HTTP/2 PINGs per `keep_alive` (`None`:
+/// none). Resolves with the error that ended it, if any.
+pub async fn serve<S>(io: Io, service: S, keep_alive: Option<KeepAlive>) -> Result<(), hyper::Error>
 where
     S: tower::Service<Request<hyper::body::Incoming>, Response = Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
         .timer(TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONN_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_concurrent_streams(MAX_STREAMS)
-        .keep_alive_interval(keep_alive.interval)
-        .keep_alive_timeout(ping_timeout(keep_alive))
-        .serve_connection(TokioIo::new(io), hyper_util::service::TowerToHyperService::new(service))
-        .await
+        .keep_alive_interval(keep_alive.map(|k| k.interval));
+    if let Some(keep_alive) = keep_alive {
+        builder.keep_alive_timeout(ping_timeout(keep_alive));
+    }
+    builder.serve_connection(TokioIo::new(io), hyper_util::service::TowerToHyperService::new(service)).await
 }

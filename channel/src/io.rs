@@ -65,6 +65,9 @@ pub struct ChannelInfo {
     pub standby: bool,
     /// The largest message the app said it accepts (0: not said).
     pub max_message_bytes: u32,
+    /// The mobile liveness profile's beat, when the app asked for it (see
+    /// [`crate::Liveness`]); `None`: the default profile.
+    pub beat: Option<std::time::Duration>,
 }
 
 /// What a transport's live connection answers; one implementation per

@@ -24,7 +24,7 @@ pub mod reset;
 mod transport;
 
 pub use auth::{Authenticator, Grant, HelloContext, Refusal};
-pub use config::{DialConfig, KeepAlive, ListenerConfig, Timeouts};
+pub use config::{DialConfig, KeepAlive, ListenerConfig, Liveness, MAX_IDLE_TIMEOUT, MOBILE_BEAT, Timeouts};
 pub use dial::{Dialer, NetworkChange, Pending};
 pub use error::{AcceptError, BindError, DialError};
 pub use events::{ListenerEvents, NoEvents, Refused};

@@ -49,16 +49,16 @@ fn credential() -> impl Strategy<Value = Option<Credential>> {
 }
 
 fn hello() -> impl Strategy<Value = Hello> {
-    (prop_oneof![Just(VERSION), any::<u32>()], text(), credential(), text(), any::<bool>(), any::<u32>()).prop_map(
-        |(version, app_id, credential, instance, standby, max_message_bytes)| Hello {
+    (prop_oneof![Just(VERSION), any::<u32>()], text(), credential(), text(), any::<bool>(), any::<u32>(), any::<u32>())
+        .prop_map(|(version, app_id, credential, instance, standby, max_message_bytes, liveness_beat_ms)| Hello {
             version,
             app_id,
             credential,
             instance,
             standby,
             max_message_bytes,
-        },
-    )
+            liveness_beat_ms,
+        })
 }
 
 fn reason() -> impl Strategy<Value = RefusalReason> {

@@ -20,6 +20,7 @@ pub(crate) struct Control {
     generation: AtomicU64,
     epoch: watch::Sender<u64>,
     pub(crate) udp_forwarded: AtomicU64,
+    pub(crate) udp_up: AtomicU64,
     pub(crate) udp_dropped: AtomicU64,
     pub(crate) tcp_bytes_forwarded: AtomicU64,
     pub(crate) tcp_connections: AtomicU64,
@@ -43,6 +44,7 @@ impl Control {
             generation: AtomicU64::new(0),
             epoch: watch::Sender::new(0),
             udp_forwarded: AtomicU64::new(0),
+            udp_up: AtomicU64::new(0),
             udp_dropped: AtomicU64::new(0),
             tcp_bytes_forwarded: AtomicU64::new(0),
             tcp_connections: AtomicU64::new(0),
@@ -155,6 +157,7 @@ impl Control {
     pub(crate) fn stats(&self) -> Stats {
         Stats {
             udp_forwarded: self.udp_forwarded.load(Ordering::Relaxed),
+            udp_up: self.udp_up.load(Ordering::Relaxed),
             udp_dropped: self.udp_dropped.load(Ordering::Relaxed),
             tcp_bytes_forwarded: self.tcp_bytes_forwarded.load(Ordering::Relaxed),
             tcp_connections: self.tcp_connections.load(Ordering::Relaxed),

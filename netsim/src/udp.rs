@@ -158,9 +158,12 @@ impl UdpRelay {
             Ok(socket) => socket.send(data).await,
             Err(e) => Err(e),
         };
-        if let Err(e) = sent {
-            tracing::debug!(error = %e, client = %session.client, "netsim udp upstream send failed");
-            self.unforwarded();
+        match sent {
+            Ok(_) => Control::count(&self.control.udp_up, 1),
+            Err(e) => {
+                tracing::debug!(error = %e, client = %session.client, "netsim udp upstream send failed");
+                self.unforwarded();
+            }
         }
     }
 

@@ -44,7 +44,10 @@ async fn ready_line_and_control_commands() {
         ("blackhole off", "ok"),
         ("block-udp off", "ok"),
         ("rebind", "ok"),
-        ("stats", "udp_forwarded=2 udp_dropped=0 tcp_bytes_forwarded=0 tcp_connections=0 udp_sessions=1 rebinds=1"),
+        (
+            "stats",
+            "udp_forwarded=2 udp_dropped=0 tcp_bytes_forwarded=0 tcp_connections=0 udp_sessions=1 rebinds=1 udp_up=1",
+        ),
     ] {
         wr.write_all(format!("{line}\n").as_bytes()).await.unwrap();
         let got = within(line, answers.next_line()).await.unwrap().unwrap();

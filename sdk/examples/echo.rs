@@ -52,6 +52,11 @@ struct Args {
     /// The largest message the app accepts, in bytes (told to the sidecar).
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     max_message_bytes: usize,
+    /// The mobile liveness profile: one keepalive per beat (this many ms;
+    /// 25000 is the profile's own) and nothing else while idle; replaces
+    /// --keepalive-ms and --idle-timeout-ms.
+    #[arg(long, value_parser = parse_ms)]
+    mobile_beat_ms: Option<Duration>,
     /// Classic mode: listen here for a sidecar started with `--app-port`, and dial nothing.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
@@ -105,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
             keep_alive: dialback::KeepAlive { interval: args.keepalive_ms, idle_timeout: args.idle_timeout_ms },
             ..dialback::Timeouts::default()
         },
+        liveness: args.mobile_beat_ms.map_or(dialback::Liveness::Default, |beat| dialback::Liveness::Mobile { beat }),
         ..ChannelOptions::default()
     };
     let handle = CallbackServer::builder()

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dialback_certs::Identity;
-use dialback_channel::{Timeouts, Transports};
+use dialback_channel::{KeepAlive, Liveness, MAX_IDLE_TIMEOUT, MOBILE_BEAT, Timeouts, Transports};
 
 use crate::backoff::Backoff;
 
@@ -64,6 +64,10 @@ pub struct ChannelOptions {
     /// [`crate::InvokeHandlers`]; a service of your own should set the same
     /// `max_decoding_message_size` (tonic's default is 4 MiB, as here).
     pub max_message_size: usize,
+    /// How the channel stays alive while idle: [`Liveness::Default`] (both
+    /// ends, every keepalive interval) or [`Liveness::Mobile`] (one
+    /// keepalive from the app per beat, nothing else); see [`ChannelOptions::mobile`].
+    pub liveness: Liveness,
 }
 
 impl Default for ChannelOptions {
@@ -79,6 +83,79 @@ impl Default for ChannelOptions {
             quic_probe_interval: Duration::from_secs(5),
             standby_probe_interval: Duration::from_secs(15),
             max_message_size: 4 * 1024 * 1024,
+            liveness: Liveness::Default,
         }
+    }
+}
+
+/// Beats a mobile channel may miss before the app gives it up.
+const MOBILE_BEATS_TO_IDLE: u32 = 4;
+
+/// How often a mobile app on TCP tries QUIC again (a dial wakes the radio).
+const MOBILE_QUIC_PROBE: Duration = Duration::from_secs(300);
+
+impl ChannelOptions {
+    /// The mobile profile, for an app on a battery: one small keepalive
+    /// every 25 s ([`MOBILE_BEAT`], under the ~30 s a carrier NAT keeps a
+    /// UDP mapping), which the sidecar acknowledges, and nothing else while
+    /// idle (no HTTP/2 PINGs, no Ping stream, no keepalive from the
+    /// sidecar). A dead path or sidecar is noticed after 4 missed beats
+    /// (100 s) instead of seconds; an address change still migrates at
+    /// once, and a restarted sidecar still resets the connection at once.
+    /// While on TCP, QUIC is tried again every 5 minutes.
+    pub fn mobile() -> ChannelOptions {
+        ChannelOptions::mobile_with_beat(MOBILE_BEAT)
+    }
+
+    /// The mobile profile with another beat (a NAT with shorter mappings, or a test).
+    pub fn mobile_with_beat(beat: Duration) -> ChannelOptions {
+        let mut o = ChannelOptions {
+            liveness: Liveness::Mobile { beat },
+            quic_probe_interval: MOBILE_QUIC_PROBE,
+            ..ChannelOptions::default()
+        };
+        o.timeouts.keep_alive = mobile_keep_alive(beat);
+        o
+    }
+
+    /// The options as the channel uses them: in the mobile profile the beat
+    /// is the keepalive interval, and the idle timeout a few beats.
+    pub(crate) fn normalized(mut self) -> ChannelOptions {
+        if let Liveness::Mobile { beat } = self.liveness {
+            self.timeouts.keep_alive = mobile_keep_alive(beat);
+        }
+        self
+    }
+
+    /// HTTP/2 PINGs for the channel's server: none in the mobile profile.
+    pub(crate) fn h2_pings(&self) -> Option<KeepAlive> {
+        (self.liveness == Liveness::Default).then_some(self.timeouts.keep_alive)
+    }
+}
+
+fn mobile_keep_alive(beat: Duration) -> KeepAlive {
+    let beat = beat.max(Duration::from_millis(1));
+    KeepAlive { interval: beat, idle_timeout: (beat * MOBILE_BEATS_TO_IDLE).min(MAX_IDLE_TIMEOUT).max(beat * 2) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mobile_profile_beats_every_25_s_and_gives_up_after_4_beats() {
+        let o = ChannelOptions::mobile();
+        assert_eq!(o.liveness, Liveness::Mobile { beat: Duration::from_secs(25) });
+        assert_eq!(o.timeouts.keep_alive.interval, Duration::from_secs(25));
+        assert_eq!(o.timeouts.keep_alive.idle_timeout, Duration::from_secs(100));
+        assert_eq!(o.h2_pings(), None);
+        assert!(ChannelOptions::default().h2_pings().is_some());
+        // A beat too slow for the sidecar's idle bound is capped by it.
+        let slow = ChannelOptions::mobile_with_beat(Duration::from_secs(60));
+        assert_eq!(slow.timeouts.keep_alive.idle_timeout, MAX_IDLE_TIMEOUT);
+        // Asking for the profile by hand keeps the timeouts in step.
+        let by_hand =
+            ChannelOptions { liveness: Liveness::Mobile { beat: Duration::from_secs(10) }, ..Default::default() };
+        assert_eq!(by_hand.normalized().timeouts.keep_alive.interval, Duration::from_secs(10));
     }
 }

@@ -127,6 +127,7 @@ impl Runner {
         stop: CancellationToken,
         commands: mpsc::UnboundedReceiver<Command>,
     ) -> Runner {
+        let options = options.normalized();
         let dialer = Dialer::new(options.local_ip);
         Runner {
             sidecar,
@@ -234,7 +235,8 @@ impl Runner {
         });
         let svc = tower::Layer::layer(&layer, routes);
         let keep_alive = self.options.timeouts.keep_alive;
-        let serving = tokio::spawn(async move { h2::serve(io, svc, keep_alive).await.map_err(Into::into) });
+        let pings = self.options.h2_pings();
+        let serving = tokio::spawn(async move { h2::serve(io, svc, pings).await.map_err(Into::into) });
         self.channels += 1;
         crate::metrics::opened(info.transport);
         let session = Session {
@@ -270,6 +272,9 @@ impl Runner {
         probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         probe.reset();
         let mut published: Option<u64> = None;
+        // The mobile profile has no periodic Ping to watch: the transport's
+        // idle timeout (a few beats) is what notices a dead path.
+        let watch_pings = self.options.liveness == dialback_channel::Liveness::Default;
         loop {
             let better = self.options.transports.preferred_over(current.transport);
             let ping = current.ping.clone();
@@ -288,7 +293,7 @@ impl Runner {
                 why = current.ended() => {
                     return if ping.notice() == Some(CloseNotice::Replaced) { End::Replaced } else { End::Lost(why) };
                 }
-                () = tokio::time::sleep_until(look) => {
+                () = tokio::time::sleep_until(look), if watch_pings => {
                     let (last, interval) = ping.last();
                     current.health.on_ping(last, interval);
                     match current.health.check(Instant::now()) {
@@ -460,6 +465,7 @@ impl Runner {
             instance: format!("pid {}", std::process::id()),
             standby: self.standby,
             max_message_bytes: u32::try_from(self.options.max_message_size).unwrap_or(u32::MAX),
+            liveness_beat_ms: self.options.liveness.to_hello(),
         }
     }
 }

@@ -119,6 +119,8 @@ impl Sidecar {
                     "channelId": live.as_ref().map(|l| l.info.channel_id),
                     "instance": live.as_ref().map(|l| l.info.instance.clone()),
                     "credential": live.as_ref().map(|l| l.info.credential.as_str()),
+                    "liveness": live.as_ref().map(|l| if l.info.beat.is_some() { "mobile" } else { "default" }),
+                    "beatMs": live.as_ref().and_then(|l| l.info.beat).map(|b| b.as_millis()),
                     "peerAddress": live.as_ref().map(|l| l.conn.peer_addr().to_string()),
                     "connectedSinceUnixMs": live.as_ref().map(|l| unix_ms(l.since)),
                     "rttMs": live.as_ref().and_then(|l| l.rtt()).map(|d| d.as_secs_f64() * 1000.0),

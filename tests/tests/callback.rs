@@ -249,7 +249,7 @@ async fn a_missed_ping_deadline_closes_the_channel() {
     let (channel, _) = Dialer::new(None).dial(Transport::Quic, &config, &hello).await.unwrap();
     let conn = channel.conn.clone();
     let routes = tonic::service::Routes::new(DaprAppChannelCallbackServer::new(Mute));
-    tokio::spawn(dialback_channel::h2::serve(channel.io, routes, KeepAlive::default()));
+    tokio::spawn(dialback_channel::h2::serve(channel.io, routes, Some(KeepAlive::default())));
 
     // The app's side learns it was closed for a missed ping.
     let closed =

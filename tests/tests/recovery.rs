@@ -97,10 +97,15 @@ async fn app_that_went_away(sc: &Sidecar) -> dialback_e2e::App {
 }
 
 async fn address_change(transport: &str) {
+    address_change_with(transport, &[]).await;
+}
+
+async fn address_change_with(transport: &str, app_args: &[&str]) {
     let sc = SidecarBuilder::callback("echo").spawn().await;
     let mut app = AppBuilder::echo(sc.grpc)
         .transport(transport)
         .args(["--local-ip", "127.0.0.2", "--rebind-ip", "127.0.0.3"])
+        .args(app_args.iter().copied())
         .spawn();
     app.wait_connected().await;
     let before = channel(&sc).await;
@@ -277,4 +282,46 @@ async fn a_dead_app_side_mapping_makes_the_sdk_move_its_socket_by_itself() {
     let after = channel(&sc).await;
     assert_eq!(after["channelId"], before["channelId"], "the same QUIC connection came back: {after}");
     assert_eq!(after["state"], "connected");
+}
+
+/// The mobile liveness profile: an address change still migrates with no
+/// failed call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_change_quic_mobile_profile() {
+    address_change_with("quic", &["--mobile-beat-ms", "25000"]).await;
+}
+
+/// The mobile liveness profile over QUIC, idle: the app's beat (one
+/// keepalive per beat, which the sidecar acknowledges) is all that crosses
+/// the path. No HTTP/2 PING, no Ping stream, no keepalive from the sidecar:
+/// the sidecar never sends more packets than the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mobile_profile_is_one_keepalive_per_beat_while_idle() {
+    // The sidecar would ping and send HTTP/2 PINGs every beat if it did
+    // either: the profile must silence both.
+    let every_beat = ["--callback-ping-interval", "200ms", "--callback-keepalive-interval", "200ms"];
+    let (relay, sc) = behind_relay(&every_beat).await;
+    let beat = Duration::from_millis(200);
+    let mut app = AppBuilder::echo(sc.grpc).transport("quic").args(["--mobile-beat-ms", "200"]).spawn();
+    app.wait_connected().await;
+    let ch = channel(&sc).await;
+    assert_eq!((ch["liveness"].as_str(), ch["beatMs"].as_u64()), (Some("mobile"), Some(200)), "{ch}");
+    let r = http_call("POST", &format!("{}/v1.0/invoke/echo/method/m", sc.http_base()), &[], "hi").await.unwrap();
+    assert_eq!(r.status, 200, "a call over a mobile channel");
+    let (start, t0) = (relay.stats(), std::time::Instant::now());
+    // Readiness: twenty beats' worth of the app's keepalives.
+    let want = 20;
+    eventually("twenty keepalives from the app", PATIENCE, || async {
+        (relay.stats().udp_up - start.udp_up >= want).then_some(())
+    })
+    .await;
+    let (end, beats) = (relay.stats(), t0.elapsed().as_secs_f64() / beat.as_secs_f64());
+    let up = end.udp_up - start.udp_up;
+    let down = (end.udp_forwarded - end.udp_up) - (start.udp_forwarded - start.udp_up);
+    eprintln!("mobile profile, idle: {up} packets from the app, {down} to it, in {beats:.1} beats");
+    assert!(up as f64 <= beats + 3.0, "the app sends one packet per beat: {up} in {beats:.1} beats");
+    // One acknowledgement per keepalive; the window's edges may cut one pair.
+    assert!(down <= up + 1, "the sidecar only acknowledges: {down} packets to the app for {up} from it");
+    let r = http_call("POST", &format!("{}/v1.0/invoke/echo/method/m", sc.http_base()), &[], "hi").await.unwrap();
+    assert_eq!(r.status, 200, "the idle mobile channel still carries calls");
 }

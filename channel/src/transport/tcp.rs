@@ -197,6 +197,14 @@ async fn handshake(
     let outcome = crate::accept::exchange(&mut r, &mut w, &seen, deadline, shared).await;
     match outcome {
         Ok(accepted) => {
+            // A mobile app keeps the connection alive itself, at its beat:
+            // no probes from here to wake its radio.
+            if accepted.beat().is_some() {
+                let (tcp, _) = tls_stream.get_ref();
+                if let Err(e) = socket2::SockRef::from(tcp).set_keepalive(false) {
+                    debug!(%peer, error = %e, "could not turn TCP keepalive off");
+                }
+            }
             let (io, connection) = channel_parts(tokio_rustls::TlsStream::Server(tls_stream), peer);
             crate::accept::deliver(shared, accepted, Transport::TcpTls, peer, io, connection, arrived).await;
             Ok(())

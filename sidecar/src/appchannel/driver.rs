@@ -47,7 +47,9 @@ pub struct CallbackPolicy {
 /// Drives `ch` until it ends: the task the accept loop spawns per channel.
 pub(crate) async fn run(ch: Channel, registry: Arc<Registry>, policy: CallbackPolicy) {
     let Channel { io, info, conn } = ch;
-    let started = tokio::time::timeout(policy.handshake, h2::client(io, policy.keep_alive)).await;
+    // The mobile profile has no HTTP/2 PINGs: the app's beat is the one keepalive.
+    let pings = info.beat.is_none().then_some(policy.keep_alive);
+    let started = tokio::time::timeout(policy.handshake, h2::client(io, pings)).await;
     let (client, h2_conn) = match started {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -110,9 +112,10 @@ async fn drive(live: &Arc<Live>, registry: &Registry, policy: &CallbackPolicy, h
         Ok(None) => {}
         Err(()) => return ChannelEnd::SlotTaken,
     }
+    let liveness = live.info.beat.map_or_else(|| "default".to_string(), |b| format!("mobile (beat {b:?})"));
     info!(
         app_id = %live.info.app_id, transport = %live.info.transport, peer = %live.info.peer_addr,
-        channel_id = id, "app channel up"
+        channel_id = id, %liveness, "app channel up"
     );
     policy.metrics.channel_up(live.info.transport);
     // The regular Ping stream opens once the channel is installed: for the
@@ -312,13 +315,17 @@ async fn probe(live: &Live, deadline: Duration) -> Result<(), String> {
 }
 
 /// The liveness stream: one Empty per `interval`, each answered within
-/// `deadline`. Resolves only when it fails, saying how.
+/// `deadline`. Resolves only when it fails, saying how. In the mobile
+/// profile one Ping only (it tells the app it is installed); the stream
+/// then stays open and quiet, announced as interval 0.
 async fn ping_loop(live: &Live, interval: Duration, deadline: Duration, metrics: &Metrics) -> String {
     let mut client = DaprAppChannelCallbackClient::new(live.client.clone());
     let (tx, rx) = mpsc::channel::<()>(1);
     let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|()| ((), rx)) });
     let mut req = tonic::Request::new(outbound);
-    if let Ok(v) = interval.as_millis().to_string().parse() {
+    let mobile = live.info.beat.is_some();
+    let announced = if mobile { Duration::ZERO } else { interval };
+    if let Ok(v) = announced.as_millis().to_string().parse() {
         req.metadata_mut().insert(PING_INTERVAL_KEY, v);
     }
     let mut inbound = match tokio::time::timeout(deadline, client.ping(req)).await {
@@ -351,6 +358,38 @@ async fn ping_loop(live: &Live, interval: Duration, deadline: Duration, metrics:
             Ok(Err(status)) => return format!("Ping stream failed: {}", status.message()),
             Err(_) => return format!("no Ping answer within {deadline:?}"),
         }
+        if mobile {
+            return quiet(live, &mut inbound, peer, metrics).await;
+        }
         tokio::time::sleep(interval).await;
+    }
+}
+
+/// The mobile profile's Ping stream after its one Ping: open, sending
+/// nothing; it ends only when the stream or the connection does. The app's
+/// address is looked at once a second (local, no packet) to count moves.
+async fn quiet(
+    live: &Live,
+    inbound: &mut tonic::Streaming<()>,
+    mut peer: std::net::SocketAddr,
+    metrics: &Metrics,
+) -> String {
+    let mut look = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            m = inbound.message() => match m {
+                Ok(Some(())) => {}
+                Ok(None) => return "the app ended the Ping stream".to_string(),
+                Err(status) => return format!("Ping stream failed: {}", status.message()),
+            },
+            _ = look.tick() => {
+                let now = live.conn.peer_addr();
+                if now != peer {
+                    info!(channel_id = live.info.channel_id, from = %peer, to = %now, "the app's address changed; the channel moved with it");
+                    metrics.migrated(live.info.transport);
+                    peer = now;
+                }
+            }
+        }
     }
 }

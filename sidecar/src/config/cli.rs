@@ -152,7 +152,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub callback_handshake_timeout: Duration,
 
-    /// Keepalive interval on a quiet channel (QUIC keepalive, TCP keepalive, HTTP/2 PING).
+    /// Keepalive interval on a quiet channel (TCP keepalive, HTTP/2 PING;
+    /// QUIC keepalives come from the app; none for an app in the mobile profile).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub callback_keepalive_interval: Duration,
 
