@@ -4,8 +4,11 @@
 //!
 //! `cargo bench -p dialback-benches --bench recovery` (full: 10 repeats,
 //! RTT 0 and 50 ms); `-- --quick` for a smoke run; `-- --repeats N`,
-//! `-- --rtt-ms 0,50` and `-- --no-long` (skip the 20 s blackhole) to
-//! choose. Prints one table and writes `target/bench-recovery.json`.
+//! `-- --rtt-ms 0,50`, `-- --no-long` (skip the 20 s blackhole),
+//! `-- --transports quic,tcp,auto` and `-- --profile mobile` (the app in the
+//! mobile liveness profile, 25 s beat) to choose. Prints one table and
+//! writes `target/bench-recovery.json` (`bench-recovery-mobile.json` for
+//! the mobile profile).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::{Duration, Instant};
@@ -49,7 +52,7 @@ struct Sample {
     lost: u64,
 }
 
-async fn run_once(transport: &str, event: Event, rtt: Duration) -> anyhow::Result<Sample> {
+async fn run_once(transport: &str, event: Event, rtt: Duration, mobile: bool) -> anyhow::Result<Sample> {
     let relay = Relay::start(RelayConfig::new("127.0.0.1:0".parse()?, "127.0.0.1:9".parse()?)).await?;
     relay.set_delay(rtt / 2);
     let mut sc = SidecarBuilder::callback("echo")
@@ -65,6 +68,7 @@ async fn run_once(transport: &str, event: Event, rtt: Duration) -> anyhow::Resul
         "--quic-probe-ms",
         "1000",
     ]);
+    let app_builder = if mobile { app_builder.args(["--mobile-beat-ms", "25000"]) } else { app_builder };
     if event == Event::UdpBlocked {
         relay.set_block_udp(true);
     }
@@ -146,20 +150,26 @@ async fn main() -> anyhow::Result<()> {
         None if quick => vec![Duration::ZERO],
         None => vec![Duration::ZERO, Duration::from_millis(50)],
     };
+    let mobile = flag("--profile").is_some_and(|p| p == "mobile");
+    let transports: Vec<String> = flag("--transports").map_or_else(
+        || vec!["quic".into(), "tcp".into(), "auto".into()],
+        |l| l.split(',').map(str::to_string).collect(),
+    );
     let mut events =
         vec![Event::NatRebind, Event::AddressChange, Event::SidecarRestart, Event::AppRestart, Event::Blackhole(2)];
     if !quick && !args.iter().any(|a| a == "--no-long") {
         events.push(Event::Blackhole(20));
     }
     dialback_e2e::binaries();
-    println!("recovery benchmark: {repeats} repeat(s) per cell, a call every 5 ms\n");
+    let profile = if mobile { "mobile" } else { "default" };
+    println!("recovery benchmark: {repeats} repeat(s) per cell, a call every 5 ms, {profile} liveness profile\n");
     println!(
         "{:<5} {:<16} {:>6} {:>3} {:>10} {:>10} {:>7} {:>7} {:>5}",
         "tx", "event", "rtt", "n", "median ms", "p95 ms", "sent", "failed", "lost"
     );
     let mut cells = Vec::new();
     for rtt in &rtts {
-        for transport in ["quic", "tcp", "auto"] {
+        for transport in transports.iter().map(String::as_str) {
             let mut evs = events.clone();
             if transport == "auto" {
                 evs.push(Event::UdpBlocked);
@@ -167,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
             for event in evs {
                 let mut samples = Vec::new();
                 for _ in 0..repeats {
-                    samples.push(run_once(transport, event, *rtt).await?);
+                    samples.push(run_once(transport, event, *rtt, mobile).await?);
                 }
                 let rec: Vec<Duration> = samples.iter().map(|s| s.recovery).collect();
                 let back: Vec<Duration> = samples.iter().filter_map(|s| s.back_on_quic).collect();
@@ -206,11 +216,10 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = root.join("target").join("bench-recovery.json");
-    std::fs::write(
-        &out,
-        serde_json::to_string_pretty(&json!({ "quick": quick, "repeats": repeats, "cells": cells }))?,
-    )?;
+    let name = if mobile { "bench-recovery-mobile.json" } else { "bench-recovery.json" };
+    let out = root.join("target").join(name);
+    let doc = json!({ "quick": quick, "repeats": repeats, "profile": profile, "cells": cells });
+    std::fs::write(&out, serde_json::to_string_pretty(&doc)?)?;
     println!("\nwrote {}", out.display());
     Ok(())
 }
