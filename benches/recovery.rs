@@ -23,6 +23,9 @@ enum Event {
     NatRebind,
     AddressChange,
     SidecarRestart,
+    /// The sidecar rescheduled elsewhere: a new state dir (identity, reset
+    /// key) and channel port behind the same advertised address.
+    SidecarMoved,
     AppRestart,
     Blackhole(u64),
     UdpBlocked,
@@ -34,6 +37,7 @@ impl Event {
             Event::NatRebind => "nat-rebind".into(),
             Event::AddressChange => "addr-change".into(),
             Event::SidecarRestart => "sidecar-restart".into(),
+            Event::SidecarMoved => "sidecar-moved".into(),
             Event::AppRestart => "app-restart".into(),
             Event::Blackhole(s) => format!("blackhole-{s}s"),
             Event::UdpBlocked => "udp-blocked".into(),
@@ -114,6 +118,14 @@ async fn run_once(transport: &str, event: Event, rtt: Duration, mobile: bool) ->
                     keep.push(sc2);
                     t
                 }
+                Event::SidecarMoved => {
+                    sc.kill().await;
+                    let t = calls.elapsed();
+                    let moved = sc.relocate().await;
+                    relay.set_target(moved.callback.expect("callback address"));
+                    keep.push(moved);
+                    t
+                }
                 Event::AppRestart => {
                     app.kill().await;
                     let t = calls.elapsed();
@@ -155,8 +167,14 @@ async fn main() -> anyhow::Result<()> {
         || vec!["quic".into(), "tcp".into(), "auto".into()],
         |l| l.split(',').map(str::to_string).collect(),
     );
-    let mut events =
-        vec![Event::NatRebind, Event::AddressChange, Event::SidecarRestart, Event::AppRestart, Event::Blackhole(2)];
+    let mut events = vec![
+        Event::NatRebind,
+        Event::AddressChange,
+        Event::SidecarRestart,
+        Event::SidecarMoved,
+        Event::AppRestart,
+        Event::Blackhole(2),
+    ];
     if !quick && !args.iter().any(|a| a == "--no-long") {
         events.push(Event::Blackhole(20));
     }

@@ -114,6 +114,14 @@ impl Dialer {
         self.quic.rebind(self.local_ip).map(NetworkChange::Migrated)
     }
 
+    /// Dials QUIC from a new local port from now on: a NAT or load-balancer
+    /// mapping that still leads to a sidecar that moved away is left
+    /// behind (TCP gets a new port with every dial anyway). Fails when the
+    /// new socket cannot be bound.
+    pub fn new_socket(&mut self) -> Result<SocketAddr, DialError> {
+        self.quic.rebind(self.local_ip)
+    }
+
     fn bind_ip(&self, peer: SocketAddr) -> IpAddr {
         self.local_ip.unwrap_or(match peer {
             SocketAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),

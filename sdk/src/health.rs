@@ -19,6 +19,12 @@ pub(crate) const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(2);
 pub(crate) enum Verdict {
     /// Pings come as they should (or are not late enough to act on).
     Healthy,
+    /// A Ping is overdue (past its interval and a little): ask the
+    /// sidecar's API in parallel whether the sidecar behind it is still the
+    /// one this channel reaches (a rescheduled sidecar sends no reset).
+    /// Again every Ping interval while the silence lasts: the new sidecar
+    /// may not be up at the first ask.
+    AskSidecar,
     /// Pings are late by more than a keepalive interval: the path may be
     /// dead. Move to a new socket (once per silence).
     MoveSocket,
@@ -32,6 +38,9 @@ pub(crate) struct Health {
     keep_alive: KeepAlive,
     last: Instant,
     interval: Duration,
+    /// The last [`Verdict::AskSidecar`]: for which silence (its last Ping's
+    /// time), and how long that silence had lasted then.
+    asked: Option<(Instant, Duration)>,
     /// The silence already answered with a [`Verdict::MoveSocket`] (its last Ping's time).
     suspected: Option<Instant>,
 }
@@ -39,7 +48,7 @@ pub(crate) struct Health {
 impl Health {
     /// A channel that came up at `now` counts as pinged then.
     pub(crate) fn new(keep_alive: KeepAlive, now: Instant) -> Health {
-        Health { keep_alive, last: now, interval: DEFAULT_PING_INTERVAL, suspected: None }
+        Health { keep_alive, last: now, interval: DEFAULT_PING_INTERVAL, asked: None, suspected: None }
     }
 
     /// The last Ping came at `at`; the sidecar announced `interval`, if it did.
@@ -48,19 +57,29 @@ impl Health {
         self.interval = interval.unwrap_or(DEFAULT_PING_INTERVAL);
     }
 
+    /// A Ping is overdue a quarter interval (at least 100 ms) after it was due.
+    fn late_after(&self) -> Duration {
+        self.interval + (self.interval / 4).max(Duration::from_millis(100))
+    }
+
     fn suspect_after(&self) -> Duration {
-        self.interval + self.keep_alive.interval
+        (self.interval + self.keep_alive.interval).max(self.late_after())
     }
 
     fn dead_after(&self) -> Duration {
         self.interval + self.keep_alive.idle_timeout
     }
 
-    /// What to do at `now`. [`Verdict::MoveSocket`] comes once per silence.
+    /// What to do at `now`. [`Verdict::AskSidecar`] and
+    /// [`Verdict::MoveSocket`] come once per silence, in that order.
     pub(crate) fn check(&mut self, now: Instant) -> Verdict {
         let silence = now.saturating_duration_since(self.last);
         if silence >= self.dead_after() {
             return Verdict::Redial(format!("no Ping from the sidecar for {silence:?}"));
+        }
+        if silence >= self.next_ask() {
+            self.asked = Some((self.last, silence));
+            return Verdict::AskSidecar;
         }
         if silence >= self.suspect_after() && self.suspected != Some(self.last) {
             self.suspected = Some(self.last);
@@ -69,9 +88,21 @@ impl Health {
         Verdict::Healthy
     }
 
+    /// The silence after which to ask the sidecar (next).
+    fn next_ask(&self) -> Duration {
+        match self.asked {
+            Some((last, at)) if last == self.last => at + self.interval,
+            _ => self.late_after(),
+        }
+    }
+
     /// When [`Health::check`] next has something to decide, unless a Ping comes first.
     pub(crate) fn poll_timeout(&self) -> Instant {
-        if self.suspected == Some(self.last) { self.last + self.dead_after() } else { self.last + self.suspect_after() }
+        let mut next = self.last + self.dead_after().min(self.next_ask());
+        if self.suspected != Some(self.last) {
+            next = next.min(self.last + self.suspect_after());
+        }
+        next
     }
 }
 
@@ -81,6 +112,24 @@ mod tests {
     use super::*;
 
     const S: Duration = Duration::from_secs(1);
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn an_overdue_ping_asks_the_sidecar_once_before_anything_else() {
+        let t0 = Instant::now();
+        let mut h = Health::new(keep_alive(), t0);
+        assert_eq!(h.check(t0 + 2499 * MS), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 2500 * MS), Verdict::AskSidecar);
+        assert_eq!(h.check(t0 + 3 * S), Verdict::Healthy, "not again at once");
+        assert_eq!(h.poll_timeout(), t0 + 4500 * MS, "next: ask again a Ping interval later");
+        assert_eq!(h.check(t0 + 4500 * MS), Verdict::AskSidecar);
+        assert_eq!(h.poll_timeout(), t0 + 6500 * MS);
+        // Both lines passed at once: ask first, then move.
+        let mut h = Health::new(keep_alive(), t0);
+        assert_eq!(h.check(t0 + 8 * S), Verdict::AskSidecar);
+        assert_eq!(h.poll_timeout(), t0 + 7 * S);
+        assert_eq!(h.check(t0 + 8 * S), Verdict::MoveSocket);
+    }
 
     fn keep_alive() -> KeepAlive {
         KeepAlive { interval: Duration::from_secs(5), idle_timeout: Duration::from_secs(15) }
@@ -90,19 +139,25 @@ mod tests {
     fn quiet_within_the_interval_and_a_keepalive_is_healthy() {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0);
-        // Default interval 2 s: suspect after 7 s, dead after 17 s.
-        assert_eq!(h.poll_timeout(), t0 + 7 * S);
+        // Default interval 2 s: late after 2.5 s, suspect after 7 s, dead after 17 s.
+        assert_eq!(h.poll_timeout(), t0 + 2500 * MS);
         assert_eq!(h.check(t0), Verdict::Healthy);
-        assert_eq!(h.check(t0 + 6 * S), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 2 * S), Verdict::Healthy);
     }
 
     #[test]
     fn a_late_ping_moves_the_socket_once_then_the_channel_dies() {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0);
+        assert_eq!(h.check(t0 + 7 * S), Verdict::AskSidecar);
         assert_eq!(h.check(t0 + 7 * S), Verdict::MoveSocket);
-        // Once per silence: the same silence does not move it again.
+        // Once per silence: the same silence does not move it again (the
+        // sidecar is asked again every Ping interval, though).
         assert_eq!(h.check(t0 + 8 * S), Verdict::Healthy);
+        assert_eq!(h.poll_timeout(), t0 + 9 * S, "next: ask again");
+        for t in [9, 11, 13, 15] {
+            assert_eq!(h.check(t0 + t * S), Verdict::AskSidecar, "at {t} s");
+        }
         assert_eq!(h.poll_timeout(), t0 + 17 * S, "next: the dead line");
         assert_eq!(h.check(t0 + 16 * S), Verdict::Healthy);
         match h.check(t0 + 17 * S) {
@@ -115,11 +170,14 @@ mod tests {
     fn a_ping_ends_the_silence_and_a_new_one_is_suspected_again() {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0);
+        assert_eq!(h.check(t0 + 7 * S), Verdict::AskSidecar);
         assert_eq!(h.check(t0 + 7 * S), Verdict::MoveSocket);
         h.on_ping(t0 + 8 * S, None);
-        assert_eq!(h.poll_timeout(), t0 + 15 * S);
-        assert_eq!(h.check(t0 + 14 * S), Verdict::Healthy);
-        assert_eq!(h.check(t0 + 15 * S), Verdict::MoveSocket, "a new silence is suspected anew");
+        assert_eq!(h.poll_timeout(), t0 + 10500 * MS);
+        assert_eq!(h.check(t0 + 10 * S), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 10500 * MS), Verdict::AskSidecar, "a new silence is suspected anew");
+        assert_eq!(h.check(t0 + 15 * S), Verdict::AskSidecar);
+        assert_eq!(h.check(t0 + 15 * S), Verdict::MoveSocket);
     }
 
     #[test]
@@ -129,11 +187,12 @@ mod tests {
         h.on_ping(t0, Some(Duration::from_secs(20)));
         assert_eq!(h.poll_timeout(), t0 + 25 * S);
         assert_eq!(h.check(t0 + 24 * S), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 25 * S), Verdict::AskSidecar);
         assert_eq!(h.check(t0 + 25 * S), Verdict::MoveSocket);
         assert!(matches!(h.check(t0 + 35 * S), Verdict::Redial(_)));
         // No interval said: back to the default.
         h.on_ping(t0 + 40 * S, None);
-        assert_eq!(h.poll_timeout(), t0 + 47 * S);
+        assert_eq!(h.poll_timeout(), t0 + 42500 * MS);
     }
 
     #[test]
@@ -141,7 +200,7 @@ mod tests {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0 + 10 * S);
         h.on_ping(t0, None);
-        assert_eq!(h.poll_timeout(), t0 + 17 * S);
+        assert_eq!(h.poll_timeout(), t0 + 12500 * MS);
     }
 
     #[test]

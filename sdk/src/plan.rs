@@ -81,6 +81,9 @@ pub(crate) struct Remembered {
     pub offered: Transports,
     /// Its reconnect token (empty: it gave none).
     pub reconnect_token: String,
+    /// Its certificate's SHA-256, as ConnectAppCallback reported it: a
+    /// different one from the API means a different sidecar.
+    pub fingerprint: Vec<u8>,
 }
 
 /// A direct redial: over which transports, with which credential.
@@ -224,7 +227,7 @@ mod tests {
 
     #[test]
     fn a_redial_needs_a_token_and_a_transport_in_common() {
-        let r = Remembered { offered: Transports::AUTO, reconnect_token: "rt".into() };
+        let r = Remembered { offered: Transports::AUTO, reconnect_token: "rt".into(), fingerprint: vec![1] };
         assert_eq!(
             redial(Some(&r), Transports::QUIC),
             Some(Redial { transports: Transports::QUIC, credential: Credential::ReconnectToken("rt".into()) })

@@ -327,6 +327,15 @@ impl Sidecar {
         b.spawn().await
     }
 
+    /// A new sidecar on the same API ports with a fresh state dir (a new
+    /// identity and reset key) and its own callback port, as a sidecar
+    /// rescheduled to another pod or node would be (after [`Sidecar::kill`]).
+    pub async fn relocate(&self) -> Sidecar {
+        let mut b = self.builder.clone().ports(self.http, self.grpc);
+        b.state_dir = None;
+        b.spawn().await
+    }
+
     /// The last lines of its log.
     pub fn log_tail(&self) -> String {
         self.proc.log_tail()

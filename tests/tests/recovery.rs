@@ -325,3 +325,30 @@ async fn the_mobile_profile_is_one_keepalive_per_beat_while_idle() {
     let r = http_call("POST", &format!("{}/v1.0/invoke/echo/method/m", sc.http_base()), &[], "hi").await.unwrap();
     assert_eq!(r.status, 200, "the idle mobile channel still carries calls");
 }
+
+/// A sidecar rescheduled elsewhere (new state dir, so a new certificate and
+/// reset key, and a new channel port behind the same advertised address):
+/// no reset reaches the app. Its late pings make it ask the sidecar's API,
+/// which answers with another certificate, and it moves to the new sidecar
+/// at once. The app's idle timeout is 100 s, beyond this test's patience:
+/// only that mechanism can bring it back in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_that_comes_back_elsewhere_is_found_by_its_api() {
+    let (relay, mut sc) = behind_relay(&[]).await;
+    let mut app = AppBuilder::echo(sc.grpc).transport("quic").args(["--idle-timeout-ms", "100000"]).spawn();
+    app.wait_connected().await;
+    let before = channel(&sc).await;
+    sc.kill().await;
+    let moved = sc.relocate().await;
+    assert_ne!(moved.cert_sha256, sc.cert_sha256, "a new identity");
+    relay.set_target(moved.callback.unwrap());
+    eventually("the app connected to the new sidecar", PATIENCE, || async {
+        let ch = channel(&moved).await;
+        (ch["state"] == "connected").then_some(())
+    })
+    .await;
+    assert_eq!(channel(&moved).await["certSha256"].as_str(), moved.cert_sha256.as_deref());
+    let r = http_call("POST", &format!("{}/v1.0/invoke/echo/method/m", moved.http_base()), &[], "hi").await.unwrap();
+    assert_eq!(r.status, 200, "calls reach the app through the new sidecar");
+    assert!(before["certSha256"] != channel(&moved).await["certSha256"]);
+}

@@ -4,20 +4,18 @@
 //! by pure cores: what to dial ([`crate::plan`]) and whether the channel is
 //! healthy ([`crate::health`]); this file does the I/O they ask for.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dialback_channel::h2;
 use dialback_channel::{
-    Channel, CloseCode, CloseNotice, Connection, Credential, DialConfig, Dialer, Grant, Hello, NetworkChange,
-    Transport, Transports,
+    Channel, CloseCode, CloseNotice, Credential, DialConfig, Dialer, Grant, Hello, NetworkChange, Transports,
 };
 use dialback_proto::runtime::ConnectAppCallbackResponse;
 use dialback_proto::runtime::dapr_app_channel_callback_server::DaprAppChannelCallbackServer;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -26,8 +24,12 @@ use crate::health::{Health, Verdict};
 use crate::options::{ChannelOptions, CredentialChoice};
 use crate::ping::{PingService, PingState};
 use crate::plan::{self, AfterRedial, Remembered};
+
+mod session;
+
 use crate::sidecar::SidecarClient;
 use crate::state::{CallContext, ChannelState, Connected};
+use session::{End, Session};
 
 /// A request from the [`crate::Handle`] to the runner.
 pub(crate) enum Command {
@@ -38,48 +40,6 @@ pub(crate) enum Command {
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Command")
-    }
-}
-
-/// How the connected phase ended.
-enum End {
-    /// Reconnect per the backoff.
-    Lost(String),
-    /// Another instance took over: stand by.
-    Replaced,
-    /// The app asked to stop.
-    Stopped,
-}
-
-/// One channel being served.
-struct Session {
-    transport: Transport,
-    channel_id: u64,
-    sidecar: SocketAddr,
-    conn: Connection,
-    ping: Arc<PingState>,
-    health: Health,
-    serving: JoinHandle<Result<(), ServeError>>,
-    up: Instant,
-}
-
-/// The error `h2::serve` ends with, boxed.
-type ServeError = Box<dyn std::error::Error + Send + Sync>;
-
-impl Session {
-    /// Resolves when the channel is gone, saying why.
-    async fn ended(&mut self) -> String {
-        tokio::select! {
-            r = &mut self.serving => match r {
-                Ok(Ok(())) => "the sidecar closed the channel".into(),
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => format!("serving task failed: {e}"),
-            },
-            c = self.conn.closed() => match c {
-                Some((code, why)) => format!("closed by the sidecar ({code:?}): {why}"),
-                None => "connection lost".into(),
-            },
-        }
     }
 }
 
@@ -95,6 +55,9 @@ pub(crate) struct Runner {
     cache: Option<Cached>,
     /// Replaced by another instance: hellos ask for the channel only if it is free.
     standby: bool,
+    /// A ConnectAppCallback answer from a new sidecar, found while pings
+    /// were late: the next connect dials it at once.
+    fresh: Option<ConnectAppCallbackResponse>,
     /// When the last channel in service was lost, until the next is.
     down_since: Option<Instant>,
 }
@@ -141,6 +104,7 @@ impl Runner {
             cache: None,
             standby: false,
             down_since: None,
+            fresh: None,
         }
     }
 
@@ -275,6 +239,9 @@ impl Runner {
         // The mobile profile has no periodic Ping to watch: the transport's
         // idle timeout (a few beats) is what notices a dead path.
         let watch_pings = self.options.liveness == dialback_channel::Liveness::Default;
+        // ConnectAppCallback asked in parallel while pings are late.
+        let mut asking: Option<futures_util::future::BoxFuture<'static, Result<ConnectAppCallbackResponse, Error>>> =
+            None;
         loop {
             let better = self.options.transports.preferred_over(current.transport);
             let ping = current.ping.clone();
@@ -298,6 +265,15 @@ impl Runner {
                     current.health.on_ping(last, interval);
                     match current.health.check(Instant::now()) {
                         Verdict::Healthy => {}
+                        // A rescheduled sidecar (new pod, new state dir) sends
+                        // no reset: its API, answering with another
+                        // certificate, is how the app learns of it.
+                        Verdict::AskSidecar => {
+                            if asking.is_none() {
+                                let sidecar = self.sidecar.clone();
+                                asking = Some(Box::pin(async move { sidecar.connect_app_callback().await }));
+                            }
+                        }
                         // A dead path may be a lost NAT mapping: a new source
                         // port makes a new one. quinn may swallow send errors
                         // after an interface change, so silence is the signal.
@@ -314,6 +290,19 @@ impl Runner {
                             current.conn.close(CloseCode::PingTimeout, &why);
                             return End::Lost(why);
                         }
+                    }
+                }
+                answer = until_some(&mut asking) => {
+                    asking = None;
+                    match answer {
+                        Ok(a) if self.is_new_sidecar(&a) => {
+                            info!("pings are late and the sidecar's API answers with another certificate: a new sidecar; moving to it");
+                            self.fresh = Some(a);
+                            current.conn.close(CloseCode::Done, "the sidecar moved");
+                            return End::Lost("a new sidecar answers the API (its certificate changed)".into());
+                        }
+                        Ok(_) => debug!("pings are late; the sidecar's API answers as the same sidecar"),
+                        Err(e) => debug!(error = %e, "pings are late; the sidecar's API does not answer"),
                     }
                 }
                 cmd = self.commands.recv() => {
@@ -368,6 +357,15 @@ impl Runner {
     /// ConnectAppCallback in parallel, and falls back to the answer when the
     /// direct dial is refused (e.g. the sidecar restarted) or fails.
     async fn connect(&mut self, allowed: Transports) -> Result<Channel, Error> {
+        // A new sidecar answered while pings were late: dial it, not the old one.
+        if let Some(answer) = self.fresh.take() {
+            self.cache = None;
+            // From a new port: a mapping on the way may still lead to the old one.
+            if let Err(e) = self.dialer.new_socket() {
+                debug!(error = %e, "could not move to a new socket before dialing the new sidecar");
+            }
+            return self.dial_answer(answer, allowed).await;
+        }
         let cached = self.cache.clone();
         let redial = cached.as_ref().and_then(|c| plan::redial(Some(&c.remembered), allowed).map(|r| (c.clone(), r)));
         let Some((c, redial)) = redial else {
@@ -397,7 +395,7 @@ impl Runner {
         };
         let answer = match outcome {
             Ok((ch, grant)) => {
-                self.remember(c.config, c.app_id, c.remembered.offered, grant);
+                self.remember(c.config, c.app_id, c.remembered.offered, c.remembered.fingerprint, grant);
                 return Ok(ch);
             }
             Err(RedialFailed::ApiDown(e)) => return Err(e),
@@ -420,8 +418,25 @@ impl Runner {
         self.dial_answer(answer, allowed).await
     }
 
-    fn remember(&mut self, config: DialConfig, app_id: String, offered: Transports, grant: Grant) {
-        let remembered = Remembered { offered, reconnect_token: grant.reconnect_token };
+    /// Whether `answer` comes from another sidecar than the channel's: its
+    /// certificate differs from the one remembered.
+    fn is_new_sidecar(&self, answer: &ConnectAppCallbackResponse) -> bool {
+        self.cache.as_ref().is_some_and(|c| {
+            !c.remembered.fingerprint.is_empty()
+                && !answer.cert_sha256.is_empty()
+                && c.remembered.fingerprint != answer.cert_sha256
+        })
+    }
+
+    fn remember(
+        &mut self,
+        config: DialConfig,
+        app_id: String,
+        offered: Transports,
+        fingerprint: Vec<u8>,
+        grant: Grant,
+    ) {
+        let remembered = Remembered { offered, reconnect_token: grant.reconnect_token, fingerprint };
         self.cache = Some(Cached { config, app_id, remembered });
     }
 
@@ -444,8 +459,16 @@ impl Runner {
         crate::metrics::dialing(plan.transports);
         let pending = self.dialer.connect_any(plan.transports, self.options.tcp_head_start, &config).await?;
         let (ch, grant) = pending.hello(&self.hello(&plan.app_id, plan.credential)).await?;
-        self.remember(config, plan.app_id, plan.offered, grant);
+        self.remember(config, plan.app_id, plan.offered, answer.cert_sha256, grant);
         Ok(ch)
+    }
+}
+
+/// Resolves with the future's output once there is one to wait for.
+async fn until_some<T>(f: &mut Option<futures_util::future::BoxFuture<'static, T>>) -> T {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
     }
 }
 
