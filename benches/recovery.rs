@@ -5,7 +5,8 @@
 //! `cargo bench -p dialback-benches --bench recovery` (full: 10 repeats,
 //! RTT 0 and 50 ms); `-- --quick` for a smoke run; `-- --repeats N`,
 //! `-- --rtt-ms 0,50`, `-- --no-long` (skip the 20 s blackhole),
-//! `-- --transports quic,tcp,auto` and `-- --profile mobile` (the app in the
+//! `-- --transports quic,tcp,auto`, `-- --events nat-rebind,...` and
+//! `-- --profile mobile` (the app in the
 //! mobile liveness profile, 25 s beat) to choose. Prints one table and
 //! writes `target/bench-recovery.json` (`bench-recovery-mobile.json` for
 //! the mobile profile).
@@ -177,6 +178,10 @@ async fn main() -> anyhow::Result<()> {
     ];
     if !quick && !args.iter().any(|a| a == "--no-long") {
         events.push(Event::Blackhole(20));
+    }
+    if let Some(only) = flag("--events") {
+        let only: Vec<&str> = only.split(',').collect();
+        events.retain(|e| only.contains(&e.name().as_str()));
     }
     dialback_e2e::binaries();
     let profile = if mobile { "mobile" } else { "default" };
