@@ -119,11 +119,12 @@ async fn run_once(transport: &str, event: Event, rtt: Duration, mobile: bool) ->
                     keep.push(sc2);
                     t
                 }
+                // Timed, like a restart, from the new sidecar being ready.
                 Event::SidecarMoved => {
                     sc.kill().await;
-                    let t = calls.elapsed();
                     let moved = sc.relocate().await;
                     relay.set_target(moved.callback.expect("callback address"));
+                    let t = calls.elapsed();
                     keep.push(moved);
                     t
                 }

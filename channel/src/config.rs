@@ -142,11 +142,23 @@ impl KeepAlive {
         Arc::new(t)
     }
 
+    /// Keepalive probes after the first quiet interval that span the idle
+    /// timeout (at least one).
+    pub(crate) fn probes(&self) -> u32 {
+        let rest = self.idle_timeout.saturating_sub(self.interval);
+        u32::try_from(rest.as_millis().div_ceil(self.interval.as_millis().max(1))).unwrap_or(u32::MAX).max(1)
+    }
+
     /// Applies TCP keepalive probes and disables Nagle on a TCP socket.
     pub(crate) fn apply_tcp(&self, stream: &tokio::net::TcpStream) -> std::io::Result<()> {
         stream.set_nodelay(true)?;
         let sock = socket2::SockRef::from(stream);
+        // Enough probes, one per interval, to span the idle timeout: an idle
+        // channel on a dead path is given up after it, not after the
+        // kernel's default of nine probes.
         let ka = socket2::TcpKeepalive::new().with_time(self.interval).with_interval(self.interval);
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let ka = ka.with_retries(self.probes());
         sock.set_tcp_keepalive(&ka)?;
         // Bound how long unacknowledged data may sit before the kernel gives up.
         #[cfg(any(target_os = "linux", target_os = "android"))]
@@ -233,6 +245,14 @@ impl DialConfig {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keepalive_probes_span_the_idle_timeout() {
+        let ka = |i, t| KeepAlive { interval: Duration::from_secs(i), idle_timeout: Duration::from_secs(t) };
+        assert_eq!(ka(2, 6).probes(), 2, "2 s quiet, then 2 probes 2 s apart: 6 s");
+        assert_eq!(ka(25, 100).probes(), 3, "the mobile profile: 100 s");
+        assert_eq!(ka(5, 5).probes(), 1);
+    }
 
     /// QUIC sockets get the larger buffers, as far as the kernel allows.
     #[test]

@@ -22,8 +22,8 @@ pub(crate) enum Verdict {
     /// A Ping is overdue (past its interval and a little): ask the
     /// sidecar's API in parallel whether the sidecar behind it is still the
     /// one this channel reaches (a rescheduled sidecar sends no reset).
-    /// Again every Ping interval while the silence lasts: the new sidecar
-    /// may not be up at the first ask.
+    /// Again every quarter interval (at least 250 ms) while the silence
+    /// lasts: the new sidecar may not be up at the first ask.
     AskSidecar,
     /// Pings are late by more than a keepalive interval: the path may be
     /// dead. Move to a new socket (once per silence).
@@ -57,9 +57,14 @@ impl Health {
         self.interval = interval.unwrap_or(DEFAULT_PING_INTERVAL);
     }
 
-    /// A Ping is overdue a quarter interval (at least 100 ms) after it was due.
+    /// A Ping is overdue a tenth of an interval (at least 100 ms) after it was due.
     fn late_after(&self) -> Duration {
-        self.interval + (self.interval / 4).max(Duration::from_millis(100))
+        self.interval + (self.interval / 10).max(Duration::from_millis(100))
+    }
+
+    /// How often to ask the sidecar again while the silence lasts.
+    fn ask_every(&self) -> Duration {
+        (self.interval / 4).max(Duration::from_millis(250))
     }
 
     fn suspect_after(&self) -> Duration {
@@ -91,7 +96,7 @@ impl Health {
     /// The silence after which to ask the sidecar (next).
     fn next_ask(&self) -> Duration {
         match self.asked {
-            Some((last, at)) if last == self.last => at + self.interval,
+            Some((last, at)) if last == self.last => at + self.ask_every(),
             _ => self.late_after(),
         }
     }
@@ -114,16 +119,21 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
     const MS: Duration = Duration::from_millis(1);
 
+    fn keep_alive() -> KeepAlive {
+        KeepAlive { interval: Duration::from_secs(5), idle_timeout: Duration::from_secs(15) }
+    }
+
     #[test]
-    fn an_overdue_ping_asks_the_sidecar_once_before_anything_else() {
+    fn an_overdue_ping_asks_the_sidecar_before_anything_else_and_again_while_silent() {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0);
-        assert_eq!(h.check(t0 + 2499 * MS), Verdict::Healthy);
-        assert_eq!(h.check(t0 + 2500 * MS), Verdict::AskSidecar);
-        assert_eq!(h.check(t0 + 3 * S), Verdict::Healthy, "not again at once");
-        assert_eq!(h.poll_timeout(), t0 + 4500 * MS, "next: ask again a Ping interval later");
-        assert_eq!(h.check(t0 + 4500 * MS), Verdict::AskSidecar);
-        assert_eq!(h.poll_timeout(), t0 + 6500 * MS);
+        // Default interval 2 s: late after 2.2 s, then every 500 ms.
+        assert_eq!(h.check(t0 + 2199 * MS), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 2200 * MS), Verdict::AskSidecar);
+        assert_eq!(h.check(t0 + 2400 * MS), Verdict::Healthy, "not again at once");
+        assert_eq!(h.poll_timeout(), t0 + 2700 * MS, "next: ask again");
+        assert_eq!(h.check(t0 + 2700 * MS), Verdict::AskSidecar);
+        assert_eq!(h.poll_timeout(), t0 + 3200 * MS);
         // Both lines passed at once: ask first, then move.
         let mut h = Health::new(keep_alive(), t0);
         assert_eq!(h.check(t0 + 8 * S), Verdict::AskSidecar);
@@ -131,16 +141,11 @@ mod tests {
         assert_eq!(h.check(t0 + 8 * S), Verdict::MoveSocket);
     }
 
-    fn keep_alive() -> KeepAlive {
-        KeepAlive { interval: Duration::from_secs(5), idle_timeout: Duration::from_secs(15) }
-    }
-
     #[test]
-    fn quiet_within_the_interval_and_a_keepalive_is_healthy() {
+    fn quiet_within_the_interval_is_healthy() {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0);
-        // Default interval 2 s: late after 2.5 s, suspect after 7 s, dead after 17 s.
-        assert_eq!(h.poll_timeout(), t0 + 2500 * MS);
+        assert_eq!(h.poll_timeout(), t0 + 2200 * MS);
         assert_eq!(h.check(t0), Verdict::Healthy);
         assert_eq!(h.check(t0 + 2 * S), Verdict::Healthy);
     }
@@ -149,17 +154,20 @@ mod tests {
     fn a_late_ping_moves_the_socket_once_then_the_channel_dies() {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0);
+        // Suspect after 2 + 5 = 7 s, dead after 2 + 15 = 17 s.
         assert_eq!(h.check(t0 + 7 * S), Verdict::AskSidecar);
         assert_eq!(h.check(t0 + 7 * S), Verdict::MoveSocket);
         // Once per silence: the same silence does not move it again (the
-        // sidecar is asked again every Ping interval, though).
-        assert_eq!(h.check(t0 + 8 * S), Verdict::Healthy);
-        assert_eq!(h.poll_timeout(), t0 + 9 * S, "next: ask again");
-        for t in [9, 11, 13, 15] {
-            assert_eq!(h.check(t0 + t * S), Verdict::AskSidecar, "at {t} s");
+        // sidecar is asked again, though).
+        assert_eq!(h.check(t0 + 7200 * MS), Verdict::Healthy);
+        assert_eq!(h.poll_timeout(), t0 + 7500 * MS, "next: ask again");
+        let mut t = 7500;
+        while t < 17000 {
+            assert_eq!(h.check(t0 + t * MS), Verdict::AskSidecar, "at {t} ms");
+            t += 500;
         }
+        assert_eq!(h.check(t0 + 16900 * MS), Verdict::Healthy);
         assert_eq!(h.poll_timeout(), t0 + 17 * S, "next: the dead line");
-        assert_eq!(h.check(t0 + 16 * S), Verdict::Healthy);
         match h.check(t0 + 17 * S) {
             Verdict::Redial(why) => assert!(why.contains("no Ping"), "{why}"),
             v => panic!("17 s of silence: {v:?}"),
@@ -173,9 +181,9 @@ mod tests {
         assert_eq!(h.check(t0 + 7 * S), Verdict::AskSidecar);
         assert_eq!(h.check(t0 + 7 * S), Verdict::MoveSocket);
         h.on_ping(t0 + 8 * S, None);
-        assert_eq!(h.poll_timeout(), t0 + 10500 * MS);
+        assert_eq!(h.poll_timeout(), t0 + 10200 * MS);
         assert_eq!(h.check(t0 + 10 * S), Verdict::Healthy);
-        assert_eq!(h.check(t0 + 10500 * MS), Verdict::AskSidecar, "a new silence is suspected anew");
+        assert_eq!(h.check(t0 + 10200 * MS), Verdict::AskSidecar, "a new silence is suspected anew");
         assert_eq!(h.check(t0 + 15 * S), Verdict::AskSidecar);
         assert_eq!(h.check(t0 + 15 * S), Verdict::MoveSocket);
     }
@@ -185,14 +193,15 @@ mod tests {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0);
         h.on_ping(t0, Some(Duration::from_secs(20)));
-        assert_eq!(h.poll_timeout(), t0 + 25 * S);
-        assert_eq!(h.check(t0 + 24 * S), Verdict::Healthy);
-        assert_eq!(h.check(t0 + 25 * S), Verdict::AskSidecar);
+        // Late after 22 s (asked every 5 s), suspect after 25 s, dead after 35 s.
+        assert_eq!(h.poll_timeout(), t0 + 22 * S);
+        assert_eq!(h.check(t0 + 21 * S), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 22 * S), Verdict::AskSidecar);
         assert_eq!(h.check(t0 + 25 * S), Verdict::MoveSocket);
         assert!(matches!(h.check(t0 + 35 * S), Verdict::Redial(_)));
         // No interval said: back to the default.
         h.on_ping(t0 + 40 * S, None);
-        assert_eq!(h.poll_timeout(), t0 + 42500 * MS);
+        assert_eq!(h.poll_timeout(), t0 + 42200 * MS);
     }
 
     #[test]
@@ -200,7 +209,7 @@ mod tests {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0 + 10 * S);
         h.on_ping(t0, None);
-        assert_eq!(h.poll_timeout(), t0 + 12500 * MS);
+        assert_eq!(h.poll_timeout(), t0 + 12200 * MS);
     }
 
     #[test]
