@@ -13,10 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 api=${1:-http} conc=${2:-1} payload=${3:-100}
 mkdir -p target/profile
-CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo bench -p dialback-benches --bench cost --no-run 2>/dev/null
+CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_PROFILE_RELEASE_STRIP=none cargo bench -p dialback-benches --bench cost --no-run 2>/dev/null
 for mode in classic tcp quic; do
   out=target/profile/hold-$mode.log
-  CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo bench -p dialback-benches --bench cost -- \
+  CARGO_PROFILE_RELEASE_DEBUG=line-tables-only CARGO_PROFILE_RELEASE_STRIP=none cargo bench -p dialback-benches --bench cost -- \
     --modes "$mode" --api "$api" --conc "$conc" --payload "$payload" --hold "$mode" >"$out" 2>&1 &
   bench=$!
   for _ in $(seq 300); do grep -q '^holding' "$out" 2>/dev/null && break; sleep 1; done
