@@ -69,7 +69,11 @@ impl Endpoint {
         })?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        let http = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(128).build(connector);
+        // Idle connections kept for less than the sidecar's HTTP/1 keep-alive (10 s).
+        let http = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(128)
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build(connector);
         let url = format!("http://127.0.0.1:{http_port}/v1.0/invoke/{app_id}/method/echo");
         Ok(Endpoint { mode, procs, app_id: app_id.to_string(), grpc, http, url })
     }
