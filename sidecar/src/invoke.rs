@@ -1,7 +1,8 @@
 //! The one invocation path both APIs share: check the message's size, find
 //! the app's connection (classic or callback, waiting a bounded time for a
 //! down channel), take a slot, call `AppCallback/OnInvoke` within the
-//! call's deadline, and classify what went wrong.
+//! call's deadline, and classify what went wrong. A caller's W3C trace
+//! context gets its channel-hop span here too ([`crate::trace`]).
 
 use std::time::Duration;
 
@@ -10,21 +11,47 @@ use tokio::time::Instant;
 
 use dialback_proto::common::{InvokeRequest, InvokeResponse};
 use tonic::metadata::MetadataMap;
+use tracing::Instrument;
 
 use crate::error::InvokeError;
 use crate::state::Sidecar;
+use crate::trace::Hop;
 
 /// Room over `--max-body-size` for a message's envelope (method, content
 /// type, metadata): the limit holds the data, not the few bytes around it.
 pub const ENVELOPE: usize = 64 * 1024;
 
+/// The app's answer, and the channel hop's `traceparent` for the caller
+/// when the call carried a valid one.
+#[derive(Debug)]
+pub struct Invoked {
+    /// What the app answered.
+    pub response: InvokeResponse,
+    /// The hop's `traceparent`, to send back.
+    pub traceparent: Option<String>,
+}
+
 /// Invokes `req` on the app `target` within `timeout` (waiting for a
-/// channel and a slot included). Fails when `target` is not this sidecar's
-/// app, when the message is larger than this sidecar or the app accepts
-/// (before anything is sent), when the channel is down past the wait bound,
-/// when too many calls are waiting, when the time is up, when the call
-/// breaks in flight, or with the app's own error status.
+/// channel and a slot included), in the channel hop's span; the app gets
+/// the hop's `traceparent` in place of the caller's. Fails when `target` is
+/// not this sidecar's app, when the message is larger than this sidecar or
+/// the app accepts (before anything is sent), when the channel is down past
+/// the wait bound, when too many calls are waiting, when the time is up,
+/// when the call breaks in flight, or with the app's own error status.
 pub async fn invoke(
+    s: &Sidecar,
+    target: &str,
+    req: InvokeRequest,
+    mut metadata: MetadataMap,
+    timeout: Duration,
+) -> Result<Invoked, InvokeError> {
+    let hop = Hop::begin(&mut metadata);
+    let span = Hop::span(hop.as_ref(), target, &req.method);
+    let response = call_app(s, target, req, metadata, timeout).instrument(span).await?;
+    Ok(Invoked { response, traceparent: hop.map(|h| h.traceparent()) })
+}
+
+async fn call_app(
     s: &Sidecar,
     target: &str,
     req: InvokeRequest,

@@ -59,18 +59,16 @@ impl Dapr for DaprApi {
         }
         let timeout =
             grpc_timeout(request.metadata()).map_or(s.limits.app_call_timeout, |t| t.min(s.limits.app_call_timeout));
-        let mut md = super::headers::forwardable(&request.metadata().clone().into_headers(), super::token::Api::Grpc);
-        let hop = crate::trace::Hop::begin(&mut md);
+        let md = super::headers::forwardable(&request.metadata().clone().into_headers(), super::token::Api::Grpc);
         let req = request.into_inner();
         let message: InvokeRequest =
             req.message.ok_or_else(|| Status::invalid_argument("InvokeServiceRequest.message is required"))?;
         if message.method.is_empty() {
             return Err(Status::invalid_argument("InvokeRequest.method is required"));
         }
-        let span = crate::trace::Hop::span(hop.as_ref(), &req.id, &message.method);
-        let answer = tracing::Instrument::instrument(invoke(s, &req.id, message, md, timeout), span).await;
-        let mut resp = answer.map(Response::new).map_err(|e| e.to_status())?;
-        if let Some(v) = hop.and_then(|h| h.traceparent().parse().ok()) {
+        let invoked = invoke(s, &req.id, message, md, timeout).await.map_err(|e| e.to_status())?;
+        let mut resp = Response::new(invoked.response);
+        if let Some(v) = invoked.traceparent.and_then(|t| t.parse().ok()) {
             resp.metadata_mut().insert(crate::trace::TRACEPARENT, v);
         }
         Ok(resp)

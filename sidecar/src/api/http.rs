@@ -12,10 +12,9 @@ use dialback_proto::common::{HttpExtension, InvokeRequest, http_extension::Verb}
 use tonic::metadata::MetadataMap;
 
 use crate::error::{ERR_DIRECT_INVOKE, InvokeError, error_body};
-use crate::invoke::invoke;
+use crate::invoke::{Invoked, invoke};
 use crate::state::Sidecar;
-use crate::trace::{Hop, TRACEPARENT};
-use tracing::Instrument;
+use crate::trace::TRACEPARENT;
 
 /// The HTTP API's router. The API token is checked in front of it (see
 /// `api_token`), so every route here, the `dapr-app-id` fallback included,
@@ -151,15 +150,13 @@ async fn call(s: &Sidecar, app_id: &str, method: &str, req: Request) -> Response
             return error_body(StatusCode::BAD_REQUEST, ERR_DIRECT_INVOKE, &format!("reading the body failed: {e}"));
         }
     };
-    let (req, mut md) = to_invoke_request(&parts.method, method, parts.uri.query(), &parts.headers, body);
+    let (req, md) = to_invoke_request(&parts.method, method, parts.uri.query(), &parts.headers, body);
     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-    let hop = Hop::begin(&mut md);
-    let span = Hop::span(hop.as_ref(), app_id, method);
-    match invoke(s, app_id, req, md, left).instrument(span).await {
-        Ok(resp) => {
+    match invoke(s, app_id, req, md, left).await {
+        Ok(Invoked { response: resp, traceparent }) => {
             let data = resp.data.map(|a| a.value).unwrap_or_default();
             let mut out = (StatusCode::OK, data).into_response();
-            if let Some(v) = hop.and_then(|h| http::HeaderValue::from_str(&h.traceparent()).ok()) {
+            if let Some(v) = traceparent.and_then(|t| http::HeaderValue::try_from(t).ok()) {
                 out.headers_mut().insert(TRACEPARENT, v);
             }
             if !resp.content_type.is_empty()

@@ -52,15 +52,13 @@ pub(crate) async fn run(ch: Channel, registry: Arc<Registry>, policy: CallbackPo
     let started = tokio::time::timeout(policy.handshake, h2::client(io, pings)).await;
     let (client, h2_conn) = match started {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            let why = format!("HTTP/2 handshake failed: {e}");
+        failed => {
+            let why = match failed {
+                Ok(Err(e)) => format!("HTTP/2 handshake failed: {e}"),
+                _ => "HTTP/2 handshake timed out".to_string(),
+            };
             policy.metrics.channel_end(info.transport, &ChannelEnd::Unproven(why.clone()));
             return not_installed(&registry, &info, &conn, &why);
-        }
-        Err(_) => {
-            let why = "HTTP/2 handshake timed out";
-            policy.metrics.channel_end(info.transport, &ChannelEnd::Unproven(why.to_string()));
-            return not_installed(&registry, &info, &conn, why);
         }
     };
     let transport = info.transport;
@@ -345,14 +343,8 @@ async fn ping_loop(live: &Live, interval: Duration, deadline: Duration, metrics:
                 let rtt = sent.elapsed();
                 live.set_rtt(rtt);
                 metrics.ping(transport, rtt);
-                // QUIC follows the app to a new address (migration, NAT
-                // rebinding); the answered Ping shows the path works.
-                let now = live.conn.peer_addr();
-                if now != peer {
-                    info!(channel_id = live.info.channel_id, from = %peer, to = %now, "the app's address changed; the channel moved with it");
-                    metrics.migrated(transport);
-                    peer = now;
-                }
+                // The answered Ping shows the path works, wherever it goes now.
+                note_move(live, &mut peer, metrics);
             }
             Ok(Ok(None)) => return "the app ended the Ping stream".to_string(),
             Ok(Err(status)) => return format!("Ping stream failed: {}", status.message()),
@@ -382,14 +374,18 @@ async fn quiet(
                 Ok(None) => return "the app ended the Ping stream".to_string(),
                 Err(status) => return format!("Ping stream failed: {}", status.message()),
             },
-            _ = look.tick() => {
-                let now = live.conn.peer_addr();
-                if now != peer {
-                    info!(channel_id = live.info.channel_id, from = %peer, to = %now, "the app's address changed; the channel moved with it");
-                    metrics.migrated(live.info.transport);
-                    peer = now;
-                }
-            }
+            _ = look.tick() => note_move(live, &mut peer, metrics),
         }
+    }
+}
+
+/// Logs and counts a change of the app's address since `peer` (QUIC
+/// follows the app: migration, NAT rebinding), and remembers the new one.
+fn note_move(live: &Live, peer: &mut std::net::SocketAddr, metrics: &Metrics) {
+    let now = live.conn.peer_addr();
+    if now != *peer {
+        info!(channel_id = live.info.channel_id, from = %peer, to = %now, "the app's address changed; the channel moved with it");
+        metrics.migrated(live.info.transport);
+        *peer = now;
     }
 }
