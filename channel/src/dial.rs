@@ -101,6 +101,18 @@ impl Dialer {
         Dialer { local_ip, quic: quic::ClientEndpoint::default() }
     }
 
+    /// The local IP dials and migrations bind, when the app chose one
+    /// (`None`: any, the kernel picks the source per destination).
+    pub fn local_ip(&self) -> Option<IpAddr> {
+        self.local_ip
+    }
+
+    /// Binds any address from now on: the chosen local IP went away (the
+    /// next [`Dialer::network_changed`] moves to the kernel's choice).
+    pub fn forget_local_ip(&mut self) {
+        self.local_ip = None;
+    }
+
     /// The network changed under `conn` (or its path seems dead): dial from
     /// `local_ip` from now on, when given, and move `conn` to a new socket
     /// if its transport migrates. Fails when the new socket cannot be bound.

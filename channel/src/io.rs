@@ -77,6 +77,9 @@ pub(crate) trait Link: Send + Sync + std::fmt::Debug + 'static {
     fn transport(&self) -> Transport;
     /// The peer's current address (follows QUIC migration).
     fn peer_addr(&self) -> SocketAddr;
+    /// This end's address, where the transport knows it exactly (TCP); a
+    /// QUIC socket on a wildcard address sends from whatever the kernel picks.
+    fn local_addr(&self) -> Option<SocketAddr>;
     /// The transport's own round-trip estimate, where it has one.
     fn rtt(&self) -> Option<Duration>;
     /// Closes the connection, with `code` on the wire where the transport has close codes.
@@ -126,6 +129,13 @@ impl Connection {
     /// The peer's current address: follows QUIC migration.
     pub fn peer_addr(&self) -> SocketAddr {
         self.link.peer_addr()
+    }
+
+    /// This end's address, where the transport knows it exactly (TCP: the
+    /// connection's source; `None` for QUIC, whose socket may be on a
+    /// wildcard address and follows the kernel's choice of source).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.link.local_addr()
     }
 
     /// The transport's own round-trip estimate, where it has one (QUIC).

@@ -33,6 +33,9 @@ struct Args {
     /// Local IP to dial from.
     #[arg(long)]
     local_ip: Option<IpAddr>,
+    /// Do not watch the kernel's network changes (move only on SIGUSR1).
+    #[arg(long)]
+    no_watch_network: bool,
     /// On SIGUSR1, move to this local IP (default: a new port on the same IP).
     #[arg(long)]
     rebind_ip: Option<IpAddr>,
@@ -103,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
     let options = ChannelOptions {
         transports: args.transport,
         local_ip: args.local_ip,
+        watch_network: !args.no_watch_network,
         quic_probe_interval: args.quic_probe_ms,
         standby_probe_interval: args.standby_probe_ms,
         max_message_size: args.max_message_bytes,

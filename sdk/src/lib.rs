@@ -12,6 +12,7 @@ mod error;
 mod handlers;
 mod health;
 pub mod metrics;
+mod netwatch;
 mod options;
 mod ping;
 mod plan;

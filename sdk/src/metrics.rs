@@ -17,7 +17,8 @@ pub const CHANNELS_OPENED: &str = "dialback_sdk_channels_opened_total";
 /// Channels back in service after one was lost.
 pub const RECONNECTS: &str = "dialback_sdk_reconnects_total";
 /// QUIC connections moved to a new socket, by cause (`rebind`: the app said
-/// the network changed; `late_pings`: the SDK saw the path go quiet).
+/// the network changed; `network`: the SDK saw it change (Linux netlink);
+/// `late_pings`: the SDK saw the path go quiet).
 pub const MIGRATIONS: &str = "dialback_sdk_migrations_total";
 /// 1 while a channel is in service, else 0.
 pub const CONNECTED: &str = "dialback_sdk_connected";

@@ -46,8 +46,16 @@ pub struct ChannelOptions {
     pub trust: TrustChoice,
     /// Handshake deadline and keepalive.
     pub timeouts: Timeouts,
-    /// Local IP to dial from (`None`: any).
+    /// Local IP to dial from (`None`: any, the kernel's choice per route).
+    /// If it goes away while [`ChannelOptions::watch_network`] is on, the
+    /// channel moves to the kernel's choice rather than stay dead.
     pub local_ip: Option<IpAddr>,
+    /// Watch the kernel's address and route changes (Linux, netlink) and
+    /// move the channel by itself when the address it uses goes away or a
+    /// new route leads to the sidecar from another one; a reconnect wait is
+    /// cut short by a change too. Elsewhere the app calls
+    /// [`crate::Handle::rebind`] when the OS reports a change.
+    pub watch_network: bool,
     /// Reconnect pacing.
     pub backoff: Backoff,
     /// While on TCP with QUIC allowed, how often to try QUIC again; when it
@@ -79,6 +87,7 @@ impl Default for ChannelOptions {
             trust: TrustChoice::default(),
             timeouts: Timeouts::default(),
             local_ip: None,
+            watch_network: true,
             backoff: Backoff::default(),
             quic_probe_interval: Duration::from_secs(5),
             standby_probe_interval: Duration::from_secs(15),

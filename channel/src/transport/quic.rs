@@ -37,6 +37,10 @@ impl Link for QuicLink {
         self.0.remote_address()
     }
 
+    fn local_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
     fn rtt(&self) -> Option<Duration> {
         Some(self.0.rtt())
     }
@@ -100,15 +104,19 @@ impl ClientEndpoint {
     }
 
     /// Moves the endpoint, and every connection on it, to a new UDP socket
-    /// on `ip` (or the current IP): the connections migrate. Fails when the
-    /// socket cannot be bound or no endpoint exists yet.
+    /// on `ip` (or the wildcard address of its family, so the kernel picks
+    /// the source): the connections migrate. Fails when the socket cannot
+    /// be bound or no endpoint exists yet.
     pub(crate) fn rebind(&mut self, ip: Option<IpAddr>) -> Result<SocketAddr, DialError> {
         let Some(endpoint) = &self.0 else {
             return Err(DialError::Socket(std::io::Error::other("no QUIC endpoint to rebind yet")));
         };
         let current = endpoint.local_addr().map_err(DialError::Socket)?;
-        let socket =
-            crate::config::udp_socket(SocketAddr::new(ip.unwrap_or(current.ip()), 0)).map_err(DialError::Socket)?;
+        let any = match current {
+            SocketAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            SocketAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        };
+        let socket = crate::config::udp_socket(SocketAddr::new(ip.unwrap_or(any), 0)).map_err(DialError::Socket)?;
         endpoint.rebind(socket).map_err(DialError::Socket)?;
         endpoint.local_addr().map_err(DialError::Socket)
     }

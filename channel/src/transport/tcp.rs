@@ -25,10 +25,11 @@ use crate::io::{CloseCode, Connection, Io, Link};
 use crate::lograte::RateLimited;
 use crate::{Hello, Transport, Verdict};
 
-/// A live TCP+TLS connection: all it knows is where the peer is.
+/// A live TCP+TLS connection: all it knows is where either end is.
 #[derive(Debug)]
 struct TcpLink {
     peer: SocketAddr,
+    local: Option<SocketAddr>,
 }
 
 impl Link for TcpLink {
@@ -38,6 +39,10 @@ impl Link for TcpLink {
 
     fn peer_addr(&self) -> SocketAddr {
         self.peer
+    }
+
+    fn local_addr(&self) -> Option<SocketAddr> {
+        self.local
     }
 
     fn rtt(&self) -> Option<Duration> {
@@ -64,7 +69,8 @@ impl Link for TcpLink {
 /// The channel's byte stream and connection handle over `stream`.
 fn channel_parts(stream: tokio_rustls::TlsStream<TcpStream>, peer: SocketAddr) -> (Io, Connection) {
     let gone = CancellationToken::new();
-    let connection = Connection::new(Arc::new(TcpLink { peer }), gone.clone());
+    let local = stream.get_ref().0.local_addr().ok();
+    let connection = Connection::new(Arc::new(TcpLink { peer, local }), gone.clone());
     (Io::new(Box::new(stream), gone), connection)
 }
 

@@ -6,7 +6,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dialback_channel::h2;
 use dialback_channel::{
@@ -21,10 +21,12 @@ use tracing::{debug, info, warn};
 
 use crate::error::Error;
 use crate::health::{Health, Verdict};
+use crate::netwatch::NetWatch;
 use crate::options::{ChannelOptions, CredentialChoice};
 use crate::ping::{PingService, PingState};
 use crate::plan::{self, AfterRedial, Remembered};
 
+mod moves;
 mod session;
 
 use crate::sidecar::SidecarClient;
@@ -60,6 +62,8 @@ pub(crate) struct Runner {
     fresh: Option<ConnectAppCallbackResponse>,
     /// When the last channel in service was lost, until the next is.
     down_since: Option<Instant>,
+    /// The kernel's network change announcements (made in `run`, on the runtime).
+    net: Option<NetWatch>,
 }
 
 /// What the SDK keeps from the last channel to redial the same sidecar
@@ -105,10 +109,12 @@ impl Runner {
             standby: false,
             down_since: None,
             fresh: None,
+            net: None,
         }
     }
 
     pub(crate) async fn run(mut self) {
+        self.net = Some(NetWatch::new(self.options.watch_network));
         let mut backoff = self.options.backoff.clone();
         loop {
             let delay = if self.standby {
@@ -123,6 +129,10 @@ impl Runner {
                     () = tokio::time::sleep(delay) => {}
                     () = self.stop.cancelled() => break,
                     cmd = self.commands.recv() => self.refuse(cmd),
+                    // A new address or route may be the way back: try it now.
+                    () = net_changed(&mut self.net), if !self.standby => {
+                        debug!("the network changed while reconnecting; dialing now");
+                    }
                 }
             }
             if self.stop.is_cancelled() {
@@ -207,6 +217,7 @@ impl Runner {
             transport: info.transport,
             channel_id: info.channel_id,
             sidecar: info.peer_addr,
+            local_ip: Session::local_ip_now(&conn, self.dialer.local_ip()),
             conn,
             ping,
             health: Health::new(keep_alive, Instant::now()),
@@ -307,10 +318,11 @@ impl Runner {
                 }
                 cmd = self.commands.recv() => {
                     if let Some(Command::Rebind(ip, reply)) = cmd {
-                        let r = self.network_changed(current, ip).await;
+                        let r = self.network_changed(current, ip, "rebind").await;
                         let _ = reply.send(r);
                     }
                 }
+                () = net_changed(&mut self.net) => self.on_network_change(current).await,
                 _ = probe.tick(), if !better.is_empty() => {
                     match self.connect(better).await {
                         Ok(ch) => {
@@ -326,30 +338,6 @@ impl Runner {
                 }
             }
         }
-    }
-
-    /// QUIC migrates to a new socket; TCP gets a new channel from the new address.
-    async fn network_changed(&mut self, current: &mut Session, ip: Option<std::net::IpAddr>) -> Result<(), Error> {
-        if let NetworkChange::Migrated(addr) = self.dialer.network_changed(&current.conn, ip)? {
-            crate::metrics::migrated("rebind");
-            info!(%addr, "network changed; the connection migrates");
-            return Ok(());
-        }
-        let ch = self.connect(self.options.transports).await?;
-        let new = self.start_session(ch);
-        self.switch(current, new);
-        Ok(())
-    }
-
-    /// Makes `new` the current channel; the old one keeps serving its calls
-    /// in flight until the sidecar, which has switched too, closes it.
-    fn switch(&mut self, current: &mut Session, new: Session) {
-        let mut old = std::mem::replace(current, new);
-        info!(from = %old.transport, to = %current.transport, channel_id = current.channel_id, "channel moved, make-before-break");
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(60), old.ended()).await;
-            old.conn.close(CloseCode::Done, "superseded");
-        });
     }
 
     /// Gets a channel over the `allowed` transports: redials the cached
@@ -468,6 +456,14 @@ impl Runner {
 async fn until_some<T>(f: &mut Option<futures_util::future::BoxFuture<'static, T>>) -> T {
     match f {
         Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves once the network changed (never, when not watching).
+async fn net_changed(net: &mut Option<NetWatch>) {
+    match net {
+        Some(n) => n.changed().await,
         None => std::future::pending().await,
     }
 }

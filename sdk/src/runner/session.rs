@@ -1,7 +1,7 @@
 //! One channel being served ([`Session`]) and how its connected phase
 //! ended ([`End`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,6 +26,9 @@ pub(super) struct Session {
     pub(super) transport: Transport,
     pub(super) channel_id: u64,
     pub(super) sidecar: SocketAddr,
+    /// The local IP the channel sends from, as far as the SDK knows (see
+    /// [`Session::local_ip_now`]); what a network change is checked against.
+    pub(super) local_ip: Option<IpAddr>,
     pub(super) conn: Connection,
     pub(super) ping: Arc<PingState>,
     pub(super) health: Health,
@@ -37,6 +40,13 @@ pub(super) struct Session {
 pub(super) type ServeError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Session {
+    /// The local IP the channel sends from: TCP's own source; for QUIC the
+    /// IP the app chose (`pinned`) or else the kernel's choice of source
+    /// toward the sidecar, which a wildcard socket follows.
+    pub(super) fn local_ip_now(conn: &Connection, pinned: Option<IpAddr>) -> Option<IpAddr> {
+        conn.local_addr().map(|a| a.ip()).or(pinned).or_else(|| crate::netwatch::source_for(conn.peer_addr()))
+    }
+
     /// Resolves when the channel is gone, saying why.
     pub(super) async fn ended(&mut self) -> String {
         tokio::select! {

@@ -1,0 +1,68 @@
+//! Moving the channel when the network changes: on the app's word
+//! ([`crate::Handle::rebind`]) or the kernel's ([`crate::netwatch`]).
+//! QUIC migrates to a new socket; TCP gets a new channel, make-before-break.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use dialback_channel::{CloseCode, NetworkChange};
+use tracing::{debug, info, warn};
+
+use super::Runner;
+use super::session::Session;
+use crate::error::Error;
+use crate::netwatch::{self, Move};
+
+impl Runner {
+    /// The kernel announced a network change: move the channel if the
+    /// address it uses went away or is no longer the way to the sidecar.
+    pub(super) async fn on_network_change(&mut self, current: &mut Session) {
+        let Some(used) = current.local_ip else { return };
+        let pinned = self.dialer.local_ip();
+        let now = netwatch::source_for(current.conn.peer_addr());
+        match netwatch::decide(used, pinned.is_some(), netwatch::is_local(used), now) {
+            Move::Stay => debug!(%used, ?now, "the network changed; the channel's address is still the way"),
+            Move::Go { unpin } => {
+                if unpin {
+                    info!(%used, "the local IP the app chose went away; dialing from the kernel's choice from now on");
+                    self.dialer.forget_local_ip();
+                } else {
+                    info!(%used, ?now, "the network changed under the channel; moving it");
+                }
+                if let Err(e) = self.network_changed(current, None, "network").await {
+                    warn!(error = %e, "moving the channel after a network change failed; the next change or the keepalive decides");
+                }
+            }
+        }
+    }
+
+    /// QUIC migrates to a new socket; TCP gets a new channel from the new address.
+    pub(super) async fn network_changed(
+        &mut self,
+        current: &mut Session,
+        ip: Option<IpAddr>,
+        cause: &'static str,
+    ) -> Result<(), Error> {
+        if let NetworkChange::Migrated(addr) = self.dialer.network_changed(&current.conn, ip)? {
+            crate::metrics::migrated(cause);
+            current.local_ip = Session::local_ip_now(&current.conn, self.dialer.local_ip());
+            info!(%addr, "network changed; the connection migrates");
+            return Ok(());
+        }
+        let ch = self.connect(self.options.transports).await?;
+        let new = self.start_session(ch);
+        self.switch(current, new);
+        Ok(())
+    }
+
+    /// Makes `new` the current channel; the old one keeps serving its calls
+    /// in flight until the sidecar, which has switched too, closes it.
+    pub(super) fn switch(&mut self, current: &mut Session, new: Session) {
+        let mut old = std::mem::replace(current, new);
+        info!(from = %old.transport, to = %current.transport, channel_id = current.channel_id, "channel moved, make-before-break");
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(60), old.ended()).await;
+            old.conn.close(CloseCode::Done, "superseded");
+        });
+    }
+}
