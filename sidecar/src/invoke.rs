@@ -16,6 +16,7 @@ use tracing::Instrument;
 use crate::error::InvokeError;
 use crate::state::Sidecar;
 use crate::trace::Hop;
+use crate::trace::otlp::Outcome;
 
 /// Room over `--max-body-size` for a message's envelope (method, content
 /// type, metadata): the limit holds the data, not the few bytes around it.
@@ -45,10 +46,18 @@ pub async fn invoke(
     mut metadata: MetadataMap,
     timeout: Duration,
 ) -> Result<Invoked, InvokeError> {
-    let hop = Hop::begin(&mut metadata);
+    let hop = Hop::begin(&mut metadata, s.spans.as_ref().map(|e| e.sampling_rate()));
     let span = Hop::span(hop.as_ref(), target, &req.method);
-    let response = call_app(s, target, req, metadata, timeout).instrument(span).await?;
-    Ok(Invoked { response, traceparent: hop.map(|h| h.traceparent()) })
+    let method = (s.spans.is_some() && hop.is_some()).then(|| req.method.clone());
+    let response = call_app(s, target, req, metadata, timeout).instrument(span).await;
+    if let (Some(exporter), Some(hop), Some(method)) = (&s.spans, &hop, method) {
+        let outcome = match &response {
+            Ok(_) => Outcome::Ok,
+            Err(e) => Outcome::Failed(&e.to_string()),
+        };
+        exporter.finish(hop, target, &method, outcome);
+    }
+    Ok(Invoked { response: response?, traceparent: hop.map(|h| h.traceparent()) })
 }
 
 async fn call_app(

@@ -200,6 +200,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     };
 
+    let spans = match &config.otlp {
+        Some((endpoint, rate)) => {
+            let (exporter, task) =
+                trace::otlp::Exporter::start(endpoint.clone(), &config.app_id, *rate, metrics.registry(), stop.clone())
+                    .map_err(|e| StartError::Metrics(e.to_string()))?;
+            tasks.push(task);
+            Some(exporter)
+        }
+        None => None,
+    };
     let state = Arc::new(Sidecar {
         app_id: config.app_id.clone(),
         app,
@@ -225,6 +235,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .map_err(StartError::Upstream)?,
         own_calls_via_daprd: config.bridge.as_ref().is_some_and(|b| b.protocol == config::BridgeProtocol::Http),
         metrics,
+        spans,
     });
 
     let grace_deadline = Arc::new(OnceLock::new());

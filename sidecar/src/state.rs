@@ -60,6 +60,8 @@ pub struct Sidecar {
     pub own_calls_via_daprd: bool,
     /// What the metrics server serves.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where sampled hops' spans go (`--otlp-endpoint`), if anywhere.
+    pub spans: Option<crate::trace::otlp::Exporter>,
 }
 
 /// What `runtimeVersion` says.

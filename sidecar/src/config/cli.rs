@@ -257,6 +257,17 @@ pub struct RunArgs {
     #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
     pub metrics_listen_address: IpAddr,
 
+    /// Export the channel hop's spans over OTLP/gRPC to this collector
+    /// (`http://HOST:PORT`, e.g. a local OpenTelemetry Collector's 4317);
+    /// calls without a trace then start one.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Share of calls without a caller's trace that start a sampled one,
+    /// 0 to 1 (daprd's `samplingRate`); a caller's trace keeps its own flag.
+    #[arg(long, default_value_t = 1.0)]
+    pub trace_sampling_rate: f64,
+
     /// Log level or filter (RUST_LOG wins when set).
     #[arg(long, default_value = "info")]
     pub log_level: String,

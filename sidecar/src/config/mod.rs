@@ -87,6 +87,9 @@ pub struct Config {
     pub upstream_http: Option<String>,
     /// Where the metrics server binds; `None`: no metrics server.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where the hop's spans are exported (OTLP/gRPC), and the sampling
+    /// rate of traces the sidecar starts; `None`: no export.
+    pub otlp: Option<(http::Uri, f64)>,
 }
 
 /// Bridge mode: the port daprd's `--app-port` points at and what daprd speaks there.
@@ -169,6 +172,14 @@ pub enum ConfigError {
     /// A timeout of zero would fail every call.
     #[error("{0} must be greater than zero")]
     ZeroDuration(&'static str),
+    /// The OTLP endpoint is not `http://HOST:PORT`.
+    #[error(
+        "--otlp-endpoint {0:?} must be http://HOST:PORT (OTLP over gRPC, e.g. a local collector's 4317; TLS to a collector is not built in: run a collector beside dialbackd)"
+    )]
+    BadOtlpEndpoint(String),
+    /// The sampling rate is a share.
+    #[error("--trace-sampling-rate {0} must be between 0 and 1")]
+    BadSamplingRate(f64),
     /// Keepalive must be shorter than the idle timeout.
     #[error("--callback-keepalive-interval must be shorter than --callback-idle-timeout")]
     KeepAliveTooLong,
@@ -252,6 +263,7 @@ impl Config {
         if body_bytes_in_flight < max_body_size {
             return Err(ConfigError::BudgetTooSmall);
         }
+        let otlp = otlp_endpoint(a.otlp_endpoint.as_deref(), a.trace_sampling_rate)?;
         let limits = Limits {
             max_body_size,
             app_max_concurrency: usize::try_from(a.app_max_concurrency).ok(),
@@ -303,8 +315,22 @@ impl Config {
             upstream_grpc: a.dapr_upstream_grpc,
             upstream_http: a.dapr_upstream_http,
             metrics_addr: a.enable_metrics.then(|| std::net::SocketAddr::new(a.metrics_listen_address, a.metrics_port)),
+            otlp,
             app_id,
         })
+    }
+}
+
+/// The OTLP collector's endpoint, if given (empty: none), with the sampling rate.
+fn otlp_endpoint(endpoint: Option<&str>, rate: f64) -> Result<Option<(http::Uri, f64)>, ConfigError> {
+    if !(0.0..=1.0).contains(&rate) {
+        return Err(ConfigError::BadSamplingRate(rate));
+    }
+    let Some(e) = endpoint.map(str::trim).filter(|e| !e.is_empty()) else { return Ok(None) };
+    let uri: http::Uri = e.parse().map_err(|_| ConfigError::BadOtlpEndpoint(e.to_string()))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http"), Some(_)) => Ok(Some((uri, rate))),
+        _ => Err(ConfigError::BadOtlpEndpoint(e.to_string())),
     }
 }
 

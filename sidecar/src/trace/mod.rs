@@ -3,10 +3,17 @@
 //! receives the hop's `traceparent` (so its spans hang under dialbackd's),
 //! and the caller gets the hop's back in the response, as daprd returns its
 //! own. The hop is a `tracing` span carrying the W3C ids, so logs of the
-//! call can be joined with the caller's trace.
+//! call can be joined with the caller's trace; with `--otlp-endpoint` it is
+//! also exported as an OpenTelemetry span ([`otlp`]), and a call that comes
+//! without a trace starts one (sampled at `--trace-sampling-rate`), as
+//! daprd does when tracing is on.
 
-use rand::RngCore;
+use std::time::SystemTime;
+
+use rand::{Rng, RngCore};
 use tonic::metadata::{MetadataMap, MetadataValue};
+
+pub mod otlp;
 
 /// The header (and gRPC metadata key) W3C Trace Context defines.
 pub const TRACEPARENT: &str = "traceparent";
@@ -16,26 +23,52 @@ pub const TRACEPARENT: &str = "traceparent";
 pub struct Hop {
     /// The caller's trace, 32 hex digits.
     pub trace_id: String,
-    /// The caller's span: the hop's parent, 16 hex digits.
+    /// The caller's span: the hop's parent, 16 hex digits (empty when the
+    /// hop started the trace).
     pub parent_id: String,
     /// The hop's own span, 16 hex digits.
     pub span_id: String,
     /// The trace flags (sampled: `01`).
     pub flags: String,
+    /// When the hop began.
+    pub started: SystemTime,
 }
 
 impl Hop {
     /// The hop of a call whose metadata carries a valid `traceparent`, which
-    /// is replaced by the hop's for the app. `None` (and the metadata left
-    /// as it is) without one, or with one W3C says to ignore.
-    pub fn begin(md: &mut MetadataMap) -> Option<Hop> {
-        let parent = md.get(TRACEPARENT)?.to_str().ok()?;
-        let mut hop = Hop::child_of(parent)?;
-        hop.span_id = new_span_id();
+    /// is replaced by the hop's for the app. Without one (or with one W3C
+    /// says to ignore), a new trace when `roots` gives a sampling rate (the
+    /// exporter is on), sampled at that rate; else `None`, and the metadata
+    /// left as it is.
+    pub fn begin(md: &mut MetadataMap, roots: Option<f64>) -> Option<Hop> {
+        let parent = md.get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(Hop::child_of);
+        let mut hop = match (parent, roots) {
+            (Some(hop), _) => hop,
+            (None, Some(rate)) => Hop::root(rate),
+            (None, None) => return None,
+        };
+        hop.span_id = hex(&random_id::<8>());
         if let Ok(v) = MetadataValue::try_from(hop.traceparent()) {
             md.insert(TRACEPARENT, v);
         }
         Some(hop)
+    }
+
+    /// A new trace (its span id still empty), sampled with probability `rate`.
+    fn root(rate: f64) -> Hop {
+        let sampled = rate >= 1.0 || rand::rng().random::<f64>() < rate;
+        Hop {
+            trace_id: hex(&random_id::<16>()),
+            parent_id: String::new(),
+            span_id: String::new(),
+            flags: if sampled { "01" } else { "00" }.to_string(),
+            started: SystemTime::now(),
+        }
+    }
+
+    /// Whether the trace is sampled (recorded and exported): flag bit 0.
+    pub fn sampled(&self) -> bool {
+        u8::from_str_radix(&self.flags, 16).is_ok_and(|f| f & 1 == 1)
     }
 
     /// The hop under `traceparent` (its span id still empty), if valid:
@@ -59,6 +92,7 @@ impl Hop {
             parent_id: parent_id.to_string(),
             span_id: String::new(),
             flags: flags.to_string(),
+            started: SystemTime::now(),
         })
     }
 
@@ -79,13 +113,18 @@ impl Hop {
     }
 }
 
-/// A random span id, never all zeros.
-fn new_span_id() -> String {
-    let mut b = [0u8; 8];
-    while b == [0u8; 8] {
+/// A random id of `N` bytes, never all zeros.
+fn random_id<const N: usize>() -> [u8; N] {
+    let mut b = [0u8; N];
+    while b == [0u8; N] {
         rand::rng().fill_bytes(&mut b);
     }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    b
+}
+
+/// Lower-case hex, as W3C writes ids.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -100,7 +139,7 @@ mod tests {
         let mut md = MetadataMap::new();
         md.insert(TRACEPARENT, PARENT.parse().unwrap());
         md.insert("tracestate", "congo=t61rcWkgMzE".parse().unwrap());
-        let hop = Hop::begin(&mut md).unwrap();
+        let hop = Hop::begin(&mut md, None).unwrap();
         assert_eq!(hop.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(hop.parent_id, "00f067aa0ba902b7");
         assert_eq!(hop.span_id.len(), 16);
@@ -125,9 +164,30 @@ mod tests {
         ] {
             let mut md = MetadataMap::new();
             md.insert(TRACEPARENT, bad.parse().unwrap());
-            assert_eq!(Hop::begin(&mut md), None, "{bad}");
+            assert_eq!(Hop::begin(&mut md, None), None, "{bad}");
             assert_eq!(md.get(TRACEPARENT).unwrap(), bad, "left as it came");
         }
-        assert_eq!(Hop::begin(&mut MetadataMap::new()), None);
+        assert_eq!(Hop::begin(&mut MetadataMap::new(), None), None);
+    }
+
+    #[test]
+    fn with_the_exporter_on_a_call_without_a_trace_starts_one() {
+        let mut md = MetadataMap::new();
+        let hop = Hop::begin(&mut md, Some(1.0)).unwrap();
+        assert!(hop.parent_id.is_empty() && hop.sampled(), "{hop:?}");
+        assert_eq!((hop.trace_id.len(), hop.span_id.len()), (32, 16));
+        assert_eq!(md.get(TRACEPARENT).unwrap().to_str().unwrap(), hop.traceparent());
+        // Sampled at the rate: none at 0.
+        let unsampled = Hop::begin(&mut MetadataMap::new(), Some(0.0)).unwrap();
+        assert!(!unsampled.sampled() && unsampled.traceparent().ends_with("-00"));
+        // An invalid one is replaced by a new trace.
+        let mut md = MetadataMap::new();
+        md.insert(TRACEPARENT, "garbage".parse().unwrap());
+        let hop = Hop::begin(&mut md, Some(1.0)).unwrap();
+        assert_eq!(md.get(TRACEPARENT).unwrap().to_str().unwrap(), hop.traceparent());
+        // A caller's trace keeps its sampling decision.
+        let mut md = MetadataMap::new();
+        md.insert(TRACEPARENT, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".parse().unwrap());
+        assert!(!Hop::begin(&mut md, Some(1.0)).unwrap().sampled());
     }
 }
