@@ -7,6 +7,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 
 use crate::Transports;
+use crate::congestion::Congestion;
 use crate::error::DialError;
 
 /// How a live channel notices a dead path.
@@ -102,13 +103,14 @@ impl Default for Timeouts {
 }
 
 impl KeepAlive {
-    /// quinn's transport config for this policy.
-    pub(crate) fn quic_transport(&self) -> Arc<quinn::TransportConfig> {
-        Arc::new(self.quic_transport_config())
+    /// quinn's transport config for this policy, with congestion controller `cc`.
+    pub(crate) fn quic_transport(&self, cc: Congestion) -> Arc<quinn::TransportConfig> {
+        Arc::new(self.quic_transport_config(cc))
     }
 
-    fn quic_transport_config(&self) -> quinn::TransportConfig {
+    fn quic_transport_config(&self, cc: Congestion) -> quinn::TransportConfig {
         let mut t = quinn::TransportConfig::default();
+        t.congestion_controller_factory(cc.factory());
         t.keep_alive_interval(Some(self.interval));
         // An idle timeout beyond QUIC's varint range falls back to quinn's default.
         if let Ok(idle) = quinn::IdleTimeout::try_from(self.idle_timeout) {
@@ -130,8 +132,8 @@ impl KeepAlive {
     /// one bidirectional stream (the hello's), no unidirectional streams, and
     /// a connection window of [`PRE_HELLO_WINDOW`]. The window opens to
     /// [`CONN_RECEIVE_WINDOW`] once the hello is accepted.
-    pub(crate) fn quic_transport_before_hello(&self) -> Arc<quinn::TransportConfig> {
-        let mut t = self.quic_transport_config();
+    pub(crate) fn quic_transport_before_hello(&self, cc: Congestion) -> Arc<quinn::TransportConfig> {
+        let mut t = self.quic_transport_config(cc);
         t.keep_alive_interval(None);
         if let Ok(idle) = quinn::IdleTimeout::try_from(self.idle_timeout.max(MAX_IDLE_TIMEOUT)) {
             t.max_idle_timeout(Some(idle));
@@ -219,6 +221,8 @@ pub struct ListenerConfig {
     pub reset_previous: (Vec<SocketAddr>, Vec<Vec<u8>>),
     /// Told of refusals, accepted handshakes and resets (metrics).
     pub events: Arc<dyn crate::ListenerEvents>,
+    /// QUIC's congestion controller for what the sidecar sends.
+    pub congestion: Congestion,
 }
 
 /// Where and how to dial.
@@ -232,6 +236,8 @@ pub struct DialConfig {
     pub tls: Arc<rustls::ClientConfig>,
     /// Handshake deadline and keepalive.
     pub timeouts: Timeouts,
+    /// QUIC's congestion controller for what the app sends.
+    pub congestion: Congestion,
 }
 
 impl DialConfig {

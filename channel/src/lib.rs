@@ -11,6 +11,7 @@
 mod accept;
 mod auth;
 mod config;
+mod congestion;
 mod dial;
 mod error;
 pub mod events;
@@ -25,6 +26,7 @@ mod transport;
 
 pub use auth::{Authenticator, Grant, HelloContext, Refusal};
 pub use config::{DialConfig, KeepAlive, ListenerConfig, Liveness, MAX_IDLE_TIMEOUT, MOBILE_BEAT, Timeouts};
+pub use congestion::Congestion;
 pub use dial::{Dialer, NetworkChange, Pending};
 pub use error::{AcceptError, BindError, DialError};
 pub use events::{ListenerEvents, NoEvents, Refused};

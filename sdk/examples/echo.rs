@@ -60,6 +60,9 @@ struct Args {
     /// --keepalive-ms and --idle-timeout-ms.
     #[arg(long, value_parser = parse_ms)]
     mobile_beat_ms: Option<Duration>,
+    /// QUIC's congestion controller for the app's answers: cubic, newreno, bbr or tolerant.
+    #[arg(long, default_value_t)]
+    quic_congestion: dialback::Congestion,
     /// Classic mode: listen here for a sidecar started with `--app-port`, and dial nothing.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
@@ -107,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
         transports: args.transport,
         local_ip: args.local_ip,
         watch_network: !args.no_watch_network,
+        congestion: args.quic_congestion,
         quic_probe_interval: args.quic_probe_ms,
         standby_probe_interval: args.standby_probe_ms,
         max_message_size: args.max_message_bytes,

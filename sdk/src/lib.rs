@@ -29,6 +29,6 @@ pub use server::{CallbackServer, CallbackServerBuilder, Handle};
 pub use sidecar::{SidecarClient, SidecarOptions};
 pub use state::{CallContext, ChannelState, Connected};
 
-pub use dialback_channel::{KeepAlive, Liveness, MOBILE_BEAT, Timeouts, Transport, Transports};
+pub use dialback_channel::{Congestion, KeepAlive, Liveness, MOBILE_BEAT, Timeouts, Transport, Transports};
 /// The wire types (Dapr's messages and services, and dialback's own).
 pub use dialback_proto as proto;

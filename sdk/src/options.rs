@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dialback_certs::Identity;
-use dialback_channel::{KeepAlive, Liveness, MAX_IDLE_TIMEOUT, MOBILE_BEAT, Timeouts, Transports};
+use dialback_channel::{Congestion, KeepAlive, Liveness, MAX_IDLE_TIMEOUT, MOBILE_BEAT, Timeouts, Transports};
 
 use crate::backoff::Backoff;
 
@@ -76,6 +76,10 @@ pub struct ChannelOptions {
     /// ends, every keepalive interval) or [`Liveness::Mobile`] (one
     /// keepalive from the app per beat, nothing else); see [`ChannelOptions::mobile`].
     pub liveness: Liveness,
+    /// QUIC's congestion controller for what the app sends (its answers);
+    /// see [`Congestion`] and docs/benchmarks.md for how they compare on a
+    /// lossy link.
+    pub congestion: Congestion,
 }
 
 impl Default for ChannelOptions {
@@ -93,6 +97,7 @@ impl Default for ChannelOptions {
             standby_probe_interval: Duration::from_secs(15),
             max_message_size: 4 * 1024 * 1024,
             liveness: Liveness::Default,
+            congestion: Congestion::default(),
         }
     }
 }

@@ -300,6 +300,7 @@ async fn bind_callback(
             max_handshakes_per_ip: config.limits.callback_max_handshakes_per_ip,
             reset_previous: statedir::load_peers(&state_dir),
             events: metrics,
+            congestion: config.congestion,
         },
         auth,
     )

@@ -244,6 +244,7 @@ async fn the_wrong_alpn_fails_the_handshake() {
         server_name: "localhost".into(),
         tls: Arc::new(none),
         timeouts: Timeouts { handshake: PATIENCE, ..Timeouts::default() },
+        congestion: Default::default(),
     };
     match Dialer::new(Some(LOOPBACK)).dial(Transport::Quic, &config, &good_hello).await {
         Ok((ch, _)) => panic!("QUIC without ALPN: accepted as channel {}", ch.info.channel_id),
@@ -301,6 +302,7 @@ async fn a_future_version_is_unsupported(transport: Transport) {
         server_name: "localhost".into(),
         tls: Arc::new(tls(&sc)),
         timeouts: Timeouts { handshake: PATIENCE, ..Timeouts::default() },
+        congestion: Default::default(),
     };
     let v2 = Hello {
         version: 2,

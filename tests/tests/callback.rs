@@ -238,6 +238,7 @@ async fn a_missed_ping_deadline_closes_the_channel() {
         server_name: "localhost".into(),
         tls: Arc::new(tls),
         timeouts: Timeouts::default(),
+        congestion: Default::default(),
     };
     let hello = Hello {
         version: dialback_channel::handshake::VERSION,
@@ -324,4 +325,27 @@ async fn a_callers_traceparent_reaches_the_apps_handler() {
     assert_eq!(seen["tracestate"], "congo=t61rcWkgMzE");
     let back = r.headers.get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or_default();
     assert_eq!(back, at_app, "the caller gets the hop's traceparent back");
+}
+
+/// Each QUIC congestion controller, chosen on both ends (the sidecar's
+/// `--callback-quic-congestion`, the app's), brings a channel up that
+/// carries calls; an unknown one stops the sidecar at start, naming them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_congestion_controller_carries_calls() {
+    for cc in dialback::Congestion::ALL {
+        let sc = SidecarBuilder::callback("echo").args(["--callback-quic-congestion", cc.as_str()]).spawn().await;
+        let mut app = AppBuilder::echo(sc.grpc).transport("quic").args(["--quic-congestion", cc.as_str()]).spawn();
+        app.wait_connected().await;
+        let body = "x".repeat(64 * 1024);
+        let r = http_call("POST", &format!("{}/v1.0/invoke/echo/method/m", sc.http_base()), &[], body.clone())
+            .await
+            .unwrap();
+        assert_eq!((r.status, r.body.len()), (200, body.len()), "a 64 KiB call with {cc}");
+    }
+    let out = std::process::Command::new(&dialback_e2e::binaries().dialbackd)
+        .args(["--app-id", "echo", "--enable-callback-channel", "--callback-quic-congestion", "reno"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("bbr or tolerant"), "{stderr}");
 }

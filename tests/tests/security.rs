@@ -43,6 +43,7 @@ fn dial_config(sc: &Sidecar, tls: Arc<rustls::ClientConfig>) -> DialConfig {
         tls,
         // The client side's bound is generous; the sidecar enforces its own.
         timeouts: Timeouts { handshake: PATIENCE, ..Timeouts::default() },
+        congestion: Default::default(),
     }
 }
 

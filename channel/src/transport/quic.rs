@@ -132,7 +132,7 @@ pub(crate) async fn connect(
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config.tls.clone())
         .map_err(|e| DialError::Config(format!("the TLS configuration is not usable for QUIC: {e}")))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(config.timeouts.keep_alive.quic_transport());
+    client.transport_config(config.timeouts.keep_alive.quic_transport(config.congestion));
     let name = match server_name {
         ServerName::DnsName(n) => n.as_ref().to_string(),
         _ => dialback_certs::DEFAULT_SERVER_NAME.to_string(),
@@ -216,7 +216,7 @@ pub(crate) fn bind(
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(config.tls.clone())
         .map_err(|e| BindError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(config.timeouts.keep_alive.quic_transport_before_hello());
+    server.transport_config(config.timeouts.keep_alive.quic_transport_before_hello(config.congestion));
     server.migration(true);
     let mut endpoint_config = quinn::EndpointConfig::default();
     if let Some(key) = config.reset_key {

@@ -442,8 +442,13 @@ impl Runner {
             _ => None,
         };
         let tls = dialback_certs::client_config(&plan.trust, client_identity).map_err(|e| Error::Tls(e.to_string()))?;
-        let config =
-            DialConfig { addr, server_name: plan.server_name, tls: Arc::new(tls), timeouts: self.options.timeouts };
+        let config = DialConfig {
+            addr,
+            server_name: plan.server_name,
+            tls: Arc::new(tls),
+            timeouts: self.options.timeouts,
+            congestion: self.options.congestion,
+        };
         crate::metrics::dialing(plan.transports);
         let pending = self.dialer.connect_any(plan.transports, self.options.tcp_head_start, &config).await?;
         let (ch, grant) = pending.hello(&self.hello(&plan.app_id, plan.credential)).await?;

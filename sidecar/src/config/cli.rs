@@ -236,6 +236,10 @@ pub struct RunArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub api_idle_timeout: Duration,
 
+    /// QUIC's congestion controller for calls to the app: cubic, newreno, bbr or tolerant.
+    #[arg(long, default_value_t)]
+    pub callback_quic_congestion: dialback_channel::Congestion,
+
     /// Callback-channel handshakes in flight at once, per transport.
     #[arg(long, default_value_t = 128)]
     pub callback_max_handshakes: usize,

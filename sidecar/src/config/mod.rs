@@ -85,6 +85,8 @@ pub struct Config {
     pub upstream_grpc: Option<String>,
     /// The daprd behind dialbackd: its HTTP API (HOST:PORT).
     pub upstream_http: Option<String>,
+    /// QUIC's congestion controller on the channel (for what the sidecar sends).
+    pub congestion: dialback_channel::Congestion,
     /// Where the metrics server binds; `None`: no metrics server.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Where the hop's spans are exported (OTLP/gRPC), and the sampling
@@ -316,6 +318,7 @@ impl Config {
             upstream_http: a.dapr_upstream_http,
             metrics_addr: a.enable_metrics.then(|| std::net::SocketAddr::new(a.metrics_listen_address, a.metrics_port)),
             otlp,
+            congestion: a.callback_quic_congestion,
             app_id,
         })
     }

@@ -130,6 +130,7 @@ pub fn dial_config(sc: &Sidecar) -> DialConfig {
         server_name: "localhost".into(),
         tls: pinned_tls(sc),
         timeouts: Timeouts { handshake: PATIENCE, ..Timeouts::default() },
+        congestion: Default::default(),
     }
 }
 
