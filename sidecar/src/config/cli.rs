@@ -264,7 +264,9 @@ pub struct RunArgs {
     /// Export the channel hop's spans over OTLP/gRPC to this collector
     /// (`http://HOST:PORT`, e.g. a local OpenTelemetry Collector's 4317);
     /// calls without a trace then start one.
-    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    // A flag only: OTEL_EXPORTER_OTLP_ENDPOINT, set for other processes,
+    // must not change or stop this one.
+    #[arg(long)]
     pub otlp_endpoint: Option<String>,
 
     /// Share of calls without a caller's trace that start a sampled one,

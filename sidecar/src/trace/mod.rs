@@ -18,6 +18,9 @@ pub mod otlp;
 /// The header (and gRPC metadata key) W3C Trace Context defines.
 pub const TRACEPARENT: &str = "traceparent";
 
+/// Vendors' state of the trace in `traceparent`, passed on as it is.
+const TRACESTATE: &str = "tracestate";
+
 /// The channel hop of one traced call.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hop {
@@ -44,7 +47,11 @@ impl Hop {
         let parent = md.get(TRACEPARENT).and_then(|v| v.to_str().ok()).and_then(Hop::child_of);
         let mut hop = match (parent, roots) {
             (Some(hop), _) => hop,
-            (None, Some(rate)) => Hop::root(rate),
+            (None, Some(rate)) => {
+                // A new trace: a `tracestate` of another (or no) trace is void (W3C 3.3).
+                md.remove(TRACESTATE);
+                Hop::root(rate)
+            }
             (None, None) => return None,
         };
         hop.span_id = hex(&random_id::<8>());
@@ -183,8 +190,10 @@ mod tests {
         // An invalid one is replaced by a new trace.
         let mut md = MetadataMap::new();
         md.insert(TRACEPARENT, "garbage".parse().unwrap());
+        md.insert(TRACESTATE, "congo=t61rcWkgMzE".parse().unwrap());
         let hop = Hop::begin(&mut md, Some(1.0)).unwrap();
         assert_eq!(md.get(TRACEPARENT).unwrap().to_str().unwrap(), hop.traceparent());
+        assert!(md.get(TRACESTATE).is_none(), "the old trace's state does not follow a new trace");
         // A caller's trace keeps its sampling decision.
         let mut md = MetadataMap::new();
         md.insert(TRACEPARENT, "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00".parse().unwrap());
