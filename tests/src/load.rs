@@ -53,6 +53,14 @@ impl Summary {
     pub fn lost(&self) -> u64 {
         self.sent.saturating_sub(self.outcomes.len() as u64)
     }
+
+    /// Fails the test, saying `what` and listing the failures, unless
+    /// every call was answered: none failed, none lost.
+    pub fn assert_no_failure(&self, what: &str) {
+        let failed: Vec<_> = self.failures().iter().map(|o| format!("{:?}: {:?}", o.sent, o.result)).collect();
+        assert!(failed.is_empty(), "{what}: {} of {} calls failed: {failed:#?}", failed.len(), self.sent);
+        assert_eq!(self.lost(), 0, "{what}: calls neither answered nor failed");
+    }
 }
 
 impl CallLoop {
@@ -122,6 +130,16 @@ impl CallLoop {
     /// Calls answered so far.
     pub fn ok_so_far(&self) -> usize {
         self.outcomes.lock().expect("lock").iter().filter(|o| o.result.is_ok()).count()
+    }
+
+    /// Waits (within [`crate::PATIENCE`]) until at least `n` more calls
+    /// have been answered than so far.
+    pub async fn answered(&self, n: usize) {
+        let base = self.ok_so_far();
+        crate::eventually(&format!("{n} more calls answered"), crate::PATIENCE, || async {
+            (self.ok_so_far() >= base + n).then_some(())
+        })
+        .await;
     }
 
     /// Stops sending, waits (bounded by `limit`) for calls in flight, and

@@ -13,7 +13,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use dialback_e2e::{AppBuilder, CallLoop, PATIENCE, Sidecar, SidecarBuilder, Summary, eventually, metadata};
+use dialback_e2e::{AppBuilder, CallLoop, PATIENCE, Sidecar, SidecarBuilder, eventually, metadata};
 
 /// Set in the copy of the test binary that runs inside the namespace.
 const INSIDE: &str = "DIALBACK_E2E_IN_NETNS";
@@ -90,21 +90,6 @@ async fn peer_is(sc: &Sidecar, ip: &str) -> serde_json::Value {
     .await
 }
 
-/// Waits until at least `n` more calls of `calls` have been answered.
-async fn answered(calls: &CallLoop, n: usize) {
-    let base = calls.ok_so_far();
-    eventually(&format!("{n} more calls answered"), PATIENCE, || async {
-        (calls.ok_so_far() >= base + n).then_some(())
-    })
-    .await;
-}
-
-fn assert_no_failure(s: &Summary, what: &str) {
-    let failed: Vec<_> = s.failures().iter().map(|o| format!("{:?}: {:?}", o.sent, o.result)).collect();
-    assert!(failed.is_empty(), "{what}: {} of {} calls failed: {failed:#?}", failed.len(), s.sent);
-    assert_eq!(s.lost(), 0, "{what}: calls neither answered nor failed");
-}
-
 /// An app that dials from any address: a new route makes the kernel reach
 /// the sidecar from 127.0.0.77, and the channel follows; the route goes
 /// and the address with it, and the channel comes back to 127.0.0.1. Calls
@@ -117,18 +102,18 @@ async fn a_new_route_moves_the_channel(transport: &str) {
     app.wait_connected().await;
     let before = peer_is(&sc, "127.0.0.1").await;
     let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(10));
-    answered(&calls, 5).await;
+    calls.answered(5).await;
     ip("addr add 127.0.0.77/32 dev lo");
     route_via_77();
     let moved = peer_is(&sc, "127.0.0.77").await;
-    answered(&calls, 5).await;
+    calls.answered(5).await;
     ip("rule del pref 10");
     peer_is(&sc, "127.0.0.1").await;
     ip("addr del 127.0.0.77/32 dev lo");
-    answered(&calls, 5).await;
+    calls.answered(5).await;
     let back = channel(&sc).await;
     let summary = calls.stop(PATIENCE).await;
-    assert_no_failure(&summary, &format!("route changes over {transport}"));
+    summary.assert_no_failure(&format!("route changes over {transport}"));
     assert_eq!(back["transport"], transport, "{back}");
     if transport == "quic" {
         assert_eq!(moved["channelId"], before["channelId"], "the QUIC connection migrated: {moved}");
@@ -155,19 +140,19 @@ async fn a_vanished_address_moves_the_channel(transport: &str) {
     app.wait_connected().await;
     let before = peer_is(&sc, "127.0.0.77").await;
     let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(10));
-    answered(&calls, 5).await;
+    calls.answered(5).await;
     let during = if transport == "quic" {
         Some(calls)
     } else {
-        assert_no_failure(&calls.stop(PATIENCE).await, "calls before the change");
+        calls.stop(PATIENCE).await.assert_no_failure("calls before the change");
         None
     };
     ip("addr del 127.0.0.77/32 dev lo");
     let after = peer_is(&sc, "127.0.0.1").await;
     let calls = during.unwrap_or_else(|| CallLoop::start(sc.http, "echo", "m", Duration::from_millis(10)));
-    answered(&calls, 10).await;
+    calls.answered(10).await;
     let summary = calls.stop(PATIENCE).await;
-    assert_no_failure(&summary, &format!("the chosen address going away over {transport}"));
+    summary.assert_no_failure(&format!("the chosen address going away over {transport}"));
     assert_eq!(after["transport"], transport, "{after}");
     if transport == "quic" {
         assert_eq!(after["channelId"], before["channelId"], "the QUIC connection migrated: {after}");

@@ -13,21 +13,6 @@ async fn channel(sc: &Sidecar) -> serde_json::Value {
     metadata(sc.http).await.unwrap()["appChannel"].clone()
 }
 
-/// Waits until at least `n` more calls of `calls` have been answered.
-async fn answered(calls: &CallLoop, n: usize) {
-    let base = calls.ok_so_far();
-    eventually(&format!("{n} more calls answered"), PATIENCE, || async {
-        (calls.ok_so_far() >= base + n).then_some(())
-    })
-    .await;
-}
-
-fn assert_no_failure(s: &Summary, what: &str) {
-    let failed: Vec<_> = s.failures().iter().map(|o| format!("{:?}: {:?}", o.sent, o.result)).collect();
-    assert!(failed.is_empty(), "{what}: {} of {} calls failed: {failed:#?}", failed.len(), s.sent);
-    assert_eq!(s.lost(), 0, "{what}: calls neither answered nor failed");
-}
-
 /// Every failed call failed with a clear error, and none was lost.
 fn assert_failures_are_clear(s: &Summary, what: &str) {
     for o in s.failures() {
@@ -111,16 +96,16 @@ async fn address_change_with(transport: &str, app_args: &[&str]) {
     let before = channel(&sc).await;
     assert!(before["peerAddress"].as_str().unwrap().starts_with("127.0.0.2:"), "{before}");
     let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(10));
-    answered(&calls, 5).await;
+    calls.answered(5).await;
     app.signal("USR1");
     app.wait_line("echo: rebound").await;
     eventually("the sidecar to see the app at 127.0.0.3", PATIENCE, || async {
         channel(&sc).await["peerAddress"].as_str().unwrap_or_default().starts_with("127.0.0.3:").then_some(())
     })
     .await;
-    answered(&calls, 5).await;
+    calls.answered(5).await;
     let summary = calls.stop(PATIENCE).await;
-    assert_no_failure(&summary, &format!("address change over {transport}"));
+    summary.assert_no_failure(&format!("address change over {transport}"));
     let after = channel(&sc).await;
     assert_eq!(after["transport"], transport);
     if transport == "quic" {
@@ -149,12 +134,12 @@ async fn nat_rebinding_quic_loses_no_call() {
     app.wait_connected().await;
     let before = channel(&sc).await;
     let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(10));
-    answered(&calls, 5).await;
+    calls.answered(5).await;
     relay.rebind();
     peer_moved(&sc, &before).await;
-    answered(&calls, 5).await;
+    calls.answered(5).await;
     let summary = calls.stop(PATIENCE).await;
-    assert_no_failure(&summary, "NAT rebinding over QUIC");
+    summary.assert_no_failure("NAT rebinding over QUIC");
     assert_eq!(channel(&sc).await["channelId"], before["channelId"], "the QUIC connection migrated, not redialed");
 }
 
@@ -164,12 +149,12 @@ async fn nat_rebinding_tcp_is_detected_and_redialed() {
     app.wait_connected().await;
     let before = channel(&sc).await;
     let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(20));
-    answered(&calls, 5).await;
+    calls.answered(5).await;
     relay.rebind();
     // The old path is dead; both sides notice and the app dials again.
     assert_eq!(app.wait_connected().await, "tcp");
     new_channel(&sc, &before).await;
-    answered(&calls, 5).await;
+    calls.answered(5).await;
     let summary = calls.stop(PATIENCE).await;
     assert_failures_are_clear(&summary, "NAT rebinding over TCP");
 }
@@ -179,7 +164,7 @@ async fn blackhole(transport: &str) {
     app.wait_connected().await;
     let before = channel(&sc).await;
     let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(20));
-    answered(&calls, 5).await;
+    calls.answered(5).await;
     relay.set_blackhole(true);
     // Both sides detect the dead path within their bounds.
     eventually("the sidecar to see the channel down", PATIENCE, || async {
@@ -190,7 +175,7 @@ async fn blackhole(transport: &str) {
     relay.set_blackhole(false);
     assert_eq!(app.wait_connected().await, transport);
     new_channel(&sc, &before).await;
-    answered(&calls, 5).await;
+    calls.answered(5).await;
     let summary = calls.stop(PATIENCE).await;
     assert_failures_are_clear(&summary, &format!("blackhole over {transport}"));
     // The same sidecar process: the app redialed with its cached reconnect
@@ -216,16 +201,16 @@ async fn udp_blocked_auto_lands_on_tcp_and_moves_back_to_quic() {
     assert_eq!(app.wait_connected().await, "tcp");
     assert_eq!(channel(&sc).await["transport"], "tcp");
     let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(10));
-    answered(&calls, 5).await;
+    calls.answered(5).await;
     relay.set_block_udp(false);
     assert_eq!(app.wait_connected().await, "quic");
     eventually("the sidecar to serve over QUIC", PATIENCE, || async {
         (channel(&sc).await["transport"] == "quic").then_some(())
     })
     .await;
-    answered(&calls, 5).await;
+    calls.answered(5).await;
     let summary = calls.stop(PATIENCE).await;
-    assert_no_failure(&summary, "moving from TCP to QUIC");
+    summary.assert_no_failure("moving from TCP to QUIC");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,10 +258,10 @@ async fn a_dead_app_side_mapping_makes_the_sdk_move_its_socket_by_itself() {
     app.wait_connected().await;
     let before = channel(&sc).await;
     let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(20));
-    answered(&calls, 5).await;
+    calls.answered(5).await;
     relay.forget_clients();
     peer_moved(&sc, &before).await;
-    answered(&calls, 5).await;
+    calls.answered(5).await;
     let summary = calls.stop(PATIENCE).await;
     assert_eq!(summary.lost(), 0);
     let after = channel(&sc).await;
