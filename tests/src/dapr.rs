@@ -87,13 +87,37 @@ spec:
 ";
 }
 
-/// A free TCP port on loopback for a process that wants its port numbers
-/// up front (bound, read back, released). Never the same one twice in this
-/// process: a released port can come back from the next bind, and two
-/// daprds of parallel tests must not be handed one port.
+/// A free TCP port for a process that wants its port numbers up front
+/// (daprd). Taken below the kernel's ephemeral range
+/// (`net.ipv4.ip_local_port_range`), which `bind(0)` and outgoing
+/// connections draw from: a port handed out here and released cannot be
+/// taken meanwhile by another process's port-0 listener (dialbackd's, an
+/// app's) before daprd binds it, as happened once in CI ("bind: address
+/// already in use"). Never the same one twice in this process, so two
+/// daprds of parallel tests are not handed one port.
 pub fn free_port() -> u16 {
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let below = ephemeral_floor();
+    let floor = 10_000u16;
+    let mut x = seed();
+    if below > floor + 1_000 {
+        for _ in 0..10_000 {
+            // xorshift64: a cheap spread over the range, different per process.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let port = floor + u16::try_from(x % u64::from(below - floor)).unwrap_or(0);
+            let fresh = GIVEN.lock().map(|g| !g.contains(&port)).unwrap_or(false);
+            if fresh
+                && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+                && GIVEN.lock().map(|mut g| g.insert(port)).unwrap_or(false)
+            {
+                return port;
+            }
+        }
+    }
+    // No room below the ephemeral range: any free port.
     loop {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -103,6 +127,20 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// The lowest port of the kernel's ephemeral range (Linux's default 32768).
+fn ephemeral_floor() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(32768)
+}
+
+/// A seed that differs between processes and runs.
+fn seed() -> u64 {
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    (t ^ (u64::from(std::process::id()) << 32)) | 1
 }
 
 /// Options for a daprd process: see [`Daprd::builder`].
