@@ -97,6 +97,11 @@ impl NetWatch {
         }
     }
 
+    /// Whether announcements can arrive (watching is on and the socket open).
+    pub(crate) fn is_watching(&self) -> bool {
+        self.socket.is_some()
+    }
+
     /// Resolves once the kernel announced a change and the network then
     /// stayed quiet for a moment; never, when not watching.
     pub(crate) async fn changed(&mut self) {

@@ -62,8 +62,8 @@ pub(crate) struct Runner {
     fresh: Option<ConnectAppCallbackResponse>,
     /// When the last channel in service was lost, until the next is.
     down_since: Option<Instant>,
-    /// The kernel's network change announcements (made in `run`, on the runtime).
-    net: Option<NetWatch>,
+    /// The kernel's network change announcements (opened in `run`, on the runtime).
+    net: NetWatch,
 }
 
 /// What the SDK keeps from the last channel to redial the same sidecar
@@ -109,12 +109,12 @@ impl Runner {
             standby: false,
             down_since: None,
             fresh: None,
-            net: None,
+            net: NetWatch::new(false),
         }
     }
 
     pub(crate) async fn run(mut self) {
-        self.net = Some(NetWatch::new(self.options.watch_network));
+        self.net = NetWatch::new(self.options.watch_network);
         let mut backoff = self.options.backoff.clone();
         loop {
             let delay = if self.standby {
@@ -130,7 +130,7 @@ impl Runner {
                     () = self.stop.cancelled() => break,
                     cmd = self.commands.recv() => self.refuse(cmd),
                     // A new address or route may be the way back: try it now.
-                    () = net_changed(&mut self.net), if !self.standby => {
+                    () = self.net.changed(), if !self.standby => {
                         debug!("the network changed while reconnecting; dialing now");
                     }
                 }
@@ -217,7 +217,7 @@ impl Runner {
             transport: info.transport,
             channel_id: info.channel_id,
             sidecar: info.peer_addr,
-            local_ip: Session::local_ip_now(&conn, self.dialer.local_ip()),
+            local_ip: self.local_ip_of(&conn),
             conn,
             ping,
             health: Health::new(keep_alive, Instant::now()),
@@ -322,7 +322,7 @@ impl Runner {
                         let _ = reply.send(r);
                     }
                 }
-                () = net_changed(&mut self.net) => self.on_network_change(current).await,
+                () = self.net.changed() => self.on_network_change(current).await,
                 _ = probe.tick(), if !better.is_empty() => {
                     match self.connect(better).await {
                         Ok(ch) => {
@@ -461,14 +461,6 @@ impl Runner {
 async fn until_some<T>(f: &mut Option<futures_util::future::BoxFuture<'static, T>>) -> T {
     match f {
         Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves once the network changed (never, when not watching).
-async fn net_changed(net: &mut Option<NetWatch>) {
-    match net {
-        Some(n) => n.changed().await,
         None => std::future::pending().await,
     }
 }

@@ -36,6 +36,17 @@ impl Runner {
         }
     }
 
+    /// The local IP `conn` sends from, as far as a network change is
+    /// checked against it: TCP's own source; for QUIC the IP the app chose
+    /// or else the kernel's choice toward the sidecar, which a wildcard
+    /// socket follows. `None` (and no routing lookup) when not watching.
+    pub(super) fn local_ip_of(&self, conn: &dialback_channel::Connection) -> Option<IpAddr> {
+        if !self.net.is_watching() {
+            return None;
+        }
+        conn.local_addr().map(|a| a.ip()).or(self.dialer.local_ip()).or_else(|| netwatch::source_for(conn.peer_addr()))
+    }
+
     /// QUIC migrates to a new socket; TCP gets a new channel from the new address.
     pub(super) async fn network_changed(
         &mut self,
@@ -45,7 +56,7 @@ impl Runner {
     ) -> Result<(), Error> {
         if let NetworkChange::Migrated(addr) = self.dialer.network_changed(&current.conn, ip)? {
             crate::metrics::migrated(cause);
-            current.local_ip = Session::local_ip_now(&current.conn, self.dialer.local_ip());
+            current.local_ip = self.local_ip_of(&current.conn);
             info!(%addr, "network changed; the connection migrates");
             return Ok(());
         }

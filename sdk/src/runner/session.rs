@@ -27,7 +27,7 @@ pub(super) struct Session {
     pub(super) channel_id: u64,
     pub(super) sidecar: SocketAddr,
     /// The local IP the channel sends from, as far as the SDK knows (see
-    /// [`Session::local_ip_now`]); what a network change is checked against.
+    /// `Runner::local_ip_of`); what a network change is checked against.
     pub(super) local_ip: Option<IpAddr>,
     pub(super) conn: Connection,
     pub(super) ping: Arc<PingState>,
@@ -40,13 +40,6 @@ pub(super) struct Session {
 pub(super) type ServeError = Box<dyn std::error::Error + Send + Sync>;
 
 impl Session {
-    /// The local IP the channel sends from: TCP's own source; for QUIC the
-    /// IP the app chose (`pinned`) or else the kernel's choice of source
-    /// toward the sidecar, which a wildcard socket follows.
-    pub(super) fn local_ip_now(conn: &Connection, pinned: Option<IpAddr>) -> Option<IpAddr> {
-        conn.local_addr().map(|a| a.ip()).or(pinned).or_else(|| crate::netwatch::source_for(conn.peer_addr()))
-    }
-
     /// Resolves when the channel is gone, saying why.
     pub(super) async fn ended(&mut self) -> String {
         tokio::select! {
