@@ -72,6 +72,7 @@ pub enum LoadError {
         source: rustls::Error,
     },
     /// A certificate or key cannot be used as a certificate authority by rcgen.
+    #[cfg(feature = "mint")]
     #[error("using {} as a CA: {source}", path.display())]
     Ca {
         /// The certificate or key file.
@@ -102,6 +103,7 @@ pub enum LoadError {
         key_path: PathBuf,
     },
     /// Generating a replacement identity failed.
+    #[cfg(feature = "mint")]
     #[error("generating identity: {0}")]
     Generate(#[from] GenerateError),
     /// Saving a generated identity failed.
@@ -143,6 +145,7 @@ pub enum SaveError {
 }
 
 /// Failure to generate keys or certificates.
+#[cfg(feature = "mint")]
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
     /// Generating a key pair failed.
@@ -178,6 +181,7 @@ pub enum GenerateError {
 }
 
 /// Failure of [`write_dev_set`](crate::write_dev_set).
+#[cfg(feature = "mint")]
 #[derive(Debug, thiserror::Error)]
 pub enum DevSetError {
     /// A file already exists and overwriting was not requested; nothing was written.

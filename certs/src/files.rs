@@ -11,8 +11,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use crate::{LoadError, SaveError};
 
 /// File name of the server certificate chain in a state directory.
+#[cfg(feature = "mint")]
 pub(crate) const SERVER_CERT_FILE: &str = "server.pem";
 /// File name of the server private key in a state directory.
+#[cfg(feature = "mint")]
 pub(crate) const SERVER_KEY_FILE: &str = "server-key.pem";
 
 /// Loads every certificate in the PEM file at `ca_path` as a trust anchor; fails if the file

@@ -5,9 +5,14 @@ use std::path::Path;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::files::{self, FileMode, SERVER_CERT_FILE, SERVER_KEY_FILE};
+#[cfg(feature = "mint")]
+use crate::GenerateError;
+use crate::files::{self, FileMode};
+#[cfg(feature = "mint")]
+use crate::files::{SERVER_CERT_FILE, SERVER_KEY_FILE};
+#[cfg(feature = "mint")]
 use crate::params::{SERVER_CN, generate_key, key_der, server_params};
-use crate::{Fingerprint, GenerateError, LoadError, SaveError};
+use crate::{Fingerprint, LoadError, SaveError};
 
 /// A certificate chain (leaf first) and its private key.
 pub struct Identity {
@@ -66,6 +71,7 @@ impl Identity {
     /// A fresh self-signed server certificate (ECDSA P-256) for `server_names` (DNS names or
     /// IP literals; [`DEFAULT_SERVER_NAME`](crate::DEFAULT_SERVER_NAME) if empty); fails on
     /// an invalid name or if key generation or signing fails.
+    #[cfg(feature = "mint")]
     pub fn self_signed(server_names: &[String]) -> Result<Identity, GenerateError> {
         let params = server_params(server_names)?;
         let key = generate_key()?;
@@ -78,6 +84,7 @@ impl Identity {
     /// generates a self-signed identity for `server_names` and saves it there so restarts keep
     /// the same fingerprint; fails if loading, generating or saving fails, or if the
     /// certificate exists without its key.
+    #[cfg(feature = "mint")]
     pub fn load_or_generate(state_dir: &Path, server_names: &[String]) -> Result<Identity, LoadError> {
         let cert_path = state_dir.join(SERVER_CERT_FILE);
         let key_path = state_dir.join(SERVER_KEY_FILE);
@@ -112,7 +119,7 @@ pub(crate) fn key_fits(
         })
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "mint"))]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;

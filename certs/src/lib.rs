@@ -11,22 +11,32 @@
 //!   [`app_id_of`];
 //! - [`Fingerprint`] and [`PinnedServerVerifier`]: SHA-256 certificate pinning;
 //! - [`server_config`] and [`client_config`]: rustls configurations using the ring provider.
+//!
+//! Minting (self-signed identities, the dev PKI, [`app_id_of`]) is the `mint` feature, on by
+//! default: it brings rcgen and x509-parser, which an app that only loads and pins does not need.
 
+#[cfg(feature = "mint")]
 mod appid;
 mod error;
 mod files;
 mod fingerprint;
 mod identity;
+#[cfg(feature = "mint")]
 mod params;
+#[cfg(feature = "mint")]
 mod pki;
 mod tls;
 mod verify;
 
+#[cfg(feature = "mint")]
 pub use appid::{app_id_of, spiffe_id};
-pub use error::{ConfigError, DevSetError, FingerprintError, GenerateError, LoadError, PinMismatchError, SaveError};
+pub use error::{ConfigError, FingerprintError, LoadError, PinMismatchError, SaveError};
+#[cfg(feature = "mint")]
+pub use error::{DevSetError, GenerateError};
 pub use files::{FileMode, load_roots, write_atomic};
 pub use fingerprint::Fingerprint;
 pub use identity::Identity;
+#[cfg(feature = "mint")]
 pub use pki::{DevCa, write_dev_set};
 pub use rustls::RootCertStore;
 pub use rustls::pki_types::{CertificateDer, PrivateKeyDer};

@@ -1,5 +1,6 @@
 //! Real TLS 1.3 handshakes between the configs, driven in memory.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![cfg(feature = "mint")]
 
 use std::sync::Arc;
 
