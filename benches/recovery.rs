@@ -52,6 +52,9 @@ struct Sample {
     recovery: Duration,
     /// UDP blocked only: from UDP's return to the channel being on QUIC.
     back_on_quic: Option<Duration>,
+    /// Sidecar moved only: from the kill to the app's log line saying it
+    /// found a new sidecar (the two processes' clocks are one: same host).
+    found: Option<Duration>,
     sent: u64,
     failed: usize,
     lost: u64,
@@ -83,6 +86,7 @@ async fn run_once(transport: &str, event: Event, rtt: Duration, mobile: bool) ->
     app.wait_connected().await;
     let mut keep = Vec::new();
     let mut back_on_quic = None;
+    let mut found = None;
     let t_ref = match event {
         Event::UdpBlocked => {
             // Time from the app's start to its first answered call (on TCP).
@@ -121,11 +125,13 @@ async fn run_once(transport: &str, event: Event, rtt: Duration, mobile: bool) ->
                 }
                 // Timed, like a restart, from the new sidecar being ready.
                 Event::SidecarMoved => {
+                    let killed = std::time::SystemTime::now();
                     sc.kill().await;
                     let moved = sc.relocate().await;
                     relay.set_target(moved.callback.expect("callback address"));
                     let t = calls.elapsed();
                     keep.push(moved);
+                    found = Some(killed);
                     t
                 }
                 Event::AppRestart => {
@@ -146,11 +152,32 @@ async fn run_once(transport: &str, event: Event, rtt: Duration, mobile: bool) ->
     };
     let recovery =
         eventually("a call answered after the event", PATIENCE, || async { calls.first_ok_after(t_ref) }).await;
+    // TCP learns of the move from the old connection's reset, not from the API.
+    let found = match found.filter(|_| transport != "tcp") {
+        Some(killed) => Some(
+            logged_at(&app.log(), FOUND_LINE)
+                .and_then(|t| t.duration_since(killed).ok())
+                .ok_or_else(|| anyhow::anyhow!("no \"{FOUND_LINE}\" in the app's log:\n{}", app.log_tail()))?,
+        ),
+        None => None,
+    };
     // Let calls sent around the event settle, then count.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let s = calls.stop(PATIENCE).await;
     drop(app);
-    Ok(Sample { recovery, back_on_quic, sent: s.sent, failed: s.failures().len(), lost: s.lost() })
+    Ok(Sample { recovery, back_on_quic, found, sent: s.sent, failed: s.failures().len(), lost: s.lost() })
+}
+
+/// What the SDK logs when it learns that a new sidecar answers.
+const FOUND_LINE: &str = "a new sidecar; moving to it";
+
+/// When the first log line containing `needle` was written, from its
+/// RFC 3339 timestamp (tracing's default format, colours off).
+fn logged_at(log: &str, needle: &str) -> Option<std::time::SystemTime> {
+    let line = log.lines().find(|l| l.contains(needle))?;
+    let stamp = line.split_whitespace().next()?;
+    let t = time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(std::time::SystemTime::from(t))
 }
 
 #[tokio::main]
@@ -205,10 +232,11 @@ async fn main() -> anyhow::Result<()> {
                 }
                 let rec: Vec<Duration> = samples.iter().map(|s| s.recovery).collect();
                 let back: Vec<Duration> = samples.iter().filter_map(|s| s.back_on_quic).collect();
+                let found: Vec<Duration> = samples.iter().filter_map(|s| s.found).collect();
                 let (sent, failed, lost) =
                     samples.iter().fold((0, 0, 0), |(a, b, c), s| (a + s.sent, b + s.failed, c + s.lost));
                 println!(
-                    "{:<5} {:<16} {:>6} {:>3} {:>10} {:>10} {:>7} {:>7} {:>5}{}",
+                    "{:<5} {:<16} {:>6} {:>3} {:>10} {:>10} {:>7} {:>7} {:>5}{}{}",
                     transport,
                     event.name(),
                     format!("{}ms", rtt.as_millis()),
@@ -222,6 +250,15 @@ async fn main() -> anyhow::Result<()> {
                         String::new()
                     } else {
                         format!("  back on QUIC: median {} ms", ms(percentile(&back, 50.0)))
+                    },
+                    if found.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "  found: median {} ms, max {} ms after the kill",
+                            ms(percentile(&found, 50.0)),
+                            ms(percentile(&found, 100.0))
+                        )
                     }
                 );
                 cells.push(json!({
@@ -232,6 +269,7 @@ async fn main() -> anyhow::Result<()> {
                     "median_ms": percentile(&rec, 50.0).map(|d| d.as_secs_f64() * 1000.0),
                     "p95_ms": percentile(&rec, 95.0).map(|d| d.as_secs_f64() * 1000.0),
                     "back_on_quic_ms": back.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
+                    "found_after_kill_ms": found.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
                     "sent": sent,
                     "failed": failed,
                     "lost": lost,

@@ -14,6 +14,10 @@ use dialback_channel::KeepAlive;
 /// The Ping interval assumed until the sidecar announces its own.
 pub(crate) const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(2);
 
+/// The least lateness margin, however regular the Pings, and the margin
+/// before two Pings have shown their jitter.
+const MARGIN_MIN: Duration = Duration::from_millis(25);
+
 /// What [`Health::check`] decided.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {
@@ -38,6 +42,8 @@ pub(crate) struct Health {
     keep_alive: KeepAlive,
     last: Instant,
     interval: Duration,
+    /// How much the Pings' arrival strays (none known yet).
+    jitter: Option<Duration>,
     /// The last [`Verdict::AskSidecar`]: for which silence (its last Ping's
     /// time), and how long that silence had lasted then.
     asked: Option<(Instant, Duration)>,
@@ -48,18 +54,29 @@ pub(crate) struct Health {
 impl Health {
     /// A channel that came up at `now` counts as pinged then.
     pub(crate) fn new(keep_alive: KeepAlive, now: Instant) -> Health {
-        Health { keep_alive, last: now, interval: DEFAULT_PING_INTERVAL, asked: None, suspected: None }
+        Health { keep_alive, last: now, interval: DEFAULT_PING_INTERVAL, jitter: None, asked: None, suspected: None }
     }
 
-    /// The last Ping came at `at`; the sidecar announced `interval`, if it did.
-    pub(crate) fn on_ping(&mut self, at: Instant, interval: Option<Duration>) {
+    /// The last Ping came at `at`; the sidecar announced `interval`, if it
+    /// did; Pings have strayed by `jitter` around it, once that is known.
+    pub(crate) fn on_ping(&mut self, at: Instant, interval: Option<Duration>, jitter: Option<Duration>) {
         self.last = self.last.max(at);
         self.interval = interval.unwrap_or(DEFAULT_PING_INTERVAL);
+        self.jitter = jitter;
     }
 
-    /// A Ping is overdue a tenth of an interval (at least 100 ms) after it was due.
+    /// A Ping is overdue once it is later than its beat's jitter explains:
+    /// four mean deviations (RFC 6298's RTO rule), at least 25 ms and at
+    /// most a quarter interval; 25 ms until two Pings have shown the
+    /// jitter. Overdue only means "ask the sidecar's API", one request, so
+    /// the margin can be tight: the sooner the ask, the sooner a sidecar
+    /// that came back elsewhere is found.
     fn late_after(&self) -> Duration {
-        self.interval + (self.interval / 10).max(Duration::from_millis(100))
+        let margin = match self.jitter {
+            None => MARGIN_MIN,
+            Some(j) => (j * 4).min(self.interval / 4).max(MARGIN_MIN),
+        };
+        self.interval + margin
     }
 
     /// How often to ask the sidecar again while the silence lasts.
@@ -127,13 +144,13 @@ mod tests {
     fn an_overdue_ping_asks_the_sidecar_before_anything_else_and_again_while_silent() {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0);
-        // Default interval 2 s: late after 2.2 s, then every 500 ms.
-        assert_eq!(h.check(t0 + 2199 * MS), Verdict::Healthy);
-        assert_eq!(h.check(t0 + 2200 * MS), Verdict::AskSidecar);
+        // Default interval 2 s, jitter unknown: late after 2.025 s, then every 500 ms.
+        assert_eq!(h.check(t0 + 2024 * MS), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 2025 * MS), Verdict::AskSidecar);
         assert_eq!(h.check(t0 + 2400 * MS), Verdict::Healthy, "not again at once");
-        assert_eq!(h.poll_timeout(), t0 + 2700 * MS, "next: ask again");
-        assert_eq!(h.check(t0 + 2700 * MS), Verdict::AskSidecar);
-        assert_eq!(h.poll_timeout(), t0 + 3200 * MS);
+        assert_eq!(h.poll_timeout(), t0 + 2525 * MS, "next: ask again");
+        assert_eq!(h.check(t0 + 2525 * MS), Verdict::AskSidecar);
+        assert_eq!(h.poll_timeout(), t0 + 3025 * MS);
         // Both lines passed at once: ask first, then move.
         let mut h = Health::new(keep_alive(), t0);
         assert_eq!(h.check(t0 + 8 * S), Verdict::AskSidecar);
@@ -145,7 +162,7 @@ mod tests {
     fn quiet_within_the_interval_is_healthy() {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0);
-        assert_eq!(h.poll_timeout(), t0 + 2200 * MS);
+        assert_eq!(h.poll_timeout(), t0 + 2025 * MS);
         assert_eq!(h.check(t0), Verdict::Healthy);
         assert_eq!(h.check(t0 + 2 * S), Verdict::Healthy);
     }
@@ -180,10 +197,10 @@ mod tests {
         let mut h = Health::new(keep_alive(), t0);
         assert_eq!(h.check(t0 + 7 * S), Verdict::AskSidecar);
         assert_eq!(h.check(t0 + 7 * S), Verdict::MoveSocket);
-        h.on_ping(t0 + 8 * S, None);
-        assert_eq!(h.poll_timeout(), t0 + 10200 * MS);
+        h.on_ping(t0 + 8 * S, None, None);
+        assert_eq!(h.poll_timeout(), t0 + 10025 * MS);
         assert_eq!(h.check(t0 + 10 * S), Verdict::Healthy);
-        assert_eq!(h.check(t0 + 10200 * MS), Verdict::AskSidecar, "a new silence is suspected anew");
+        assert_eq!(h.check(t0 + 10025 * MS), Verdict::AskSidecar, "a new silence is suspected anew");
         assert_eq!(h.check(t0 + 15 * S), Verdict::AskSidecar);
         assert_eq!(h.check(t0 + 15 * S), Verdict::MoveSocket);
     }
@@ -192,24 +209,42 @@ mod tests {
     fn the_sidecars_interval_sets_the_lines() {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0);
-        h.on_ping(t0, Some(Duration::from_secs(20)));
-        // Late after 22 s (asked every 5 s), suspect after 25 s, dead after 35 s.
-        assert_eq!(h.poll_timeout(), t0 + 22 * S);
-        assert_eq!(h.check(t0 + 21 * S), Verdict::Healthy);
-        assert_eq!(h.check(t0 + 22 * S), Verdict::AskSidecar);
+        h.on_ping(t0, Some(Duration::from_secs(20)), None);
+        // Late after 20.025 s (asked every 5 s), suspect after 25 s, dead after 35 s.
+        assert_eq!(h.poll_timeout(), t0 + 20025 * MS);
+        assert_eq!(h.check(t0 + 20 * S), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 20025 * MS), Verdict::AskSidecar);
         assert_eq!(h.check(t0 + 25 * S), Verdict::MoveSocket);
         assert!(matches!(h.check(t0 + 35 * S), Verdict::Redial(_)));
         // No interval said: back to the default.
-        h.on_ping(t0 + 40 * S, None);
-        assert_eq!(h.poll_timeout(), t0 + 42200 * MS);
+        h.on_ping(t0 + 40 * S, None, None);
+        assert_eq!(h.poll_timeout(), t0 + 42025 * MS);
     }
 
     #[test]
     fn an_older_ping_never_moves_the_clock_back() {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0 + 10 * S);
-        h.on_ping(t0, None);
-        assert_eq!(h.poll_timeout(), t0 + 12200 * MS);
+        h.on_ping(t0, None, None);
+        assert_eq!(h.poll_timeout(), t0 + 12025 * MS);
+    }
+
+    #[test]
+    fn the_margin_follows_the_pings_jitter_within_bounds() {
+        let t0 = Instant::now();
+        let mut h = Health::new(keep_alive(), t0);
+        // Regular Pings (2 ms of jitter): the floor, 25 ms.
+        h.on_ping(t0, None, Some(2 * MS));
+        assert_eq!(h.poll_timeout(), t0 + 2025 * MS);
+        // A wobbly path (30 ms): four deviations, 120 ms.
+        h.on_ping(t0, None, Some(30 * MS));
+        assert_eq!(h.poll_timeout(), t0 + 2120 * MS);
+        assert_eq!(h.check(t0 + 2119 * MS), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 2120 * MS), Verdict::AskSidecar);
+        // A wild one (1 s): at most a quarter interval.
+        let mut h = Health::new(keep_alive(), t0);
+        h.on_ping(t0, None, Some(S));
+        assert_eq!(h.poll_timeout(), t0 + 2500 * MS);
     }
 
     #[test]

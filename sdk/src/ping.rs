@@ -24,14 +24,48 @@ pub struct PingState {
 struct Seen {
     last: Instant,
     interval: Option<Duration>,
+    /// How far the regular Pings' gaps stray from the interval (a smoothed
+    /// mean deviation, RFC 6298's RTTVAR with gain 1/4); none before the
+    /// second Ping.
+    jitter: Option<Duration>,
+    /// When the regular stream's last Ping message came (not its opening,
+    /// which the first message follows at once; probes do not count).
+    regular: Option<Instant>,
     notice: Option<CloseNotice>,
+}
+
+/// What the runner reads from [`PingState::last`].
+#[derive(Clone, Copy, Debug)]
+pub struct Heard {
+    /// When the last ping arrived.
+    pub at: Instant,
+    /// The interval the sidecar announced, if it did.
+    pub interval: Option<Duration>,
+    /// How much the regular Pings' arrival strays, once two have come.
+    pub jitter: Option<Duration>,
+}
+
+impl Seen {
+    /// A regular Ping came at `now`: update the arrival jitter.
+    fn regular(&mut self, now: Instant) {
+        if let (Some(prev), Some(interval)) = (self.regular, self.interval) {
+            let gap = now.saturating_duration_since(prev);
+            let dev = gap.abs_diff(interval);
+            self.jitter = Some(match self.jitter {
+                None => dev,
+                Some(j) => (j * 3 + dev) / 4,
+            });
+        }
+        self.regular = Some(now);
+        self.last = now;
+    }
 }
 
 impl PingState {
     /// A fresh state; the channel counts as pinged now.
     pub fn new() -> PingState {
         PingState {
-            inner: Mutex::new(Seen { last: Instant::now(), interval: None, notice: None }),
+            inner: Mutex::new(Seen { last: Instant::now(), interval: None, jitter: None, regular: None, notice: None }),
             installed: tokio::sync::watch::Sender::new(false),
         }
     }
@@ -40,9 +74,14 @@ impl PingState {
         self.inner.lock().ok().map(|mut s| f(&mut s))
     }
 
-    /// When the last ping arrived, and the interval the sidecar announced.
-    pub fn last(&self) -> (Instant, Option<Duration>) {
-        self.with(|s| (s.last, s.interval)).unwrap_or((Instant::now(), None))
+    /// When the last ping arrived, the interval the sidecar announced, and
+    /// how regular its Pings have been.
+    pub fn last(&self) -> Heard {
+        self.with(|s| Heard { at: s.last, interval: s.interval, jitter: s.jitter }).unwrap_or(Heard {
+            at: Instant::now(),
+            interval: None,
+            jitter: None,
+        })
     }
 
     /// Becomes true once the sidecar has installed the channel (its regular
@@ -98,9 +137,48 @@ impl DaprAppChannelCallback for PingService {
         let state = self.0.clone();
         let out = request.into_inner().map(move |msg| {
             msg?;
-            state.with(|s| s.last = Instant::now());
+            state.with(|s| if probe { s.last = Instant::now() } else { s.regular(Instant::now()) });
             Ok(())
         });
         Ok(Response::new(Box::pin(out)))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn seen(interval: Duration) -> Seen {
+        Seen { last: Instant::now(), interval: Some(interval), jitter: None, regular: None, notice: None }
+    }
+
+    #[test]
+    fn jitter_is_the_smoothed_deviation_of_the_gaps_from_the_interval() {
+        let t0 = Instant::now();
+        let mut s = seen(2000 * MS);
+        s.regular(t0);
+        assert_eq!(s.jitter, None, "one Ping shows no gap");
+        s.regular(t0 + 2010 * MS);
+        assert_eq!(s.jitter, Some(10 * MS));
+        // Early counts as much as late.
+        s.regular(t0 + 4000 * MS);
+        assert_eq!(s.jitter, Some(10 * MS));
+        // On time: the deviation shrinks by a quarter.
+        s.regular(t0 + 6000 * MS);
+        assert_eq!(s.jitter, Some(7500 * Duration::from_micros(1)));
+        assert_eq!(s.last, t0 + 6000 * MS);
+    }
+
+    #[test]
+    fn no_interval_announced_no_jitter() {
+        let t0 = Instant::now();
+        let mut s = seen(2000 * MS);
+        s.interval = None;
+        s.regular(t0);
+        s.regular(t0 + 5000 * MS);
+        assert_eq!(s.jitter, None);
     }
 }

@@ -272,8 +272,8 @@ impl Runner {
                     return if ping.notice() == Some(CloseNotice::Replaced) { End::Replaced } else { End::Lost(why) };
                 }
                 () = tokio::time::sleep_until(look), if watch_pings => {
-                    let (last, interval) = ping.last();
-                    current.health.on_ping(last, interval);
+                    let heard = ping.last();
+                    current.health.on_ping(heard.at, heard.interval, heard.jitter);
                     match current.health.check(Instant::now()) {
                         Verdict::Healthy => {}
                         // A rescheduled sidecar (new pod, new state dir) sends

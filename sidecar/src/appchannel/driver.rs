@@ -334,7 +334,7 @@ async fn ping_loop(live: &Live, interval: Duration, deadline: Duration, metrics:
     let transport = live.info.transport;
     let mut peer = live.conn.peer_addr();
     loop {
-        let sent = std::time::Instant::now();
+        let sent = tokio::time::Instant::now();
         if tx.send(()).await.is_err() {
             return "Ping stream closed".to_string();
         }
@@ -353,7 +353,10 @@ async fn ping_loop(live: &Live, interval: Duration, deadline: Duration, metrics:
         if mobile {
             return quiet(live, &mut inbound, peer, metrics).await;
         }
-        tokio::time::sleep(interval).await;
+        // On a fixed beat from each send, not from each answer: the app
+        // then sees Pings an interval apart, whatever the RTT, and can tell
+        // a late one sooner (its margin follows the beat's jitter).
+        tokio::time::sleep_until(sent + interval).await;
     }
 }
 
