@@ -12,7 +12,8 @@
 //! `cargo bench -p dialback-benches --bench cost` (full: 3 rounds of 2 s a
 //! cell); `-- --quick` for a smoke run; `-- --rounds N`, `-- --seconds S`,
 //! `-- --api grpc,http`, `-- --conc 1,16,64`, `-- --payload 100,16384,1048576`
-//! and `-- --modes classic,tcp,quic` to choose. Prints one table and writes
+//! and `-- --modes classic,tcp,quic,quic-pc` to choose (`quic-pc`: QUIC
+//! with a stream per call, not in the default set). Prints one table and writes
 //! `target/bench-cost.json`. `--hold MODE` sets up the pairs and then drives
 //! only MODE's first cell until killed, for attaching a profiler.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -40,6 +41,14 @@ impl Pair {
                 let port = app.wait_listening().await;
                 (SidecarBuilder::classic("echo", port).spawn().await, app)
             }
+            // QUIC with a stream per call (`--callback-quic-streams per-call`).
+            "quic-pc" => {
+                let sc = SidecarBuilder::callback("echo").args(["--callback-quic-streams", "per-call"]).spawn().await;
+                let mut app = AppBuilder::echo(sc.grpc).transport("quic").spawn();
+                let on = app.wait_connected().await;
+                assert_eq!(on, "quic", "the quic app connected over {on}");
+                (sc, app)
+            }
             transport => {
                 let sc = SidecarBuilder::callback("echo").spawn().await;
                 let mut app = AppBuilder::echo(sc.grpc).transport(transport).spawn();
@@ -64,7 +73,7 @@ fn plan() -> Plan {
         modes: vec!["classic", "tcp", "quic"],
         hold: None,
     }
-    .from_args(&["classic", "tcp", "quic"], |a| {
+    .from_args(&["classic", "tcp", "quic", "quic-pc"], |a| {
         a.rounds = 1;
         a.seconds = 0.3;
         a.conc = vec![1, 16];

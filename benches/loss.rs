@@ -2,15 +2,18 @@
 //! (16 in flight, 16 KiB each way by default) go through netsim's relay
 //! with a 50 ms round trip and random UDP loss (0, 1 % and 3 %), once per
 //! controller (quinn's CUBIC, NewReno and BBR, set on both ends: the
-//! sidecar's `--callback-quic-congestion`, the app's `--quic-congestion`).
-//! Within one loss rate the controllers run back to back, in an order that
-//! rotates by round; medians over rounds.
+//! sidecar's `--callback-quic-congestion`, the app's `--quic-congestion`)
+//! and per way of carrying calls (the sidecar's `--callback-quic-streams`:
+//! one stream for all, or a stream per call). Within one loss rate the
+//! setups run back to back, in an order that rotates by round; medians
+//! over rounds.
 //!
 //! `cargo bench -p dialback-benches --bench loss` (3 rounds of 20 s a
 //! cell); `-- --quick` for a smoke run; `-- --rounds N`, `-- --seconds S`,
 //! `-- --loss 0,0.01,0.03`, `-- --rtt-ms 50`, `-- --conc 16`,
-//! `-- --payload 16384`, `-- --cc cubic,newreno,bbr,tolerant` to choose. Prints one
-//! table and writes `target/bench-loss.json`.
+//! `-- --payload 16384`, `-- --cc cubic,newreno,bbr,tolerant`,
+//! `-- --streams single,per-call` to choose. Prints one table and writes
+//! `target/bench-loss.json`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -24,29 +27,31 @@ use dialback_e2e::{App, AppBuilder, Sidecar, SidecarBuilder};
 use dialback_netsim::{Relay, RelayConfig};
 use serde_json::json;
 
-/// One controller's setup: a relay, a sidecar behind it and an app.
+/// One setup (controller, streams): a relay, a sidecar behind it and an app.
 struct Pair {
     cc: Congestion,
+    streams: String,
     relay: Relay,
     ep: Arc<Endpoint>,
     _sc: Sidecar,
     _app: App,
 }
 
-async fn pair(cc: Congestion, rtt: Duration) -> Pair {
+async fn pair(cc: Congestion, streams: &str, rtt: Duration) -> Pair {
     let relay =
         Relay::start(RelayConfig::new("127.0.0.1:0".parse().unwrap(), "127.0.0.1:9".parse().unwrap())).await.unwrap();
     relay.set_delay(rtt / 2);
     let sc = SidecarBuilder::callback("echo")
         .args(["--callback-advertise-address".to_string(), relay.addr().to_string()])
         .args(["--callback-quic-congestion", cc.as_str()])
+        .args(["--callback-quic-streams", streams])
         .spawn()
         .await;
     relay.set_target(sc.callback.unwrap());
     let mut app = AppBuilder::echo(sc.grpc).transport("quic").args(["--quic-congestion", cc.as_str()]).spawn();
     app.wait_connected().await;
     let ep = Arc::new(Endpoint::new(cc.as_str(), sc.http, sc.grpc, "echo", vec![]).unwrap());
-    Pair { cc, relay, ep, _sc: sc, _app: app }
+    Pair { cc, streams: streams.to_string(), relay, ep, _sc: sc, _app: app }
 }
 
 /// One cell's figures over rounds.
@@ -82,14 +87,17 @@ async fn main() -> anyhow::Result<()> {
         .map(|c| c.parse())
         .collect::<Result<_, _>>()
         .map_err(anyhow::Error::msg)?;
+    let streams = list("--streams", if quick { "single,per-call" } else { "single" });
     dialback_e2e::binaries();
     let mut pairs = Vec::new();
     for &cc in &ccs {
-        pairs.push(pair(cc, rtt).await);
+        for s in &streams {
+            pairs.push(pair(cc, s, rtt).await);
+        }
     }
     let payload = Bytes::from(vec![b'x'; payload_len]);
     let dur = Duration::from_secs_f64(seconds);
-    let mut cells: Vec<Vec<Cell>> = losses.iter().map(|_| ccs.iter().map(|_| Cell::default()).collect()).collect();
+    let mut cells: Vec<Vec<Cell>> = losses.iter().map(|_| pairs.iter().map(|_| Cell::default()).collect()).collect();
     for (li, &loss) in losses.iter().enumerate() {
         for round in 0..rounds {
             for k in 0..pairs.len() {
@@ -104,8 +112,9 @@ async fn main() -> anyhow::Result<()> {
                 cell.p99_ms.push(ms(percentile(&lat, 99.0)));
                 cell.failed += failed;
                 eprintln!(
-                    "loss {loss} round {round} {}: {} calls, p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms, {failed} failed",
+                    "loss {loss} round {round} {} {}: {} calls, p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms, {failed} failed",
                     p.cc,
+                    p.streams,
                     lat.len(),
                     ms(percentile(&lat, 50.0)),
                     ms(percentile(&lat, 99.0)),
@@ -120,8 +129,8 @@ async fn main() -> anyhow::Result<()> {
         rtt.as_millis()
     );
     println!(
-        "{:<6} {:<8} {:>9} {:>9} {:>9} {:>13} {:>13} {:>7}",
-        "loss", "cc", "calls/s", "p50 ms", "p99 ms", "calls vs 0%", "p99 vs 0%", "failed"
+        "{:<6} {:<8} {:<9} {:>9} {:>9} {:>9} {:>13} {:>13} {:>7}",
+        "loss", "cc", "streams", "calls/s", "p50 ms", "p99 ms", "calls vs 0%", "p99 vs 0%", "failed"
     );
     let mut out = Vec::new();
     for (li, &loss) in losses.iter().enumerate() {
@@ -138,9 +147,10 @@ async fn main() -> anyhow::Result<()> {
                 (cps / median(&z.calls_per_s).unwrap_or(f64::NAN), p99 / median(&z.p99_ms).unwrap_or(f64::NAN))
             });
             println!(
-                "{:<6} {:<8} {:>9.1} {:>9.1} {:>9.1} {:>12.2}x {:>12.2}x {:>7}",
+                "{:<6} {:<8} {:<9} {:>9.1} {:>9.1} {:>9.1} {:>12.2}x {:>12.2}x {:>7}",
                 format!("{}%", loss * 100.0),
                 p.cc.as_str(),
+                p.streams,
                 cps,
                 p50,
                 p99,
@@ -149,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
                 c.failed
             );
             out.push(json!({
-                "loss": loss, "cc": p.cc.as_str(), "calls_per_s": cps, "p50_ms": p50, "p99_ms": p99,
+                "loss": loss, "cc": p.cc.as_str(), "streams": p.streams, "calls_per_s": cps, "p50_ms": p50, "p99_ms": p99,
                 "calls_vs_clean": vs_calls, "p99_vs_clean": vs_p99, "failed": c.failed,
                 "rounds": { "calls_per_s": c.calls_per_s, "p50_ms": c.p50_ms, "p99_ms": c.p99_ms },
             }));

@@ -46,6 +46,12 @@ pub use verify::PinnedServerVerifier;
 /// The ALPN protocol id both ends of a dialback connection negotiate.
 pub const ALPN: &[u8] = b"dialback/1";
 
+/// The ALPN protocol id of dialback over QUIC with a stream per call:
+/// [`ALPN`], plus the sidecar may open further bidirectional streams, each
+/// an HTTP/2 connection of its own (see docs/architecture.md). Offered
+/// before [`ALPN`] on QUIC; TCP+TLS keeps [`ALPN`].
+pub const ALPN_STREAMS: &[u8] = b"dialback/2";
+
 /// Server name used when the app dials by IP and pins by fingerprint.
 pub const DEFAULT_SERVER_NAME: &str = "localhost";
 

@@ -223,7 +223,9 @@ where
 }
 
 fn decide(hello: &Hello, seen: &Seen<'_>, shared: &Shared) -> Result<(Grant, CredentialKind), Refusal> {
-    let pre = if seen.alpn != Some(dialback_certs::ALPN) {
+    let known = seen.alpn == Some(dialback_certs::ALPN)
+        || (seen.transport == Transport::Quic && seen.alpn == Some(dialback_certs::ALPN_STREAMS));
+    let pre = if !known {
         Err(Refusal::new(
             RefusalReason::WrongProtocol,
             format!("ALPN must be {:?}", String::from_utf8_lossy(dialback_certs::ALPN)),

@@ -120,6 +120,9 @@ impl KeepAlive {
         t.stream_receive_window(quinn::VarInt::from_u32(STREAM_RECEIVE_WINDOW));
         t.receive_window(quinn::VarInt::from_u32(CONN_RECEIVE_WINDOW));
         t.send_window(u64::from(CONN_RECEIVE_WINDOW));
+        // With a stream per call (dialback/2) the sidecar opens one per call
+        // in flight: as many as the HTTP/2 connection would carry.
+        t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(crate::h2::MAX_STREAMS));
         t
     }
 

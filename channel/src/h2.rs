@@ -17,7 +17,7 @@ use tonic::body::Body;
 /// The request body type the app side sees.
 pub use hyper::body::Incoming;
 
-use crate::{Io, KeepAlive};
+use crate::{Connection, Io, KeepAlive};
 
 /// HTTP/2 stream flow-control window: a 1 MiB payload is not window-bound.
 /// The classic `--app-port` channel uses the same, so the two compare fairly.
@@ -42,10 +42,18 @@ fn ping_timeout(keep_alive: KeepAlive) -> std::time::Duration {
 /// The sidecar's handle for calling the app over a channel: clone it
 /// freely; every clone shares the one HTTP/2 connection. Works as the
 /// transport of any tonic generated client.
+///
+/// With [`H2Client::stream_per_call`], each call goes instead on a QUIC
+/// stream of its own, as an HTTP/2 connection of its own, so a lost packet
+/// stalls only the call it belongs to.
 #[derive(Clone, Debug)]
 pub struct H2Client {
     send: hyper::client::conn::http2::SendRequest<Body>,
+    streams: Option<std::sync::Arc<crate::callpool::CallPool>>,
 }
+
+/// What a call through [`H2Client`] fails with.
+pub type CallError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The connection task returned by [`client`]: drive it (spawn it); it
 /// resolves when the connection ends, which is when the channel is gone.
@@ -68,16 +76,41 @@ pub async fn client(io: Io, keep_alive: Option<KeepAlive>) -> Result<(H2Client, 
             .keep_alive_while_idle(true);
     }
     let (send, conn) = builder.handshake(TokioIo::new(io)).await?;
-    Ok((H2Client { send }, Box::pin(conn)))
+    Ok((H2Client { send, streams: None }, Box::pin(conn)))
+}
+
+impl H2Client {
+    /// This client, with every call on a stream of its own of `conn` where
+    /// the channel has streams per call ([`Connection::has_streams`]);
+    /// unchanged otherwise.
+    pub fn stream_per_call(mut self, conn: &Connection) -> H2Client {
+        if conn.has_streams() {
+            self.streams = Some(std::sync::Arc::new(crate::callpool::CallPool::new(conn.clone())));
+        }
+        self
+    }
+
+    /// This client on the channel's first stream only: for the long-lived
+    /// Ping stream and the close notice, which must not wait for a stream.
+    pub fn first_stream(&self) -> H2Client {
+        H2Client { send: self.send.clone(), streams: None }
+    }
+
+    /// Whether calls go on a stream each.
+    pub fn is_stream_per_call(&self) -> bool {
+        self.streams.is_some()
+    }
 }
 
 impl tower::Service<Request<Body>> for H2Client {
     type Response = Response<Body>;
-    type Error = hyper::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, hyper::Error>> + Send>>;
+    type Error = CallError;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, CallError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.send.poll_ready(cx)
+        // Ready while the channel's first connection is: a stream per call
+        // lives and dies with the same QUIC connection.
+        self.send.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
@@ -89,16 +122,21 @@ impl tower::Service<Request<Body>> for H2Client {
                 *req.uri_mut() = uri;
             }
         }
+        if let Some(pool) = &self.streams {
+            return Box::pin(pool.clone().call(req));
+        }
         let fut = self.send.send_request(req);
         Box::pin(async move { Ok(fut.await?.map(Body::new)) })
     }
 }
 
 /// Serves `service` (e.g. tonic `Routes`) as the HTTP/2 server on `io`
-/// until the connection ends, with HTTP/2 PINGs per `keep_alive` (`None`:
-/// none). Resolves with the error that ended it, if any.
-pub async fn serve<S>(io: Io, service: S, keep_alive: Option<KeepAlive>) -> Result<(), hyper::Error>
+/// (the channel's [`Io`] or a [`crate::CallStream`]) until the connection
+/// ends, with HTTP/2 PINGs per `keep_alive` (`None`: none). Resolves with
+/// the error that ended it, if any.
+pub async fn serve<T, S>(io: T, service: S, keep_alive: Option<KeepAlive>) -> Result<(), hyper::Error>
 where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
     S: tower::Service<Request<hyper::body::Incoming>, Response = Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -91,7 +91,24 @@ pub(crate) trait Link: Send + Sync + std::fmt::Debug + 'static {
     fn closed(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
     /// The close code and reason the peer sent, if it sent one.
     fn peer_close(&self) -> Option<(CloseCode, String)>;
+    /// Whether both ends agreed on a stream per call (QUIC, `dialback/2`).
+    fn streams(&self) -> bool {
+        false
+    }
+    /// Opens a stream for one call (the sidecar's side); fails where
+    /// [`Link::streams`] is false.
+    fn open_stream(&self) -> StreamFuture<'_, io::Result<CallStream>> {
+        Box::pin(async { Err(io::Error::new(io::ErrorKind::Unsupported, "no stream per call on this channel")) })
+    }
+    /// The next stream the peer opened for a call (the app's side); `None`
+    /// once the connection is gone, or at once where [`Link::streams`] is false.
+    fn accept_stream(&self) -> StreamFuture<'_, Option<CallStream>> {
+        Box::pin(async { None })
+    }
 }
+
+/// What [`Link`]'s stream methods return.
+pub(crate) type StreamFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A handle on a channel's underlying connection: cheap to clone.
 #[derive(Clone, Debug)]
@@ -153,6 +170,28 @@ impl Connection {
     /// Whether the connection is gone.
     pub fn is_closed(&self) -> bool {
         self.gone.is_cancelled() || self.link.is_closed()
+    }
+
+    /// Whether the sidecar may carry each call on a stream of its own: QUIC
+    /// with `dialback/2` negotiated (see [`Connection::open_stream`]).
+    pub fn has_streams(&self) -> bool {
+        self.link.streams()
+    }
+
+    /// The sidecar's side: a new stream of the connection for one call, to
+    /// run an HTTP/2 connection of its own over. Fails when the channel has
+    /// no streams per call ([`Connection::has_streams`]) or is gone.
+    pub async fn open_stream(&self) -> io::Result<CallStream> {
+        self.link.open_stream().await
+    }
+
+    /// The app's side: the next stream the sidecar opened for a call;
+    /// `None` once the connection is gone (at once without streams per call).
+    pub async fn accept_stream(&self) -> Option<CallStream> {
+        tokio::select! {
+            s = self.link.accept_stream() => s,
+            () = self.gone.cancelled() => None,
+        }
     }
 
     /// Resolves once the connection is gone, with the peer's close code when
@@ -264,6 +303,56 @@ impl AsyncWrite for Io {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One call's stream of a channel with streams per call: a QUIC
+/// bidirectional stream other than the channel's first. Unlike [`Io`], its
+/// end is only the call's end, never the channel's.
+pub struct CallStream(Box<dyn ByteStream>);
+
+impl CallStream {
+    /// Wraps a transport's stream.
+    pub(crate) fn new(inner: Box<dyn ByteStream>) -> CallStream {
+        CallStream(inner)
+    }
+}
+
+impl std::fmt::Debug for CallStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CallStream")
+    }
+}
+
+impl AsyncRead for CallStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for CallStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
     }
 }
 

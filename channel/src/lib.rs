@@ -10,6 +10,7 @@
 
 mod accept;
 mod auth;
+mod callpool;
 mod config;
 mod congestion;
 mod dial;
@@ -30,7 +31,7 @@ pub use congestion::Congestion;
 pub use dial::{Dialer, NetworkChange, Pending};
 pub use error::{AcceptError, BindError, DialError};
 pub use events::{ListenerEvents, NoEvents, Refused};
-pub use io::{Channel, ChannelInfo, CloseCode, Connection, Io};
+pub use io::{CallStream, Channel, ChannelInfo, CloseCode, Connection, Io};
 pub use listener::Listener;
 pub use notice::{CloseNotice, CredentialKind};
 pub use transport::tcp::accept_with_backoff;

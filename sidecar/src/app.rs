@@ -55,10 +55,7 @@ impl tower::Service<http::Request<Body>> for AppConn {
                 let f = c.call(req);
                 Box::pin(async move { f.await.map_err(Into::into) })
             }
-            AppConn::Callback(c) => {
-                let f = c.call(req);
-                Box::pin(async move { f.await.map_err(Into::into) })
-            }
+            AppConn::Callback(c) => c.call(req),
         }
     }
 }

@@ -192,6 +192,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 ping_interval: config.ping_interval,
                 handshake: config.timeouts.handshake,
                 drain: config.shutdown_grace,
+                stream_per_call: config.call_streams == config::CallStreams::PerCall,
                 state_dir: config.state_dir.clone(),
                 metrics: metrics.clone(),
             };

@@ -21,7 +21,12 @@ fn main() -> ExitCode {
             // One line, not clap's usage block: the first line says what is wrong.
             let text = e.to_string();
             let first = text.lines().next().unwrap_or("bad arguments").trim_start_matches("error: ");
-            eprintln!("dialbackd: {first} (see dialbackd --help)");
+            // ... and, for a choice, what the choices are.
+            let choices = text.lines().map(str::trim).find(|l| l.starts_with("[possible values:"));
+            match choices {
+                Some(c) => eprintln!("dialbackd: {first} {c} (see dialbackd --help)"),
+                None => eprintln!("dialbackd: {first} (see dialbackd --help)"),
+            }
             return ExitCode::from(EX_USAGE);
         }
     };

@@ -20,13 +20,13 @@ use crate::accept::Shared;
 use crate::config::{DialConfig, ListenerConfig};
 use crate::error::{AcceptError, BindError, DialError, quic_io};
 use crate::handshake;
-use crate::io::{CloseCode, Connection, Io, Link};
+use crate::io::{CallStream, CloseCode, Connection, Io, Link, StreamFuture};
 use crate::reset::{CidLog, RecordingCids, reset_previous};
 use crate::{Hello, RefusalReason, Transport, Verdict};
 
-/// A live QUIC connection.
+/// A live QUIC connection, and whether it carries a stream per call.
 #[derive(Debug)]
-struct QuicLink(quinn::Connection);
+struct QuicLink(quinn::Connection, bool);
 
 impl Link for QuicLink {
     fn transport(&self) -> Transport {
@@ -68,12 +68,50 @@ impl Link for QuicLink {
             _ => None,
         }
     }
+
+    fn streams(&self) -> bool {
+        self.1
+    }
+
+    fn open_stream(&self) -> StreamFuture<'_, std::io::Result<CallStream>> {
+        Box::pin(async move {
+            if !self.1 {
+                return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "dialback/1: one stream only"));
+            }
+            let (send, recv) = self.0.open_bi().await.map_err(quic_io)?;
+            Ok(CallStream::new(Box::new(tokio::io::join(recv, send))))
+        })
+    }
+
+    fn accept_stream(&self) -> StreamFuture<'_, Option<CallStream>> {
+        Box::pin(async move {
+            if !self.1 {
+                return None;
+            }
+            let (send, recv) = self.0.accept_bi().await.ok()?;
+            Some(CallStream::new(Box::new(tokio::io::join(recv, send))))
+        })
+    }
+}
+
+/// Whether `conn` negotiated `dialback/2` (a stream per call).
+fn negotiated_streams(conn: &quinn::Connection) -> bool {
+    conn.handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .is_some_and(|p| p == dialback_certs::ALPN_STREAMS)
+}
+
+/// The ALPN ids a QUIC end offers: a stream per call first, then one stream.
+fn quic_alpn() -> Vec<Vec<u8>> {
+    vec![dialback_certs::ALPN_STREAMS.to_vec(), dialback_certs::ALPN.to_vec()]
 }
 
 /// The channel's byte stream and connection handle over `conn`'s stream pair.
 fn channel_parts(conn: quinn::Connection, send: quinn::SendStream, recv: quinn::RecvStream) -> (Io, Connection) {
     let gone = CancellationToken::new();
-    let connection = Connection::new(Arc::new(QuicLink(conn)), gone.clone());
+    let streams = negotiated_streams(&conn);
+    let connection = Connection::new(Arc::new(QuicLink(conn, streams)), gone.clone());
     (Io::new(Box::new(tokio::io::join(recv, send)), gone), connection)
 }
 
@@ -129,7 +167,9 @@ pub(crate) async fn connect(
     server_name: &ServerName<'static>,
 ) -> Result<Box<dyn Handshake>, DialError> {
     let addr = config.addr;
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config.tls.clone())
+    let mut tls = (*config.tls).clone();
+    tls.alpn_protocols = quic_alpn();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
         .map_err(|e| DialError::Config(format!("the TLS configuration is not usable for QUIC: {e}")))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(config.timeouts.keep_alive.quic_transport(config.congestion));
@@ -213,8 +253,10 @@ pub(crate) fn bind(
     addr: SocketAddr,
     cids: &Arc<CidLog>,
 ) -> Result<(quinn::Endpoint, SocketAddr), BindError> {
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(config.tls.clone())
-        .map_err(|e| BindError::Tls(e.to_string()))?;
+    let mut tls = (*config.tls).clone();
+    tls.alpn_protocols = quic_alpn();
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| BindError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server.transport_config(config.timeouts.keep_alive.quic_transport_before_hello(config.congestion));
     server.migration(true);

@@ -31,7 +31,7 @@ mod session;
 
 use crate::sidecar::SidecarClient;
 use crate::state::{CallContext, ChannelState, Connected};
-use session::{End, Session};
+use session::{End, Session, serve_streams};
 
 /// A request from the [`crate::Handle`] to the runner.
 pub(crate) enum Command {
@@ -210,7 +210,14 @@ impl Runner {
         let svc = tower::Layer::layer(&layer, routes);
         let keep_alive = self.options.timeouts.keep_alive;
         let pings = self.options.h2_pings();
-        let serving = tokio::spawn(async move { h2::serve(io, svc, pings).await.map_err(Into::into) });
+        let streams = conn.has_streams().then(|| tokio::spawn(serve_streams(conn.clone(), svc.clone())));
+        let serving = tokio::spawn(async move {
+            let r = h2::serve(io, svc, pings).await.map_err(Into::into);
+            if let Some(s) = streams {
+                s.abort();
+            }
+            r
+        });
         self.channels += 1;
         crate::metrics::opened(info.transport);
         let session = Session {

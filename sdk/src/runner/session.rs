@@ -55,3 +55,24 @@ impl Session {
         }
     }
 }
+
+/// With a stream per call (dialback/2): serves `svc` on each stream the
+/// sidecar opens, an HTTP/2 connection per stream, until the channel is gone.
+pub(super) async fn serve_streams<S>(conn: dialback_channel::Connection, svc: S)
+where
+    S: tower::Service<http::Request<dialback_channel::h2::Incoming>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    while let Some(stream) = conn.accept_stream().await {
+        let svc = svc.clone();
+        tokio::spawn(async move {
+            if let Err(e) = dialback_channel::h2::serve(stream, svc, None).await {
+                tracing::debug!(error = %e, "a call's own HTTP/2 connection ended with an error");
+            }
+        });
+    }
+}

@@ -37,6 +37,8 @@ pub struct CallbackPolicy {
     pub handshake: Duration,
     /// How long a replaced channel may finish its calls.
     pub drain: Duration,
+    /// Each call on a QUIC stream of its own, where the app speaks dialback/2.
+    pub stream_per_call: bool,
     /// Where to keep the QUIC apps' addresses and issued connection IDs, so
     /// that a restart can reset them at once.
     pub state_dir: std::path::PathBuf,
@@ -62,6 +64,7 @@ pub(crate) async fn run(ch: Channel, registry: Arc<Registry>, policy: CallbackPo
         }
     };
     let transport = info.transport;
+    let client = if policy.stream_per_call { client.stream_per_call(&conn) } else { client };
     let live = Arc::new(Live::new(info, conn, client));
     // The HTTP/2 connection runs in a task of its own: it must go on while
     // calls drain. Its end is one of the driver's events.
@@ -149,7 +152,7 @@ async fn drive(live: &Arc<Live>, registry: &Registry, policy: &CallbackPolicy, h
             }
             order = next_order(&mut orders), if retiring.is_none() => {
                 let r = Retirement::new(order.code, live.rtt(), order.drain, std::time::Instant::now());
-                notice = Some(Box::pin(notify_close(live.client.clone(), r.notice())));
+                notice = Some(Box::pin(notify_close(live.client.first_stream(), r.notice())));
                 retiring = Some(r);
             }
             answered = until_some(&mut notice) => {
@@ -290,7 +293,7 @@ async fn notify_close(client: h2::H2Client, why: CloseNotice) -> bool {
 /// a probe (`dialback-probe`), one Empty sent and one answered within
 /// `deadline`. Fails with the reason when the app does not answer.
 async fn probe(live: &Live, deadline: Duration) -> Result<(), String> {
-    let mut client = DaprAppChannelCallbackClient::new(live.client.clone());
+    let mut client = DaprAppChannelCallbackClient::new(live.client.first_stream());
     let mut req = tonic::Request::new(futures_util::stream::iter([()]));
     req.metadata_mut().insert(PROBE_KEY, tonic::metadata::MetadataValue::from_static("1"));
     let sent = std::time::Instant::now();
@@ -317,7 +320,7 @@ async fn probe(live: &Live, deadline: Duration) -> Result<(), String> {
 /// profile one Ping only (it tells the app it is installed); the stream
 /// then stays open and quiet, announced as interval 0.
 async fn ping_loop(live: &Live, interval: Duration, deadline: Duration, metrics: &Metrics) -> String {
-    let mut client = DaprAppChannelCallbackClient::new(live.client.clone());
+    let mut client = DaprAppChannelCallbackClient::new(live.client.first_stream());
     let (tx, rx) = mpsc::channel::<()>(1);
     let outbound = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|()| ((), rx)) });
     let mut req = tonic::Request::new(outbound);

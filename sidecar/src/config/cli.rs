@@ -240,6 +240,13 @@ pub struct RunArgs {
     #[arg(long, default_value_t)]
     pub callback_quic_congestion: dialback_channel::Congestion,
 
+    /// How calls to an app on QUIC travel: `single` (one stream carries
+    /// them all, as over TCP) or `per-call` (a QUIC stream each, so a lost
+    /// packet stalls only its own call; apps that do not speak dialback/2
+    /// get `single`).
+    #[arg(long, value_enum, default_value = "single")]
+    pub callback_quic_streams: CallStreams,
+
     /// Callback-channel handshakes in flight at once, per transport.
     #[arg(long, default_value_t = 128)]
     pub callback_max_handshakes: usize,
@@ -277,6 +284,16 @@ pub struct RunArgs {
     /// Log level or filter (RUST_LOG wins when set).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+}
+
+/// How calls to an app on QUIC travel (`--callback-quic-streams`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CallStreams {
+    /// One QUIC stream carries every call (one HTTP/2 connection).
+    #[default]
+    Single,
+    /// Each call on a QUIC stream (an HTTP/2 connection) of its own.
+    PerCall,
 }
 
 /// daprd's app protocols the bridge speaks.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use dialback_channel::{KeepAlive, Timeouts, Transports};
 
-pub use cli::{BridgeProtocol, CertsCommand, Cli, Command, RunArgs};
+pub use cli::{BridgeProtocol, CallStreams, CertsCommand, Cli, Command, RunArgs};
 pub use units::{MAX_DURATION, parse_duration, parse_size};
 
 /// How the sidecar reaches its app.
@@ -87,6 +87,8 @@ pub struct Config {
     pub upstream_http: Option<String>,
     /// QUIC's congestion controller on the channel (for what the sidecar sends).
     pub congestion: dialback_channel::Congestion,
+    /// How calls to an app on QUIC travel: one stream, or one each.
+    pub call_streams: CallStreams,
     /// Where the metrics server binds; `None`: no metrics server.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Where the hop's spans are exported (OTLP/gRPC), and the sampling
@@ -319,6 +321,7 @@ impl Config {
             metrics_addr: a.enable_metrics.then(|| std::net::SocketAddr::new(a.metrics_listen_address, a.metrics_port)),
             otlp,
             congestion: a.callback_quic_congestion,
+            call_streams: a.callback_quic_streams,
             app_id,
         })
     }
