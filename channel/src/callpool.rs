@@ -10,11 +10,11 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tonic::body::Body;
 
 use crate::Connection;
-use crate::h2::{CallError, MAX_FRAME, STREAM_WINDOW};
+use crate::h2::{CallError, STREAM_WINDOW, client_builder};
 
 /// At most this many idle connections are kept; each holds a QUIC stream.
 const MAX_IDLE: usize = 64;
@@ -71,13 +71,7 @@ impl CallPool {
     /// ends when the pool lets it go or the channel ends.
     async fn open(&self) -> Result<SendRequest<Body>, CallError> {
         let stream = self.conn.open_stream().await?;
-        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(STREAM_WINDOW)
-            .max_frame_size(MAX_FRAME);
-        let (send, connection) = builder.handshake(TokioIo::new(stream)).await?;
+        let (send, connection) = client_builder(STREAM_WINDOW).handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "a call stream's HTTP/2 connection ended with an error");

@@ -63,12 +63,7 @@ pub type ClientConnection = Pin<Box<dyn Future<Output = Result<(), hyper::Error>
 /// (`None`: no PINGs, as in the mobile profile). Fails when the app does
 /// not complete the HTTP/2 preface.
 pub async fn client(io: Io, keep_alive: Option<KeepAlive>) -> Result<(H2Client, ClientConnection), hyper::Error> {
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-    builder
-        .timer(TokioTimer::new())
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONN_WINDOW)
-        .max_frame_size(MAX_FRAME);
+    let mut builder = client_builder(CONN_WINDOW);
     if let Some(keep_alive) = keep_alive {
         builder
             .keep_alive_interval(keep_alive.interval)
@@ -77,6 +72,18 @@ pub async fn client(io: Io, keep_alive: Option<KeepAlive>) -> Result<(H2Client, 
     }
     let (send, conn) = builder.handshake(TokioIo::new(io)).await?;
     Ok((H2Client { send, streams: None }, Box::pin(conn)))
+}
+
+/// The sidecar's HTTP/2 client settings, with a connection window of
+/// `conn_window` (a call stream's connection carries one call at a time).
+pub(crate) fn client_builder(conn_window: u32) -> hyper::client::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(conn_window)
+        .max_frame_size(MAX_FRAME);
+    builder
 }
 
 impl H2Client {
