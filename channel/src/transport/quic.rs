@@ -102,9 +102,15 @@ fn negotiated_streams(conn: &quinn::Connection) -> bool {
         .is_some_and(|p| p == dialback_certs::ALPN_STREAMS)
 }
 
-/// The ALPN ids a QUIC end offers: a stream per call first, then one stream.
-fn quic_alpn() -> Vec<Vec<u8>> {
-    vec![dialback_certs::ALPN_STREAMS.to_vec(), dialback_certs::ALPN.to_vec()]
+/// The ALPN ids a QUIC end offers, from those of its TLS config: where
+/// that offers `dialback/1`, a stream per call (`dialback/2`) first. Any
+/// other list (none at all, say) is left as it is, to be refused as such.
+fn quic_alpn(tls: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut alpn = tls.to_vec();
+    if alpn.iter().any(|p| p == dialback_certs::ALPN) && !alpn.iter().any(|p| p == dialback_certs::ALPN_STREAMS) {
+        alpn.insert(0, dialback_certs::ALPN_STREAMS.to_vec());
+    }
+    alpn
 }
 
 /// The channel's byte stream and connection handle over `conn`'s stream pair.
@@ -168,7 +174,7 @@ pub(crate) async fn connect(
 ) -> Result<Box<dyn Handshake>, DialError> {
     let addr = config.addr;
     let mut tls = (*config.tls).clone();
-    tls.alpn_protocols = quic_alpn();
+    tls.alpn_protocols = quic_alpn(&tls.alpn_protocols);
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
         .map_err(|e| DialError::Config(format!("the TLS configuration is not usable for QUIC: {e}")))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
@@ -254,7 +260,7 @@ pub(crate) fn bind(
     cids: &Arc<CidLog>,
 ) -> Result<(quinn::Endpoint, SocketAddr), BindError> {
     let mut tls = (*config.tls).clone();
-    tls.alpn_protocols = quic_alpn();
+    tls.alpn_protocols = quic_alpn(&tls.alpn_protocols);
     let crypto =
         quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls)).map_err(|e| BindError::Tls(e.to_string()))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
@@ -354,5 +360,21 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<(), Acc
             conn.close(quinn::VarInt::from_u32(CloseCode::Refused as u32), reason.as_bytes());
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::quic_alpn;
+
+    #[test]
+    fn a_stream_per_call_is_offered_only_next_to_dialback_1() {
+        let one = dialback_certs::ALPN.to_vec();
+        let two = dialback_certs::ALPN_STREAMS.to_vec();
+        assert_eq!(quic_alpn(std::slice::from_ref(&one)), vec![two.clone(), one.clone()]);
+        assert_eq!(quic_alpn(&[two.clone(), one.clone()]), vec![two, one], "not twice");
+        assert!(quic_alpn(&[]).is_empty(), "no ALPN stays none, to be refused");
+        assert_eq!(quic_alpn(&[b"h2".to_vec()]), vec![b"h2".to_vec()]);
     }
 }
