@@ -164,6 +164,9 @@ async fn run_once(transport: &str, event: Event, rtt: Duration, mobile: bool) ->
     // Let calls sent around the event settle, then count.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let s = calls.stop(PATIENCE).await;
+    if let Some(first) = s.failures().first() {
+        eprintln!("{transport} {}: {} failed; the first: {:?}", event.name(), s.failures().len(), first.result);
+    }
     drop(app);
     Ok(Sample { recovery, back_on_quic, found, sent: s.sent, failed: s.failures().len(), lost: s.lost() })
 }
