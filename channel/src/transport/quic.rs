@@ -94,12 +94,16 @@ impl Link for QuicLink {
     }
 }
 
-/// Whether `conn` negotiated `dialback/2` (a stream per call).
-fn negotiated_streams(conn: &quinn::Connection) -> bool {
+/// The ALPN id `conn` negotiated, if any.
+fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     conn.handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol)
-        .is_some_and(|p| p == dialback_certs::ALPN_STREAMS)
+}
+
+/// Whether `conn` negotiated `dialback/2` (a stream per call).
+fn negotiated_streams(conn: &quinn::Connection) -> bool {
+    alpn(conn).is_some_and(|p| p == dialback_certs::ALPN_STREAMS)
 }
 
 /// The ALPN ids a QUIC end offers, from those of its TLS config: where
@@ -332,10 +336,7 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<(), Acc
     let limit = shared.timeouts.handshake;
     let peer = incoming.remote_address();
     let conn = tokio::time::timeout_at(deadline, incoming).await.map_err(|_| AcceptError::Timeout(limit))??;
-    let alpn = conn
-        .handshake_data()
-        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-        .and_then(|d| d.protocol);
+    let alpn = alpn(&conn);
     let Ok(accepted) = tokio::time::timeout_at(deadline, conn.accept_bi()).await else {
         conn.close(quinn::VarInt::from_u32(CloseCode::Refused as u32), b"no hello within the handshake timeout");
         return Err(AcceptError::Timeout(limit));
