@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use dialback_channel::{Authenticator, Credential, Grant, Hello, HelloContext, Refusal, RefusalReason};
 use rand::RngCore;
@@ -15,20 +15,12 @@ use rand::RngCore;
 /// so the store must not grow without bound.
 const MAX_TOKENS: usize = 1024;
 
-/// Reconnect tokens kept at most; the oldest goes first.
-const MAX_RECONNECT_TOKENS: usize = 64;
-
-/// How long a reconnect token stays good (within one sidecar process).
-pub const RECONNECT_TTL: Duration = Duration::from_secs(24 * 3600);
-
-/// Outstanding one-time tokens, and the reconnect tokens handed out with
-/// accepted channels.
+/// Outstanding one-time tokens (reconnect tokens are sealed, not stored:
+/// see [`crate::reconnect`]).
 #[derive(Debug, Default)]
 pub struct TokenStore {
     /// Token -> (expiry, issue order).
     live: HashMap<String, (Instant, u64)>,
-    /// Token -> (expiry, issue order).
-    reconnect: HashMap<String, (Instant, u64)>,
     issued: u64,
     /// Tokens already presented, kept until they would have expired, so a
     /// replay is told "used" rather than "unknown".
@@ -49,35 +41,6 @@ impl TokenStore {
         self.issued += 1;
         self.live.insert(token.clone(), (now + ttl, self.issued));
         token
-    }
-
-    /// Mints a reconnect token valid until `now + ttl`: reusable, so an app
-    /// can redial this sidecar process directly; gone when it restarts.
-    pub fn issue_reconnect(&mut self, now: Instant, ttl: Duration) -> String {
-        self.reconnect.retain(|_, (e, _)| *e > now);
-        while self.reconnect.len() >= MAX_RECONNECT_TOKENS {
-            let Some(oldest) = self.reconnect.iter().min_by_key(|(_, (_, n))| *n).map(|(t, _)| t.clone()) else {
-                break;
-            };
-            self.reconnect.remove(&oldest);
-        }
-        let token = random_token();
-        self.issued += 1;
-        self.reconnect.insert(token.clone(), (now + ttl, self.issued));
-        token
-    }
-
-    /// Checks a reconnect token; fails when it is unknown (e.g. from an
-    /// earlier sidecar process) or expired.
-    pub fn check_reconnect(&self, token: &str, now: Instant) -> Result<(), Refusal> {
-        match self.reconnect.get(token) {
-            Some((e, _)) if *e >= now => Ok(()),
-            Some(_) => Err(Refusal::new(
-                RefusalReason::TokenExpired,
-                "the reconnect token has expired; call ConnectAppCallback",
-            )),
-            None => Err(Refusal::new(RefusalReason::BadCredential, "unknown reconnect token; call ConnectAppCallback")),
-        }
     }
 
     /// Spends `token`; fails when it is unknown, used or expired. A token
@@ -103,7 +66,6 @@ impl TokenStore {
     }
 
     fn prune(&mut self, now: Instant) {
-        self.reconnect.retain(|_, (e, _)| *e > now);
         self.live.retain(|_, (e, _)| *e + Duration::from_secs(60) > now);
         self.used.retain(|_, e| *e + Duration::from_secs(60) > now);
     }
@@ -121,6 +83,8 @@ pub struct ChannelAuth {
     pub mtls: bool,
     /// The live channel, for standby hellos.
     pub registry: Arc<crate::appchannel::Registry>,
+    /// Seals the reconnect tokens handed out and opens those presented.
+    pub reconnect: crate::reconnect::ReconnectKey,
 }
 
 fn random_token() -> String {
@@ -151,8 +115,8 @@ impl Authenticator for ChannelAuth {
                 "another instance of this app holds the channel; standing by",
             ));
         }
-        let mut tokens = self.tokens.lock().map_err(|_| Refusal::new(RefusalReason::Unspecified, "internal error"))?;
-        Ok(Grant { reconnect_token: tokens.issue_reconnect(Instant::now(), RECONNECT_TTL) })
+        let expires = SystemTime::now() + crate::reconnect::RECONNECT_TTL;
+        Ok(Grant { reconnect_token: self.reconnect.issue(&self.app_id, expires) })
     }
 
     fn discard(&self, hello: &Hello) {
@@ -184,11 +148,7 @@ impl ChannelAuth {
         }
         match ctx.credential {
             Credential::OneTimeToken(_) => spent.unwrap_or(Ok(())),
-            Credential::ReconnectToken(t) => {
-                let tokens =
-                    self.tokens.lock().map_err(|_| Refusal::new(RefusalReason::Unspecified, "internal error"))?;
-                tokens.check_reconnect(t, Instant::now())
-            }
+            Credential::ReconnectToken(t) => self.reconnect.check(t, &hello.app_id, SystemTime::now()),
             Credential::ApiToken(t) => match self.api_token_sha {
                 Some(want) if sha256(t) == want => Ok(()),
                 Some(_) => Err(Refusal::new(RefusalReason::BadCredential, "wrong API token")),
@@ -258,25 +218,6 @@ mod tests {
         }
         assert!(s.live.len() <= MAX_TOKENS);
         assert!(s.redeem(&first, now).is_err());
-    }
-
-    #[test]
-    fn reconnect_tokens_are_reusable_until_they_expire() {
-        let mut s = TokenStore::default();
-        let now = Instant::now();
-        let t = s.issue_reconnect(now, Duration::from_secs(10));
-        assert!(s.check_reconnect(&t, now).is_ok());
-        assert!(s.check_reconnect(&t, now).is_ok());
-        assert_eq!(
-            s.check_reconnect(&t, now + Duration::from_secs(11)).unwrap_err().reason,
-            RefusalReason::TokenExpired
-        );
-        assert_eq!(s.check_reconnect("other", now).unwrap_err().reason, RefusalReason::BadCredential);
-        for _ in 0..MAX_RECONNECT_TOKENS {
-            s.issue_reconnect(now, Duration::from_secs(10));
-        }
-        assert!(s.reconnect.len() <= MAX_RECONNECT_TOKENS);
-        assert!(s.check_reconnect(&t, now).is_err(), "the oldest token goes first");
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod error;
 mod guarded;
 mod invoke;
 mod metrics;
+mod reconnect;
 mod state;
 pub mod statedir;
 mod trace;
@@ -282,6 +283,7 @@ async fn bind_callback(
     let mtls = client_roots.is_some();
     let tls = dialback_certs::server_config(&identity, client_roots)?;
     let reset_key = statedir::reset_key(&state_dir)?;
+    let reconnect = reconnect::ReconnectKey::new(&statedir::reconnect_key(&state_dir)?);
     let registry = Arc::new(Registry::default());
     let auth = Arc::new(auth::ChannelAuth {
         app_id: config.app_id.clone(),
@@ -289,6 +291,7 @@ async fn bind_callback(
         tokens,
         mtls,
         registry: registry.clone(),
+        reconnect,
     });
     let listener = Listener::bind(
         ListenerConfig {

@@ -1,5 +1,6 @@
 //! The state directory: what must survive a restart (the generated
-//! identity, the QUIC stateless-reset key, the QUIC apps of the last run).
+//! identity, the QUIC stateless-reset key, the reconnect-token key, the
+//! QUIC apps of the last run).
 //!
 //! The parsers here read files anyone with access to the directory may have
 //! written: they never panic, bound what they read and keep, and treat
@@ -22,8 +23,21 @@ pub fn ensure(dir: &Path) -> Result<PathBuf, StartError> {
 /// The QUIC stateless-reset key, generated once and kept, so that a
 /// restarted sidecar can reset connections of its previous life at once.
 pub fn reset_key(dir: &Path) -> Result<[u8; 32], StartError> {
+    secret(dir, "quic-reset-key")
+}
+
+/// The key that seals reconnect tokens, generated once and kept, so that a
+/// restarted sidecar accepts the tokens of its previous life (see
+/// `crate::reconnect`). Deleting the file revokes them all.
+pub fn reconnect_key(dir: &Path) -> Result<[u8; 32], StartError> {
+    secret(dir, "reconnect-key")
+}
+
+/// The 32-byte secret in `dir/name`, made (private to the owner) when
+/// missing or of the wrong size.
+fn secret(dir: &Path, name: &str) -> Result<[u8; 32], StartError> {
     use std::io::Read;
-    let path = dir.join("quic-reset-key");
+    let path = dir.join(name);
     let err = |source| StartError::StateDir { path: path.clone(), source };
     // Read one byte more than a key, so that a longer file is seen as wrong.
     let read = std::fs::File::open(&path).and_then(|f| {
@@ -34,7 +48,7 @@ pub fn reset_key(dir: &Path) -> Result<[u8; 32], StartError> {
     match read {
         Ok(bytes) => match parse_reset_key(&bytes) {
             Some(key) => return Ok(key),
-            None => tracing::warn!(path = %path.display(), "reset key has the wrong size; making a new one"),
+            None => tracing::warn!(path = %path.display(), "key file has the wrong size; making a new one"),
         },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
@@ -130,10 +144,16 @@ mod tests {
     }
 
     #[test]
-    fn reset_key_persists() {
+    fn keys_persist_and_differ() {
         let d = tempfile::tempdir().unwrap();
         let a = reset_key(d.path()).unwrap();
         let b = reset_key(d.path()).unwrap();
         assert_eq!(a, b);
+        let r = reconnect_key(d.path()).unwrap();
+        assert_eq!(r, reconnect_key(d.path()).unwrap());
+        assert_ne!(a, r, "one key per purpose");
+        // A file of the wrong size is replaced, not trusted.
+        std::fs::write(d.path().join("reconnect-key"), b"short").unwrap();
+        assert_ne!(reconnect_key(d.path()).unwrap(), r);
     }
 }

@@ -130,8 +130,20 @@ async fn sidecar_restart(transport: &str) {
     reachable_over(&sc2, transport).await;
     // Same state dir, same identity.
     assert_eq!(sc2.cert_sha256, sc.cert_sha256);
-    // A new process refuses the old reconnect token: the app fell back to ConnectAppCallback.
-    assert_eq!(metadata(sc2.http).await.unwrap()["appChannel"]["credential"], "one-time-token");
+    // Reconnect tokens are sealed with a key in the state dir: the new
+    // process took the app's direct redial, with no ConnectAppCallback.
+    let md = metadata(sc2.http).await.unwrap();
+    assert_eq!(md["appChannel"]["credential"], "reconnect-token", "{md}");
+    // Deleting the key revokes every token: the next restart refuses the
+    // app's token, and the app falls back to ConnectAppCallback by itself.
+    let mut sc2 = sc2;
+    sc2.kill().await;
+    std::fs::remove_file(sc2.state_dir.join("reconnect-key")).unwrap();
+    let sc3 = sc2.restart().await;
+    assert_eq!(app.wait_connected().await, transport);
+    reachable_over(&sc3, transport).await;
+    let md = metadata(sc3.http).await.unwrap();
+    assert_eq!(md["appChannel"]["credential"], "one-time-token", "{md}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -156,6 +156,12 @@ async fn unproven_hellos_never_displace_the_live_channel(transport: Transport) {
             "token",
         ),
         (
+            "a forged reconnect token",
+            hello("echo", Some(Credential::ReconnectToken(format!("r1.{}", "00".repeat(56))))),
+            RefusalReason::BadCredential,
+            "reconnect token",
+        ),
+        (
             "a wrong API token",
             hello("echo", Some(Credential::ApiToken("not-the-api-token".into()))),
             RefusalReason::BadCredential,

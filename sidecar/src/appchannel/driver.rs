@@ -1,6 +1,7 @@
 //! One driver per channel (quinn's `ConnectionDriver` is the model): a task
 //! that owns a channel's life from its HTTP/2 handshake to its close. It
-//! proves the channel (a Ping probe), installs it, pings it, watches it and
+//! proves the channel (a Ping probe) when it would displace a live one,
+//! installs it, pings it, watches it and
 //! retires it when told to, and ends with one [`ChannelEnd`], which it
 //! records in the registry and on the [`Live`] handle. The decisions are in
 //! pure cores: [`ChannelEnd::explain`] (which reason wins) and
@@ -91,27 +92,32 @@ pub(crate) async fn run(ch: Channel, registry: Arc<Registry>, policy: CallbackPo
 /// The channel's life after its HTTP/2 handshake.
 async fn drive(live: &Arc<Live>, registry: &Registry, policy: &CallbackPolicy, h2: &mut H2) -> ChannelEnd {
     let id = live.info.channel_id;
-    // Prove the channel live (HTTP/2 served, a Ping answered) before it may
-    // displace anything: a dial that authenticates and then dies must never
-    // take the healthy app's place.
-    let proven = tokio::select! {
-        r = probe(live, policy.keep_alive.idle_timeout) => r.map_err(ChannelEnd::Unproven),
-        end = h2.ended() => Err(end),
-        c = live.conn.closed() => Err(closed_end(c)),
-    };
-    if let Err(seen) = proven {
-        let end = ChannelEnd::explain(seen, h2.settle().await);
-        return ChannelEnd::Unproven(end.reason());
-    }
-    let installed =
-        if live.info.standby { registry.install_if_free(live.clone()) } else { Ok(registry.install(live.clone())) };
-    match installed {
-        Ok(Some(old)) => {
-            info!(old = old.info.channel_id, new = id, "a new channel replaces the old one");
-            old.retire(CloseCode::Replaced, policy.drain);
+    // With no channel up there is nothing to displace: this one takes the
+    // waiting calls at once, and its first Ping proves it (a redial after a
+    // sidecar restart saves the probe's round trip). Otherwise prove it live
+    // (HTTP/2 served, a Ping answered) before it may displace anything: a
+    // dial that authenticates and then dies must never take the healthy
+    // app's place.
+    if registry.install_if_free(live.clone()).is_err() {
+        let proven = tokio::select! {
+            r = probe(live, policy.keep_alive.idle_timeout) => r.map_err(ChannelEnd::Unproven),
+            end = h2.ended() => Err(end),
+            c = live.conn.closed() => Err(closed_end(c)),
+        };
+        if let Err(seen) = proven {
+            let end = ChannelEnd::explain(seen, h2.settle().await);
+            return ChannelEnd::Unproven(end.reason());
         }
-        Ok(None) => {}
-        Err(()) => return ChannelEnd::SlotTaken,
+        let installed =
+            if live.info.standby { registry.install_if_free(live.clone()) } else { Ok(registry.install(live.clone())) };
+        match installed {
+            Ok(Some(old)) => {
+                info!(old = old.info.channel_id, new = id, "a new channel replaces the old one");
+                old.retire(CloseCode::Replaced, policy.drain);
+            }
+            Ok(None) => {}
+            Err(()) => return ChannelEnd::SlotTaken,
+        }
     }
     let liveness = live.info.beat.map_or_else(|| "default".to_string(), |b| format!("mobile (beat {b:?})"));
     info!(
