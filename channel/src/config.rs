@@ -123,6 +123,11 @@ impl KeepAlive {
         // With a stream per call (dialback/2) the sidecar opens one per call
         // in flight: as many as the HTTP/2 connection would carry.
         t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(crate::h2::MAX_STREAMS));
+        // No QUIC datagrams: nothing uses them, and quinn's default keeps up
+        // to 1.25 MB of them unread per connection, which a peer that has
+        // only finished TLS could park in the sidecar. A DATAGRAM frame now
+        // closes the connection (PROTOCOL_VIOLATION).
+        t.datagram_receive_buffer_size(None);
         t
     }
 
@@ -132,8 +137,8 @@ impl KeepAlive {
     /// must not be woken by the sidecar) and an idle timeout of at least
     /// [`MAX_IDLE_TIMEOUT`] (the app's own, smaller, is the one in force).
     /// What a peer that has not yet proven itself can make it hold is small:
-    /// one bidirectional stream (the hello's), no unidirectional streams, and
-    /// a connection window of [`PRE_HELLO_WINDOW`]. The window opens to
+    /// one bidirectional stream (the hello's), no unidirectional streams, no
+    /// datagrams, and a connection window of [`PRE_HELLO_WINDOW`]. The window opens to
     /// [`CONN_RECEIVE_WINDOW`] once the hello is accepted.
     pub(crate) fn quic_transport_before_hello(&self, cc: Congestion) -> Arc<quinn::TransportConfig> {
         let mut t = self.quic_transport_config(cc);

@@ -290,6 +290,26 @@ async fn unproven_quic_peers_hold_little_memory() {
     live.assert_untouched("unproven QUIC peers pushing data").await;
 }
 
+/// QUIC datagrams: quinn's default transport config takes them and keeps
+/// up to 1.25 MB unread per connection, and a peer that has only finished
+/// TLS may send them. The sidecar uses none, so it offers none: a peer sees
+/// no datagram support, and a DATAGRAM frame would close its connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unproven_quic_peers_cannot_park_datagrams() {
+    let live = Live::start(SidecarBuilder::callback("echo"), "quic", &[]).await;
+    let tls = (*pinned_tls(&live.sc)).clone();
+    let crypto = std::sync::Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap());
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::new(ATTACKER, 0)).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(crypto));
+    let conn = endpoint.connect(live.sc.callback.unwrap(), "localhost").unwrap().await.unwrap();
+    assert_eq!(conn.max_datagram_size(), None, "the sidecar offers QUIC datagrams");
+    assert!(
+        matches!(conn.send_datagram(bytes::Bytes::from_static(b"x")), Err(quinn::SendDatagramError::UnsupportedByPeer)),
+        "a datagram could be sent to the sidecar"
+    );
+    live.assert_untouched("a peer looking for QUIC datagrams").await;
+}
+
 /// Also: an installed channel that the sidecar kills because the app broke
 /// HTTP/2 (here 2 MB of response headers, far over the limit the sidecar
 /// advertises) says why in `lastDownReason`, not "connection lost"; the
