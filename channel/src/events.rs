@@ -47,6 +47,9 @@ pub enum Refused {
     BadFrame,
     /// The hello was read and refused for this reason.
     Hello(RefusalReason),
+    /// The app closed the connection before its hello (a QUIC attempt that
+    /// lost its own dial's race): not a refusal, counted apart.
+    Abandoned,
 }
 
 impl Refused {
@@ -70,6 +73,7 @@ impl Refused {
             Refused::Quic => "quic",
             Refused::Timeout => "handshake_timeout",
             Refused::BadFrame => "bad_frame",
+            Refused::Abandoned => "abandoned",
             Refused::Hello(r) => match r {
                 RefusalReason::Unspecified => "refused",
                 RefusalReason::UnsupportedVersion => "unsupported_version",
@@ -96,12 +100,13 @@ mod tests {
     fn labels_are_short_snake_case_words() {
         let mut all = vec![Refused::Busy, Refused::PerAddress, Refused::Tls, Refused::Quic, Refused::Timeout];
         all.push(Refused::BadFrame);
+        all.push(Refused::Abandoned);
         for v in 0..=11 {
             if let Ok(r) = RefusalReason::try_from(v) {
                 all.push(Refused::Hello(r));
             }
         }
-        assert_eq!(all.len(), 18);
+        assert_eq!(all.len(), 19);
         for r in all {
             let s = r.as_str();
             assert!(!s.is_empty() && s.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{r:?}: {s}");

@@ -181,6 +181,10 @@ async fn blackhole(transport: &str) {
     // The same sidecar process: the app redialed with its cached reconnect
     // token, without a ConnectAppCallback round trip.
     assert_eq!(channel(&sc).await["credential"], "reconnect-token");
+    // QUIC redials race fresh attempts while the path is dead; those that
+    // lose are given up quietly, never logged as refused.
+    let log = sc.log();
+    assert!(!log.contains("callback channel refused"), "a lost attempt was refused: {}", sc.log_tail());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

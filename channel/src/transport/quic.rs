@@ -187,11 +187,68 @@ pub(crate) async fn connect(
         ServerName::DnsName(n) => n.as_ref().to_string(),
         _ => dialback_certs::DEFAULT_SERVER_NAME.to_string(),
     };
-    let connecting = endpoint
-        .connect_with(client, addr, &name)
-        .map_err(|e| DialError::Connect { addr, source: std::io::Error::other(e) })?;
-    let conn = connecting.await.map_err(|e| dial_error(addr, e))?;
+    let start = || {
+        endpoint
+            .connect_with(client.clone(), addr, &name)
+            .map_err(|e| DialError::Connect { addr, source: std::io::Error::other(e) })
+    };
+    let conn = race(start()?, start).await.map_err(|e| dial_error(addr, e))?;
     Ok(Box::new(PendingQuic(conn)))
+}
+
+/// While a QUIC dial is pending, a fresh attempt starts this often.
+const RACE_EVERY: Duration = Duration::from_millis(250);
+/// Attempts of one dial in flight at most; a new one replaces the oldest.
+const MAX_ATTEMPTS: usize = 4;
+
+/// Waits for `first` to finish its handshake, starting a fresh attempt
+/// (`start`) every [`RACE_EVERY`] while none has, and keeps the first to
+/// finish; the others are dropped (quinn closes them with code 0, which the
+/// sidecar takes as abandoned, not refused).
+///
+/// Why: a lost Initial is resent on QUIC's probe timeout, which starts
+/// from a 333 ms RTT guess and doubles (1 s, 2 s, ...). A dial made while
+/// the path is dead (a blackhole, the sidecar restarting) would wait that
+/// long after the path is back; a fresh attempt sends its Initial at once.
+/// On a live path the first attempt finishes long before the next starts.
+/// Fails when an attempt fails for any reason but a timeout with others
+/// still pending (a TLS or refusal error would be the same for all).
+async fn race(
+    first: quinn::Connecting,
+    start: impl Fn() -> Result<quinn::Connecting, DialError>,
+) -> Result<quinn::Connection, quinn::ConnectionError> {
+    let mut attempts = std::collections::VecDeque::from([first]);
+    let mut next = tokio::time::interval_at(Instant::now() + RACE_EVERY, RACE_EVERY);
+    loop {
+        let finished = std::future::poll_fn(|cx| {
+            for i in 0..attempts.len() {
+                if let Some(a) = attempts.get_mut(i)
+                    && let std::task::Poll::Ready(r) = Pin::new(a).poll(cx)
+                {
+                    attempts.remove(i);
+                    return std::task::Poll::Ready(r);
+                }
+            }
+            std::task::Poll::Pending
+        });
+        tokio::select! {
+            r = finished => match r {
+                Ok(conn) => return Ok(conn),
+                Err(quinn::ConnectionError::TimedOut) if !attempts.is_empty() => {}
+                Err(e) => return Err(e),
+            },
+            _ = next.tick() => match start() {
+                Ok(a) => {
+                    if attempts.len() >= MAX_ATTEMPTS {
+                        attempts.pop_front();
+                    }
+                    debug!(attempts = attempts.len() + 1, "QUIC handshake still pending; racing a fresh attempt");
+                    attempts.push_back(a);
+                }
+                Err(e) => debug!(error = %e, "could not start another QUIC attempt"),
+            },
+        }
+    }
 }
 
 /// A QUIC connection whose hello is not sent yet.
@@ -322,11 +379,28 @@ pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) 
         };
         let shared = shared.clone();
         tokio::spawn(async move {
-            if let Err(e) = handshake(incoming, &shared).await {
-                shared.log_refused(peer, Transport::Quic, &e);
+            match handshake(incoming, &shared).await {
+                Ok(()) => {}
+                // An app's dial that lost its own race (see `race`): not a refusal.
+                Err(AcceptError::Quic(e)) if abandoned(&e) => {
+                    shared.events.refused(Transport::Quic, crate::events::Refused::Abandoned);
+                    debug!(%peer, "a QUIC connection was given up by its app before its hello");
+                }
+                Err(e) => shared.log_refused(peer, Transport::Quic, &e),
             }
             drop(admitted);
         });
+    }
+}
+
+/// Whether the peer closed the connection with code 0 (dropped it) before
+/// its hello: what an app does with the attempts that lost a dial's race.
+fn abandoned(e: &quinn::ConnectionError) -> bool {
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => c.error_code.into_inner() == CloseCode::Done as u64,
+        // Closed before 1-RTT keys: sent as a transport close, APPLICATION_ERROR.
+        quinn::ConnectionError::ConnectionClosed(c) => c.error_code == quinn::TransportErrorCode::APPLICATION_ERROR,
+        _ => false,
     }
 }
 
@@ -367,7 +441,21 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<(), Acc
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
-    use super::quic_alpn;
+    use super::{abandoned, quic_alpn};
+
+    #[test]
+    fn an_app_dropping_an_attempt_is_abandoned_not_refused() {
+        let closed = |code: u32| {
+            quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
+                error_code: quinn::VarInt::from_u32(code),
+                reason: bytes::Bytes::new(),
+            })
+        };
+        assert!(abandoned(&closed(0)), "quinn's implicit close on drop");
+        assert!(!abandoned(&closed(crate::CloseCode::ShuttingDown as u32)));
+        assert!(!abandoned(&quinn::ConnectionError::TimedOut));
+        assert!(!abandoned(&quinn::ConnectionError::Reset));
+    }
 
     #[test]
     fn a_stream_per_call_is_offered_only_next_to_dialback_1() {
