@@ -12,7 +12,7 @@
 //! the mobile profile).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dialback_benches::{ms, percentile};
 use dialback_e2e::{AppBuilder, CallLoop, PATIENCE, SidecarBuilder, eventually};
@@ -93,13 +93,22 @@ async fn run_once(transport: &str, event: Event, rtt: Duration, mobile: bool) ->
             let t_ref = spawned;
             eventually("a first answer", PATIENCE, || async { calls.first_ok_after(t_ref).map(|_| ()) }).await;
             relay.set_block_udp(false);
-            let unblocked = Instant::now();
+            let unblocked = std::time::SystemTime::now();
             eventually("the channel back on QUIC", PATIENCE, || async {
                 let md = dialback_e2e::metadata(sc.http).await.ok()?;
                 (md["appChannel"]["transport"] == "quic").then_some(())
             })
             .await;
-            back_on_quic = Some(unblocked.elapsed());
+            // From the sidecar's own log line, not from when the polling above
+            // saw it (which backs off to 100 ms between looks).
+            let up = sc
+                .log()
+                .lines()
+                .rfind(|l| l.contains(CHANNEL_UP_LINE) && l.contains("transport=quic"))
+                .and_then(logged_time)
+                .and_then(|t| t.duration_since(unblocked).ok())
+                .ok_or_else(|| anyhow::anyhow!("no QUIC \"{CHANNEL_UP_LINE}\" in the sidecar's log"))?;
+            back_on_quic = Some(up);
             t_ref
         }
         _ => {
@@ -174,10 +183,17 @@ async fn run_once(transport: &str, event: Event, rtt: Duration, mobile: bool) ->
 /// What the SDK logs when it learns that a new sidecar answers.
 const FOUND_LINE: &str = "a new sidecar; moving to it";
 
+/// What the sidecar logs when it installs a channel.
+const CHANNEL_UP_LINE: &str = "app channel up";
+
 /// When the first log line containing `needle` was written, from its
 /// RFC 3339 timestamp (tracing's default format, colours off).
 fn logged_at(log: &str, needle: &str) -> Option<std::time::SystemTime> {
-    let line = log.lines().find(|l| l.contains(needle))?;
+    logged_time(log.lines().find(|l| l.contains(needle))?)
+}
+
+/// When `line` was logged, from its leading RFC 3339 timestamp.
+fn logged_time(line: &str) -> Option<std::time::SystemTime> {
     let stamp = line.split_whitespace().next()?;
     let t = time::OffsetDateTime::parse(stamp, &time::format_description::well_known::Rfc3339).ok()?;
     Some(std::time::SystemTime::from(t))
