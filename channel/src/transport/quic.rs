@@ -219,6 +219,9 @@ async fn race(
 ) -> Result<quinn::Connection, quinn::ConnectionError> {
     let mut attempts = std::collections::VecDeque::from([first]);
     let mut next = tokio::time::interval_at(Instant::now() + RACE_EVERY, RACE_EVERY);
+    // A busy runtime that polls late starts one attempt, not a burst that
+    // would replace every attempt in flight, the first one included.
+    next.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let finished = std::future::poll_fn(|cx| {
             for i in 0..attempts.len() {
