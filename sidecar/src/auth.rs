@@ -90,7 +90,7 @@ pub struct ChannelAuth {
 fn random_token() -> String {
     let mut raw = [0u8; 32];
     rand::rng().fill_bytes(&mut raw);
-    raw.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(&raw)
 }
 
 /// SHA-256, so that comparing tokens takes time independent of where they differ.

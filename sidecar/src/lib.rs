@@ -13,6 +13,7 @@ mod bridge;
 pub mod config;
 mod error;
 mod guarded;
+mod hex;
 mod invoke;
 mod metrics;
 mod reconnect;

@@ -54,10 +54,7 @@ impl ReconnectKey {
         rand::rng().fill_bytes(&mut body[EXPIRY..EXPIRY + NONCE]);
         let tag = hmac::sign(&self.0, &signed(app_id, &body[..EXPIRY + NONCE]));
         body[EXPIRY + NONCE..].copy_from_slice(tag.as_ref());
-        let mut token = String::with_capacity(TOKEN_LEN);
-        token.push_str(PREFIX);
-        token.extend(body.iter().map(|b| format!("{b:02x}")));
-        token
+        format!("{PREFIX}{}", crate::hex::encode(&body))
     }
 
     /// Checks `token` for `app_id` at `now`: sealed with this key for this
@@ -69,14 +66,17 @@ impl ReconnectKey {
                 "unknown reconnect token (another sidecar's, or its key was replaced); call ConnectAppCallback",
             )
         };
-        let body =
-            token.strip_prefix(PREFIX).filter(|_| token.len() == TOKEN_LEN).and_then(unhex).ok_or_else(unknown)?;
+        let body = token
+            .strip_prefix(PREFIX)
+            .filter(|_| token.len() == TOKEN_LEN)
+            .and_then(crate::hex::decode)
+            .ok_or_else(unknown)?;
         let (sealed, tag) = body.split_at(EXPIRY + NONCE);
         hmac::verify(&self.0, &signed(app_id, sealed), tag).map_err(|_| unknown())?;
         let mut secs = [0u8; EXPIRY];
         secs.copy_from_slice(&sealed[..EXPIRY]);
-        let expires = UNIX_EPOCH + Duration::from_secs(u64::from_be_bytes(secs));
-        if now > expires {
+        let expires = UNIX_EPOCH.checked_add(Duration::from_secs(u64::from_be_bytes(secs)));
+        if expires.is_none_or(|e| now > e) {
             return Err(Refusal::new(
                 RefusalReason::TokenExpired,
                 "the reconnect token has expired; call ConnectAppCallback",
@@ -94,22 +94,6 @@ fn signed(app_id: &str, sealed: &[u8]) -> Vec<u8> {
     m.push(0);
     m.extend_from_slice(sealed);
     m
-}
-
-/// The token body from lowercase or uppercase hex; `None` if it is not
-/// exactly [`BODY`] bytes of it.
-fn unhex(s: &str) -> Option<[u8; BODY]> {
-    let s = s.as_bytes();
-    if s.len() != 2 * BODY {
-        return None;
-    }
-    let mut out = [0u8; BODY];
-    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        *o = u8::try_from(hi * 16 + lo).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -99,11 +99,7 @@ pub fn parse_peers(text: &str) -> (Vec<std::net::SocketAddr>, Vec<Vec<u8>>) {
             Some(("peer", _)) if peers.len() >= MAX_PEERS => {}
             Some(("cid", _)) if cids.len() >= MAX_CIDS => {}
             Some(("peer", a)) => peers.extend(a.parse::<std::net::SocketAddr>().ok()),
-            Some(("cid", h)) if h.len() % 2 == 0 && h.len() <= 40 => {
-                let bytes: Option<Vec<u8>> =
-                    (0..h.len()).step_by(2).map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok()).collect();
-                cids.extend(bytes);
-            }
+            Some(("cid", h)) if h.len() <= 40 => cids.extend(crate::hex::decode(h)),
             _ => {}
         }
     }
@@ -117,9 +113,7 @@ pub fn format_peers(peers: &[std::net::SocketAddr], cids: &[Vec<u8>]) -> String 
         out.push_str(&format!("peer {p}\n"));
     }
     for c in cids {
-        out.push_str("cid ");
-        out.extend(c.iter().map(|b| format!("{b:02x}")));
-        out.push('\n');
+        out.push_str(&format!("cid {}\n", crate::hex::encode(c)));
     }
     out
 }

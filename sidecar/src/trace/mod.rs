@@ -54,7 +54,7 @@ impl Hop {
             }
             (None, None) => return None,
         };
-        hop.span_id = hex(&random_id::<8>());
+        hop.span_id = crate::hex::encode(&random_id::<8>());
         if let Ok(v) = MetadataValue::try_from(hop.traceparent()) {
             md.insert(TRACEPARENT, v);
         }
@@ -65,7 +65,7 @@ impl Hop {
     fn root(rate: f64) -> Hop {
         let sampled = rate >= 1.0 || rand::rng().random::<f64>() < rate;
         Hop {
-            trace_id: hex(&random_id::<16>()),
+            trace_id: crate::hex::encode(&random_id::<16>()),
             parent_id: String::new(),
             span_id: String::new(),
             flags: if sampled { "01" } else { "00" }.to_string(),
@@ -127,11 +127,6 @@ fn random_id<const N: usize>() -> [u8; N] {
         rand::rng().fill_bytes(&mut b);
     }
     b
-}
-
-/// Lower-case hex, as W3C writes ids.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[cfg(test)]

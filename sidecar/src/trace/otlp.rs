@@ -215,7 +215,7 @@ fn attribute(key: &str, value: &str) -> KeyValue {
 /// The bytes of a hex id (the hop's ids are valid hex by construction);
 /// empty for an empty id (no parent).
 fn unhex(id: &str) -> Vec<u8> {
-    (0..id.len() / 2).filter_map(|i| id.get(2 * i..2 * i + 2)).filter_map(|b| u8::from_str_radix(b, 16).ok()).collect()
+    crate::hex::decode(id).unwrap_or_default()
 }
 
 fn unix_nanos(t: SystemTime) -> u64 {
