@@ -79,6 +79,10 @@ pub(crate) fn is_local(ip: IpAddr) -> bool {
 /// app wants them.
 pub(crate) struct NetWatch {
     socket: Option<imp::Socket>,
+    /// When the burst being settled began: kept here, not in the future,
+    /// so that a [`NetWatch::changed`] cancelled by the runner's other
+    /// events (a health check, a command) loses no announcement.
+    burst: Option<tokio::time::Instant>,
 }
 
 impl NetWatch {
@@ -86,13 +90,13 @@ impl NetWatch {
     /// a sandbox that forbids it just means no watching, said once in the log).
     pub(crate) fn new(enabled: bool) -> NetWatch {
         if !enabled {
-            return NetWatch { socket: None };
+            return NetWatch { socket: None, burst: None };
         }
         match imp::Socket::open() {
-            Ok(s) => NetWatch { socket: Some(s) },
+            Ok(s) => NetWatch { socket: Some(s), burst: None },
             Err(e) => {
                 tracing::info!(error = %e, "not watching the network (call Handle::rebind on changes)");
-                NetWatch { socket: None }
+                NetWatch { socket: None, burst: None }
             }
         }
     }
@@ -103,21 +107,28 @@ impl NetWatch {
     }
 
     /// Resolves once the kernel announced a change and the network then
-    /// stayed quiet for a moment; never, when not watching.
+    /// stayed quiet for a moment; never, when not watching. Cancel-safe: a
+    /// burst seen by a cancelled call is settled and reported by the next.
     pub(crate) async fn changed(&mut self) {
         let Some(socket) = &mut self.socket else {
             return std::future::pending().await;
         };
-        // An error that is not an overflow (announcements dropped, so
-        // something changed: look now) ends the watching.
-        if let Err(e) = socket.next().await
-            && !imp::overflowed(&e)
-        {
-            tracing::info!(error = %e, "the network watch failed; no longer watching (call Handle::rebind on changes)");
-            self.socket = None;
-            return std::future::pending().await;
-        }
-        let deadline = tokio::time::Instant::now() + MAX_SETTLE;
+        let started = match self.burst {
+            Some(t) => t,
+            None => {
+                // An error that is not an overflow (announcements dropped,
+                // so something changed: look now) ends the watching.
+                if let Err(e) = socket.next().await
+                    && !imp::overflowed(&e)
+                {
+                    tracing::info!(error = %e, "the network watch failed; no longer watching (call Handle::rebind on changes)");
+                    self.socket = None;
+                    return std::future::pending().await;
+                }
+                *self.burst.insert(tokio::time::Instant::now())
+            }
+        };
+        let deadline = started + MAX_SETTLE;
         loop {
             let quiet = tokio::time::Instant::now() + SETTLE;
             tokio::select! {
@@ -128,6 +139,7 @@ impl NetWatch {
                 break;
             }
         }
+        self.burst = None;
     }
 }
 
