@@ -37,6 +37,8 @@ pub(crate) struct Shared {
     tcp_slots: Arc<Semaphore>,
     per_ip: Arc<PerIp>,
     next_id: AtomicU64,
+    /// Whether QUIC apps may send their API calls as HTTP/3 on the channel.
+    api_over_http3: bool,
     pub(crate) stop: CancellationToken,
     /// One log line per interval for each kind of turned-away connection.
     log_refused: RateLimited,
@@ -71,6 +73,7 @@ impl Shared {
             tcp_slots: Arc::new(Semaphore::new(max_handshakes)),
             per_ip: Arc::new(PerIp { max: config.max_handshakes_per_ip.max(1), counts: Default::default() }),
             next_id: AtomicU64::new(1),
+            api_over_http3: config.api_over_http3,
             stop,
             log_refused: RateLimited::new(every),
             log_full: RateLimited::new(every),
@@ -172,9 +175,15 @@ pub(crate) struct Accepted {
     hello: Hello,
     channel_id: u64,
     credential: CredentialKind,
+    api_over_http3: bool,
 }
 
 impl Accepted {
+    /// Whether the verdict said the API is served as HTTP/3 on the connection.
+    pub(crate) fn api_over_http3(&self) -> bool {
+        self.api_over_http3
+    }
+
     /// The mobile profile's beat, when the hello asked for it.
     pub(crate) fn beat(&self) -> Option<Duration> {
         crate::Liveness::from_hello(self.hello.liveness_beat_ms).beat()
@@ -206,10 +215,11 @@ where
     match decided {
         Ok((hello, (grant, credential))) => {
             let channel_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
-            let verdict = handshake::accepted(channel_id, grant.reconnect_token);
+            let api_over_http3 = hello.api_over_http3 && seen.transport == Transport::Quic && shared.api_over_http3;
+            let verdict = handshake::accepted(channel_id, grant.reconnect_token, api_over_http3);
             // The verdict write is bounded too: a peer that stops reading cannot pin us.
             match tokio::time::timeout_at(deadline, handshake::write(w, &verdict)).await {
-                Ok(Ok(())) => Ok(Accepted { hello, channel_id, credential }),
+                Ok(Ok(())) => Ok(Accepted { hello, channel_id, credential, api_over_http3 }),
                 Ok(Err(e)) => Err(AcceptError::Frame(FrameError::Io(e))),
                 Err(_) => Err(AcceptError::Timeout(shared.timeouts.handshake)),
             }
@@ -262,7 +272,7 @@ pub(crate) async fn deliver(
     conn: Connection,
     arrived: Instant,
 ) {
-    let Accepted { hello, channel_id, credential } = accepted;
+    let Accepted { hello, channel_id, credential, .. } = accepted;
     shared.events.accepted(transport, credential, arrived.elapsed());
     let info = ChannelInfo {
         app_id: hello.app_id,

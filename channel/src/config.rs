@@ -231,6 +231,10 @@ pub struct ListenerConfig {
     pub events: Arc<dyn crate::ListenerEvents>,
     /// QUIC's congestion controller for what the sidecar sends.
     pub congestion: Congestion,
+    /// Whether a QUIC app that asks may send its own API calls as HTTP/3
+    /// on its channel's connection (the sidecar then serves them, see
+    /// [`crate::http3::serve_api`]).
+    pub api_over_http3: bool,
 }
 
 /// Where and how to dial.

@@ -104,14 +104,16 @@ pub fn check_hello(hello: &Hello) -> Result<&Credential, (RefusalReason, String)
     })
 }
 
-/// A verdict that accepts the channel as `channel_id`, with a reconnect token (may be empty).
-pub fn accepted(channel_id: u64, reconnect_token: String) -> Verdict {
+/// A verdict that accepts the channel as `channel_id`, with a reconnect
+/// token (may be empty), saying whether the API is served as HTTP/3 on it.
+pub fn accepted(channel_id: u64, reconnect_token: String, api_over_http3: bool) -> Verdict {
     Verdict {
         accepted: true,
         reason: RefusalReason::Unspecified as i32,
         message: String::new(),
         channel_id,
         reconnect_token,
+        api_over_http3,
     }
 }
 
@@ -123,6 +125,7 @@ pub fn refused(reason: RefusalReason, message: impl Into<String>) -> Verdict {
         message: message.into(),
         channel_id: 0,
         reconnect_token: String::new(),
+        api_over_http3: false,
     }
 }
 
@@ -182,7 +185,7 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        let v = accepted(7, "r".into());
+        let v = accepted(7, "r".into(), false);
         assert!(v.accepted);
         assert_eq!(v.channel_id, 7);
         let v = refused(RefusalReason::BadCredential, "nope");

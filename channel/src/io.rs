@@ -105,6 +105,11 @@ pub(crate) trait Link: Send + Sync + std::fmt::Debug + 'static {
     fn accept_stream(&self) -> StreamFuture<'_, Option<CallStream>> {
         Box::pin(async { None })
     }
+    /// The QUIC connection, where the app's API calls ride on it as
+    /// HTTP/3 (both ends agreed in the hello and verdict).
+    fn api_over_http3(&self) -> Option<quinn::Connection> {
+        None
+    }
 }
 
 /// What [`Link`]'s stream methods return.
@@ -192,6 +197,17 @@ impl Connection {
             s = self.link.accept_stream() => s,
             () = self.gone.cancelled() => None,
         }
+    }
+
+    /// Whether the app's own API calls ride on this connection as HTTP/3
+    /// (QUIC, and both ends agreed in the hello and verdict; see [`crate::http3`]).
+    pub fn api_over_http3(&self) -> bool {
+        self.link.api_over_http3().is_some()
+    }
+
+    /// The QUIC connection to run HTTP/3 on, where [`Connection::api_over_http3`].
+    pub(crate) fn http3_quic(&self) -> Option<quinn::Connection> {
+        self.link.api_over_http3()
     }
 
     /// Resolves once the connection is gone, with the peer's close code when

@@ -18,6 +18,7 @@ mod error;
 pub mod events;
 pub mod h2;
 pub mod handshake;
+pub mod http3;
 mod io;
 mod listener;
 pub mod lograte;

@@ -49,16 +49,21 @@ fn credential() -> impl Strategy<Value = Option<Credential>> {
 }
 
 fn hello() -> impl Strategy<Value = Hello> {
-    (prop_oneof![Just(VERSION), any::<u32>()], text(), credential(), text(), any::<bool>(), any::<u32>(), any::<u32>())
-        .prop_map(|(version, app_id, credential, instance, standby, max_message_bytes, liveness_beat_ms)| Hello {
-            version,
-            app_id,
-            credential,
-            instance,
-            standby,
-            max_message_bytes,
-            liveness_beat_ms,
-        })
+    let fields = (any::<u32>(), any::<u32>(), any::<bool>());
+    (prop_oneof![Just(VERSION), any::<u32>()], text(), credential(), text(), any::<bool>(), fields).prop_map(
+        |(version, app_id, credential, instance, standby, (max_message_bytes, liveness_beat_ms, api_over_http3))| {
+            Hello {
+                version,
+                app_id,
+                credential,
+                instance,
+                standby,
+                max_message_bytes,
+                liveness_beat_ms,
+                api_over_http3,
+            }
+        },
+    )
 }
 
 fn reason() -> impl Strategy<Value = RefusalReason> {
@@ -66,13 +71,14 @@ fn reason() -> impl Strategy<Value = RefusalReason> {
 }
 
 fn verdict() -> impl Strategy<Value = Verdict> {
-    (any::<bool>(), any::<i32>(), text(), any::<u64>(), text()).prop_map(
-        |(accepted, reason, message, channel_id, reconnect_token)| Verdict {
+    (any::<bool>(), any::<i32>(), text(), any::<u64>(), text(), any::<bool>()).prop_map(
+        |(accepted, reason, message, channel_id, reconnect_token, api_over_http3)| Verdict {
             accepted,
             reason,
             message,
             channel_id,
             reconnect_token,
+            api_over_http3,
         },
     )
 }
@@ -197,13 +203,14 @@ proptest! {
     }
 
     #[test]
-    fn verdict_builders_round_trip(id in any::<u64>(), token in text(), r in reason(), msg in text()) {
-        let v = handshake::accepted(id, token.clone());
+    fn verdict_builders_round_trip(id in any::<u64>(), token in text(), r in reason(), msg in text(), api in any::<bool>()) {
+        let v = handshake::accepted(id, token.clone(), api);
         let back = handshake::decode_frame::<Verdict>(&handshake::encode(&v)).unwrap();
         prop_assert!(back.accepted);
         prop_assert_eq!(back.channel_id, id);
         prop_assert_eq!(back.reason(), RefusalReason::Unspecified);
         prop_assert_eq!(back.reconnect_token, token);
+        prop_assert_eq!(back.api_over_http3, api);
         let v = handshake::refused(r, msg.clone());
         let back = handshake::decode_frame::<Verdict>(&handshake::encode(&v)).unwrap();
         prop_assert!(!back.accepted);

@@ -13,6 +13,12 @@
 //! It prints one line per channel change (`echo: connected transport=quic ...`).
 //! SIGUSR1 moves its QUIC socket to a new port, as on a network change.
 //!
+//! With `--call-app <app-id>` it also makes calls of its own: it invokes
+//! method `ping` of that app through its sidecar every `--call-every-ms`
+//! (over HTTP/3 on the channel while the channel is QUIC, else to the API
+//! port), and prints `echo: outbound calls=<n> failed=<n> over_channel=<n>`
+//! every 25 calls, and a line for each failure.
+//!
 //! With `--listen 127.0.0.1:0` it is instead a classic app: it serves the same
 //! handler on a listening gRPC port for a sidecar started with `--app-port`,
 //! and prints `echo: listening port=<port>` (the cost benchmark's baseline).
@@ -66,6 +72,15 @@ struct Args {
     /// Classic mode: listen here for a sidecar started with `--app-port`, and dial nothing.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Invoke method `ping` of this app through the sidecar, over and over.
+    #[arg(long)]
+    call_app: Option<String>,
+    /// Send those calls to the API port even when the channel could carry them.
+    #[arg(long)]
+    no_api_over_http3: bool,
+    /// Pause between those calls, in ms.
+    #[arg(long, value_parser = parse_ms, default_value = "20")]
+    call_every_ms: Duration,
 }
 
 fn parse_ms(s: &str) -> Result<Duration, String> {
@@ -119,6 +134,7 @@ async fn main() -> anyhow::Result<()> {
             ..dialback::Timeouts::default()
         },
         liveness: args.mobile_beat_ms.map_or(dialback::Liveness::Default, |beat| dialback::Liveness::Mobile { beat }),
+        api_over_http3: !args.no_api_over_http3,
         ..ChannelOptions::default()
     };
     let handle = CallbackServer::builder()
@@ -149,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
+    let caller = args.call_app.clone().map(|app| tokio::spawn(call_loop(handle.sidecar(), app, args.call_every_ms)));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     loop {
@@ -161,9 +178,47 @@ async fn main() -> anyhow::Result<()> {
             },
         }
     }
+    if let Some(c) = caller {
+        c.abort();
+    }
     tokio::time::timeout(Duration::from_secs(5), handle.shutdown()).await.ok();
     printer.abort();
     Ok(())
+}
+
+/// Invokes `ping` of `app` through the sidecar every `every`, counting
+/// failures and the calls that went over the channel.
+async fn call_loop(sidecar: dialback::SidecarClient, app: String, every: Duration) {
+    use dialback::proto::runtime::dapr_client::DaprClient;
+    let (mut calls, mut failed, mut over_channel) = (0u64, 0u64, 0u64);
+    let mut client = DaprClient::new(sidecar.api());
+    loop {
+        let req = dialback::proto::runtime::InvokeServiceRequest {
+            id: app.clone(),
+            message: Some(InvokeRequest {
+                method: "ping".into(),
+                data: Some(prost_types::Any { type_url: String::new(), value: calls.to_string().into_bytes() }),
+                content_type: "text/plain".into(),
+                http_extension: None,
+            }),
+        };
+        calls += 1;
+        match client.invoke_service(sidecar.request(req)).await {
+            Ok(r) => {
+                if r.extensions().get::<dialback::ViaChannel>().is_some() {
+                    over_channel += 1;
+                }
+            }
+            Err(e) => {
+                failed += 1;
+                println!("echo: outbound call failed: {e}");
+            }
+        }
+        if calls % 25 == 0 {
+            println!("echo: outbound calls={calls} failed={failed} over_channel={over_channel}");
+        }
+        tokio::time::sleep(every).await;
+    }
 }
 
 /// Classic mode: a plain gRPC server on `addr` until SIGTERM or Ctrl-C, with

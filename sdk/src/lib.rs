@@ -7,6 +7,7 @@
 //! (or let it read Dapr's environment) and your services, and it keeps the
 //! channel up for the life of the process.
 
+mod api;
 mod backoff;
 mod error;
 mod handlers;
@@ -21,6 +22,7 @@ mod server;
 mod sidecar;
 mod state;
 
+pub use api::{ApiChannel, BoxError, ViaChannel};
 pub use backoff::Backoff;
 pub use error::Error;
 pub use handlers::InvokeHandlers;

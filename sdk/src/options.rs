@@ -80,6 +80,12 @@ pub struct ChannelOptions {
     /// see [`Congestion`] and docs/benchmarks.md for how they compare on a
     /// lossy link.
     pub congestion: Congestion,
+    /// Send the app's own calls to the sidecar's API ([`crate::SidecarClient`]
+    /// from [`crate::Handle::sidecar`]) as HTTP/3 on the channel's QUIC
+    /// connection when the sidecar offers it, so that they need no second
+    /// flow and migrate with the channel; over TCP, or with this off, they
+    /// go to the API endpoint. Default: on.
+    pub api_over_http3: bool,
 }
 
 impl Default for ChannelOptions {
@@ -98,6 +104,7 @@ impl Default for ChannelOptions {
             max_message_size: 4 * 1024 * 1024,
             liveness: Liveness::Default,
             congestion: Congestion::default(),
+            api_over_http3: true,
         }
     }
 }

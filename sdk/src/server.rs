@@ -123,9 +123,9 @@ impl CallbackServerBuilder {
         let stop = CancellationToken::new();
         let (cmd_tx, cmd_rx) = tokio::sync::mpsc::unbounded_channel();
         let routes = Some(with_http(self.routes.take(), self.http.take()));
-        let runner = Runner::new(sidecar, self.options, routes, state_tx, stop.clone(), cmd_rx);
+        let runner = Runner::new(sidecar.clone(), self.options, routes, state_tx, stop.clone(), cmd_rx);
         let task = tokio::spawn(runner.run());
-        Ok(Handle { state: state_rx, stop, task: Some(task), commands: cmd_tx })
+        Ok(Handle { state: state_rx, stop, task: Some(task), commands: cmd_tx, sidecar })
     }
 }
 
@@ -182,9 +182,17 @@ pub struct Handle {
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
     commands: tokio::sync::mpsc::UnboundedSender<Command>,
+    sidecar: SidecarClient,
 }
 
 impl Handle {
+    /// A client to the sidecar's API whose calls go as HTTP/3 on the
+    /// channel while it is QUIC and up (one UDP flow; the calls migrate
+    /// with it), and to the API endpoint otherwise.
+    pub fn sidecar(&self) -> SidecarClient {
+        self.sidecar.clone()
+    }
+
     /// The current state.
     pub fn state(&self) -> ChannelState {
         self.state.borrow().clone()

@@ -1,4 +1,6 @@
 //! The app's client to its sidecar's gRPC API, configured like Dapr's SDKs.
+//! From [`crate::Handle::sidecar`], its calls go as HTTP/3 on the channel
+//! while that carries them (see [`crate::ApiChannel`]).
 
 use std::time::Duration;
 
@@ -8,6 +10,7 @@ use dialback_proto::runtime::dapr_client::DaprClient;
 use dialback_proto::runtime::{ConnectAppCallbackRequest, ConnectAppCallbackResponse, InvokeServiceRequest};
 use tonic::metadata::MetadataValue;
 
+use crate::api::{ApiChannel, ApiRoute};
 use crate::error::Error;
 
 /// Where the sidecar's gRPC API is and how to authenticate to it.
@@ -68,6 +71,7 @@ impl SidecarOptions {
 pub struct SidecarClient {
     channel: tonic::transport::Channel,
     options: SidecarOptions,
+    route: ApiRoute,
 }
 
 impl SidecarClient {
@@ -79,7 +83,7 @@ impl SidecarClient {
             .timeout(options.timeout)
             .tcp_nodelay(true)
             .connect_lazy();
-        Ok(SidecarClient { channel, options })
+        Ok(SidecarClient { channel, options, route: ApiRoute::default() })
     }
 
     /// The options this client was made with.
@@ -87,7 +91,27 @@ impl SidecarClient {
         &self.options
     }
 
-    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+    /// Where this client's calls go: for any of Dapr's gRPC clients, e.g.
+    /// `DaprClient::new(client.api())` for state, publish or invoke. Add
+    /// the `dapr-api-token` metadata yourself where the sidecar wants it
+    /// ([`SidecarClient::request`] does).
+    pub fn api(&self) -> ApiChannel {
+        ApiChannel::new(self.channel.clone(), self.route.clone(), self.options.timeout)
+    }
+
+    /// Whether a call made now would go as HTTP/3 on the channel (the
+    /// channel is QUIC and up, and the sidecar offered it).
+    pub fn over_channel(&self) -> bool {
+        self.api().over_channel()
+    }
+
+    /// The route the runner sets when a channel carries the API calls.
+    pub(crate) fn route(&self) -> ApiRoute {
+        self.route.clone()
+    }
+
+    /// `msg` as a request with this client's `dapr-api-token`, if any.
+    pub fn request<T>(&self, msg: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(msg);
         if let Some(t) = &self.options.api_token
             && let Ok(v) = MetadataValue::try_from(t.as_str())
@@ -100,7 +124,7 @@ impl SidecarClient {
     /// Asks where and how to dial the callback channel. Fails when the
     /// sidecar is unreachable, refuses the API token, or has no channel enabled.
     pub async fn connect_app_callback(&self) -> Result<ConnectAppCallbackResponse, Error> {
-        let mut c = DaprAppChannelClient::new(self.channel.clone());
+        let mut c = DaprAppChannelClient::new(self.api());
         Ok(c.connect_app_callback(self.request(ConnectAppCallbackRequest {})).await?.into_inner())
     }
 
@@ -113,7 +137,7 @@ impl SidecarClient {
         data: Vec<u8>,
         content_type: &str,
     ) -> Result<InvokeResponse, Error> {
-        let mut c = DaprClient::new(self.channel.clone());
+        let mut c = DaprClient::new(self.api());
         let req = InvokeServiceRequest {
             id: app_id.to_string(),
             message: Some(InvokeRequest {

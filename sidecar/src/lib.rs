@@ -174,6 +174,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let api_token_sha = config.api_token.as_deref().map(auth::sha256);
     let tokens = Arc::new(Mutex::new(auth::TokenStore::default()));
     let metrics = Arc::new(metrics::Metrics::new(&config.app_id).map_err(|e| StartError::Metrics(e.to_string()))?);
+    // The APIs, once bound, for the apps' HTTP/3 calls on their channels
+    // (a channel may come up before they are).
+    let (channel_api, api_for_channels) = tokio::sync::watch::channel(None);
 
     let (app, callback) = match &config.mode {
         AppMode::None => (AppChannel::None, None),
@@ -197,6 +200,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 stream_per_call: config.call_streams == config::CallStreams::PerCall,
                 state_dir: config.state_dir.clone(),
                 metrics: metrics.clone(),
+                api: api_for_channels,
             };
             tasks.push(tokio::spawn(appchannel::accept_loop(listener, info.registry.clone(), policy, stop.clone())));
             (AppChannel::Callback(info.registry.clone()), Some(info))
@@ -243,6 +247,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let grace_deadline = Arc::new(OnceLock::new());
     let apis = api::start(&config, state.clone(), api_token_sha, &stop, &grace_deadline).await?;
+    channel_api.send_replace(Some(apis.channel));
     tasks.extend(apis.tasks);
     let bridge = apis.bridge;
     let callback_addr = state.callback.as_ref().map(|c| c.listen);
@@ -306,6 +311,7 @@ async fn bind_callback(
             reset_previous: statedir::load_peers(&state_dir),
             events: metrics,
             congestion: config.congestion,
+            api_over_http3: true,
         },
         auth,
     )

@@ -8,16 +8,21 @@
 //! `scripts/daprd.sh`) with an in-memory state store, dialbackd checking
 //! the API token. Invocation: the JavaScript SDK's gRPC and HTTP clients
 //! against a standalone dialbackd, reaching the echo app over its channel.
+//! And dialback's own SDK: an app's state calls as HTTP/3 on its QUIC
+//! channel, forwarded to daprd.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use dapr::client::{ApiTokenInterceptor, ClientOptions, TonicClientWithAuth};
 use dapr::dapr::proto::common::v1::StateItem;
 use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
-use dapr::dapr::proto::runtime::v1::{ExecuteStateTransactionRequest, GetStateRequest, TransactionalStateOperation};
+use dapr::dapr::proto::runtime::v1::{
+    ExecuteStateTransactionRequest, GetStateRequest, SaveStateRequest, TransactionalStateOperation,
+};
+use dialback::{CallbackServer, SidecarOptions, Transports, ViaChannel};
 use dialback_e2e::dapr::Daprd;
 use dialback_e2e::dapr::components::STATE_STORE;
 use dialback_e2e::sdks::{Sdk, SidecarEnv, run_program, sdk_dir};
-use dialback_e2e::{App, AppBuilder, PATIENCE, Sidecar, SidecarBuilder, http_call};
+use dialback_e2e::{App, AppBuilder, PATIENCE, Sidecar, SidecarBuilder, eventually, http_call};
 use serde_json::{Value, json};
 
 /// The store's name.
@@ -155,6 +160,64 @@ async fn rust_sdk_state_through_dialbackd_to_daprd() {
     let req = GetStateRequest { store_name: STORE.into(), key: "rs-k3".into(), ..Default::default() };
     let status = wrong.get_state(req).await.expect_err("a wrong token must be refused");
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+}
+
+/// dialback's SDK: an app's own calls to dialbackd's API as HTTP/3 on its
+/// QUIC channel reach daprd too (the forwarded API): the `dapr` crate's
+/// generated client on `Handle::sidecar().api()` saves and reads state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_apps_own_state_calls_ride_its_quic_channel_to_daprd() {
+    let b = Bridged::start().await;
+    // An app in this process takes the channel over from the echo app.
+    let handle = CallbackServer::builder()
+        .sidecar(SidecarOptions {
+            grpc_endpoint: format!("http://127.0.0.1:{}", b.sc.grpc),
+            api_token: Some(TOKEN.into()),
+            ..Default::default()
+        })
+        .transports(Transports::QUIC)
+        .invoke_handler("echo", |req| async move {
+            Ok(dialback::proto::common::InvokeResponse { data: req.into_inner().data, content_type: String::new() })
+        })
+        .start()
+        .unwrap();
+    handle.wait_connected(PATIENCE).await.unwrap_or_else(|e| {
+        panic!(
+            "the in-process app: {e}
+{}",
+            b.logs()
+        )
+    });
+    let sidecar = handle.sidecar();
+    eventually("the app's API calls to ride the channel", PATIENCE, || async { sidecar.over_channel().then_some(()) })
+        .await;
+    let mut raw =
+        DaprClient::with_interceptor(sidecar.api(), ApiTokenInterceptor::try_new(Some(TOKEN.into())).unwrap());
+    let value = serde_json::to_vec(&json!({"via": "http3"})).unwrap();
+    let item = StateItem { key: "h3-k1".into(), value: value.clone(), ..Default::default() };
+    let saved =
+        raw.save_state(SaveStateRequest { store_name: STORE.into(), states: vec![item] }).await.unwrap_or_else(|e| {
+            panic!(
+                "SaveState over the channel: {e:?}
+{}",
+                b.logs()
+            )
+        });
+    assert!(saved.extensions().get::<ViaChannel>().is_some(), "SaveState went to the API port");
+    let got = raw
+        .get_state(GetStateRequest { store_name: STORE.into(), key: "h3-k1".into(), ..Default::default() })
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "GetState over the channel: {e:?}
+{}",
+                b.logs()
+            )
+        });
+    assert!(got.extensions().get::<ViaChannel>().is_some(), "GetState went to the API port");
+    assert_eq!(got.get_ref().data, value);
+    b.assert_stored("h3-k1", Some(json!({"via": "http3"}))).await;
+    handle.shutdown().await;
 }
 
 /// The Python SDK's gRPC client (`DaprClient`) saves, reads, deletes and

@@ -24,9 +24,10 @@ use crate::io::{CallStream, CloseCode, Connection, Io, Link, StreamFuture};
 use crate::reset::{CidLog, RecordingCids, reset_previous};
 use crate::{Hello, RefusalReason, Transport, Verdict};
 
-/// A live QUIC connection, and whether it carries a stream per call.
+/// A live QUIC connection, whether it carries a stream per call, and
+/// whether the app's API calls ride on it as HTTP/3.
 #[derive(Debug)]
-struct QuicLink(quinn::Connection, bool);
+struct QuicLink(quinn::Connection, bool, bool);
 
 impl Link for QuicLink {
     fn transport(&self) -> Transport {
@@ -92,6 +93,10 @@ impl Link for QuicLink {
             Some(CallStream::new(Box::new(tokio::io::join(recv, send))))
         })
     }
+
+    fn api_over_http3(&self) -> Option<quinn::Connection> {
+        self.2.then(|| self.0.clone())
+    }
 }
 
 /// The ALPN id `conn` negotiated, if any.
@@ -117,11 +122,17 @@ fn quic_alpn(tls: &[Vec<u8>]) -> Vec<Vec<u8>> {
     alpn
 }
 
-/// The channel's byte stream and connection handle over `conn`'s stream pair.
-fn channel_parts(conn: quinn::Connection, send: quinn::SendStream, recv: quinn::RecvStream) -> (Io, Connection) {
+/// The channel's byte stream and connection handle over `conn`'s stream
+/// pair; `api`: the verdict said the app's API calls ride on it as HTTP/3.
+fn channel_parts(
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    api: bool,
+) -> (Io, Connection) {
     let gone = CancellationToken::new();
     let streams = negotiated_streams(&conn);
-    let connection = Connection::new(Arc::new(QuicLink(conn, streams)), gone.clone());
+    let connection = Connection::new(Arc::new(QuicLink(conn, streams, api)), gone.clone());
     (Io::new(Box::new(tokio::io::join(recv, send)), gone), connection)
 }
 
@@ -279,7 +290,8 @@ impl Handshake for PendingQuic {
                 }
             };
             debug!(channel_id = verdict.channel_id, %addr, "QUIC channel verdict read");
-            let (io, connection) = channel_parts(conn, send, recv);
+            let api = verdict.api_over_http3 && hello.api_over_http3;
+            let (io, connection) = channel_parts(conn, send, recv, api);
             Ok((io, connection, verdict))
         })
     }
@@ -426,7 +438,14 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<(), Acc
         Ok(accepted) => {
             // Proven: open the window that was kept small for strangers.
             conn.set_receive_window(quinn::VarInt::from_u32(crate::config::CONN_RECEIVE_WINDOW));
-            let (io, connection) = channel_parts(conn, send, recv);
+            let api = accepted.api_over_http3();
+            if api {
+                // The app's HTTP/3 request streams next to the hello's, and
+                // its control and QPACK streams.
+                conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(crate::http3::API_STREAMS + 1));
+                conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(crate::http3::UNI_STREAMS));
+            }
+            let (io, connection) = channel_parts(conn, send, recv, api);
             crate::accept::deliver(shared, accepted, Transport::Quic, peer, io, connection, arrived).await;
             Ok(())
         }

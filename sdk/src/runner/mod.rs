@@ -211,6 +211,9 @@ impl Runner {
         let keep_alive = self.options.timeouts.keep_alive;
         let pings = self.options.h2_pings();
         let streams = conn.has_streams().then(|| tokio::spawn(serve_streams(conn.clone(), svc.clone())));
+        if conn.api_over_http3() {
+            tokio::spawn(self.sidecar.route().start(conn.clone()));
+        }
         let serving = tokio::spawn(async move {
             let r = h2::serve(io, svc, pings).await.map_err(Into::into);
             if let Some(s) = streams {
@@ -489,6 +492,7 @@ impl Runner {
             standby: self.standby,
             max_message_bytes: u32::try_from(self.options.max_message_size).unwrap_or(u32::MAX),
             liveness_beat_ms: self.options.liveness.to_hello(),
+            api_over_http3: self.options.api_over_http3,
         }
     }
 }

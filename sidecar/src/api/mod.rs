@@ -11,6 +11,7 @@ mod serve;
 pub(crate) mod token;
 pub(crate) mod upstream;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 
@@ -37,6 +38,26 @@ pub(crate) struct Apis {
     pub metrics: Option<SocketAddr>,
     /// One accept loop per port.
     pub tasks: Vec<JoinHandle<()>>,
+    /// Both APIs as one service, for the app's HTTP/3 calls on its channel.
+    pub channel: ChannelApi,
+}
+
+/// What the API ports serve, as one service: the app's own calls as
+/// HTTP/3 on its QUIC channel (see `dialback_channel::http3`) go through
+/// the same layers (metrics, API token) to the gRPC API when their content
+/// type is gRPC's and to the HTTP API otherwise.
+pub(crate) type ChannelApi = tower::util::BoxCloneSyncService<
+    ::http::Request<tonic::body::Body>,
+    ::http::Response<axum::body::Body>,
+    Infallible,
+>;
+
+/// Whether `req` is a gRPC call (by its content type).
+fn is_grpc<B>(req: &::http::Request<B>) -> bool {
+    req.headers()
+        .get(::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
 /// Binds both APIs on the configured ports and serves `state` on them
@@ -75,7 +96,17 @@ pub(crate) async fn start(
             grpc::too_large_is_resource_exhausted(r).map(axum::body::Body::new)
         })
         .service(grpc::routes(state.clone()));
-    let mut apis = Apis { http: Vec::new(), grpc: Vec::new(), bridge: None, metrics: None, tasks: Vec::new() };
+    let channel = {
+        let (http_svc, grpc_svc) = (http_svc.clone(), grpc_svc.clone());
+        ChannelApi::new(tower::service_fn(move |req: ::http::Request<tonic::body::Body>| {
+            let (http_svc, grpc_svc) = (http_svc.clone(), grpc_svc.clone());
+            async move {
+                use tower::ServiceExt;
+                if is_grpc(&req) { grpc_svc.oneshot(req).await } else { http_svc.oneshot(req).await }
+            }
+        }))
+    };
+    let mut apis = Apis { http: Vec::new(), grpc: Vec::new(), bridge: None, metrics: None, tasks: Vec::new(), channel };
     if let Some(addr) = config.metrics_addr {
         let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| StartError::MetricsBind { addr, source })?;
         apis.metrics = Some(l.local_addr().map_err(|source| StartError::MetricsBind { addr, source })?);

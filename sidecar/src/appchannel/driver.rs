@@ -45,6 +45,9 @@ pub struct CallbackPolicy {
     pub state_dir: std::path::PathBuf,
     /// Where the channel's life is counted.
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// What the API ports serve, once they are bound: served as HTTP/3 on
+    /// the channels that carry the app's own API calls.
+    pub api: watch::Receiver<Option<crate::api::ChannelApi>>,
 }
 
 /// Drives `ch` until it ends: the task the accept loop spawns per channel.
@@ -65,6 +68,9 @@ pub(crate) async fn run(ch: Channel, registry: Arc<Registry>, policy: CallbackPo
         }
     };
     let transport = info.transport;
+    if conn.api_over_http3() {
+        tokio::spawn(serve_api(conn.clone(), policy.api.clone()));
+    }
     let client = if policy.stream_per_call { client.stream_per_call(&conn) } else { client };
     let live = Arc::new(Live::new(info, conn, client));
     // The HTTP/2 connection runs in a task of its own: it must go on while
@@ -87,6 +93,18 @@ pub(crate) async fn run(ch: Channel, registry: Arc<Registry>, policy: CallbackPo
     policy.metrics.channel_end(transport, &end);
     live.conn.close(end.close_code(), &end.reason());
     live.set_end(end);
+}
+
+/// Serves the API as HTTP/3 on `conn` until it ends, once the API ports are up.
+async fn serve_api(conn: Connection, mut api: watch::Receiver<Option<crate::api::ChannelApi>>) {
+    let svc = tokio::select! {
+        got = api.wait_for(Option::is_some) => match got.ok().and_then(|s| s.clone()) {
+            Some(s) => s,
+            None => return,
+        },
+        _ = conn.closed() => return,
+    };
+    dialback_channel::http3::serve_api(&conn, svc).await;
 }
 
 /// The channel's life after its HTTP/2 handshake.

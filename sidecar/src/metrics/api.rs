@@ -20,7 +20,6 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::{Metrics, dapr_path_label};
 
@@ -63,10 +62,12 @@ pub struct ApiMetrics<S> {
     kind: Kind,
 }
 
-impl<S> tower::Service<Request<Incoming>> for ApiMetrics<S>
+impl<S, B> tower::Service<Request<B>> for ApiMetrics<S>
 where
     S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<axum::BoxError>,
 {
     type Response = Response<Body>;
     type Error = Infallible;
@@ -76,7 +77,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let received = Arc::new(AtomicU64::new(0));
         let call = Call {
             metrics: self.metrics.clone(),

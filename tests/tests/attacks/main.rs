@@ -10,8 +10,11 @@
 //! - `channel`: the callback port and the channel (a dial that dies after
 //!   its hello, a replaced app coming back, handshake floods, memory held
 //!   for unproven QUIC peers, single-use tokens, protocol errors).
+//! - `http3`: an app's own API calls as HTTP/3 on its channel (the API
+//!   token check applies there too).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod api;
 mod channel;
+mod http3;
 mod kit;
