@@ -123,8 +123,10 @@ impl SidecarClient {
 
     /// Asks where and how to dial the callback channel. Fails when the
     /// sidecar is unreachable, refuses the API token, or has no channel enabled.
+    /// Always to the API endpoint, never on the channel: the SDK asks when
+    /// the channel is down or in doubt (late Pings).
     pub async fn connect_app_callback(&self) -> Result<ConnectAppCallbackResponse, Error> {
-        let mut c = DaprAppChannelClient::new(self.api());
+        let mut c = DaprAppChannelClient::new(self.channel.clone());
         Ok(c.connect_app_callback(self.request(ConnectAppCallbackRequest {})).await?.into_inner())
     }
 
