@@ -1,7 +1,8 @@
 //! Shared pieces of dialback's benchmarks: percentiles, table output,
 //! reading the sidecar's errors, and driving a Dapr API with invocations
 //! ([`drive`], for `cost.rs` and `bridge.rs`). The benchmarks themselves are
-//! the `[[bench]]` targets (`recovery.rs`, `cost.rs`, `soak.rs`, `bridge.rs`).
+//! the `[[bench]]` targets (`recovery.rs`, `cost.rs`, `soak.rs`, `bridge.rs`,
+//! `loss.rs`, `liveness.rs`, `outbound.rs`, `footprint.rs`).
 
 pub mod drive;
 
