@@ -336,6 +336,8 @@ where
 pub struct ApiClient {
     send: h3::client::SendRequest<Opener, Bytes>,
     conn: Connection,
+    /// Cancelled when the HTTP/3 connection ended (its driver returned).
+    ended: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for ApiClient {
@@ -364,18 +366,22 @@ impl ApiClient {
             }
         };
         let gone = conn.clone();
+        let ended = tokio_util::sync::CancellationToken::new();
+        let end = ended.clone();
         tokio::spawn(async move {
             tokio::select! {
                 e = driver.wait_idle() => debug!(error = %e, "HTTP/3 for the API calls ended"),
                 _ = gone.closed() => {}
             }
+            end.cancel();
         });
-        Some(ApiClient { send, conn: conn.clone() })
+        Some(ApiClient { send, conn: conn.clone(), ended })
     }
 
-    /// Whether the channel under it is gone.
+    /// Whether it can no longer carry calls: the channel under it is gone,
+    /// or HTTP/3 on it ended.
     pub fn is_closed(&self) -> bool {
-        self.conn.is_closed()
+        self.ended.is_cancelled() || self.conn.is_closed()
     }
 }
 
