@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use dialback_e2e::{AppBuilder, SidecarBuilder, http_call};
-use dialback_netsim::{Relay, RelayConfig};
+use dialback_netsim::Relay;
 use serde_json::json;
 
 /// One idle setup.
@@ -31,13 +31,7 @@ struct Setup {
 }
 
 async fn setup(profile: &'static str, transport: &'static str) -> Setup {
-    let relay =
-        Relay::start(RelayConfig::new("127.0.0.1:0".parse().unwrap(), "127.0.0.1:9".parse().unwrap())).await.unwrap();
-    let sc = SidecarBuilder::callback("echo")
-        .args(["--callback-advertise-address".to_string(), relay.addr().to_string()])
-        .spawn()
-        .await;
-    relay.set_target(sc.callback.unwrap());
+    let (relay, sc) = SidecarBuilder::callback("echo").spawn_behind_relay().await;
     let mut app = AppBuilder::echo(sc.grpc).transport(transport);
     if profile == "mobile" {
         app = app.args(["--mobile-beat-ms", "25000"]);

@@ -24,7 +24,7 @@ use dialback::Congestion;
 use dialback_benches::drive::{Api, Endpoint, load};
 use dialback_benches::{median, percentile};
 use dialback_e2e::{App, AppBuilder, Sidecar, SidecarBuilder};
-use dialback_netsim::{Relay, RelayConfig};
+use dialback_netsim::Relay;
 use serde_json::json;
 
 /// One setup (controller, streams): a relay, a sidecar behind it and an app.
@@ -38,16 +38,12 @@ struct Pair {
 }
 
 async fn pair(cc: Congestion, streams: &str, rtt: Duration) -> Pair {
-    let relay =
-        Relay::start(RelayConfig::new("127.0.0.1:0".parse().unwrap(), "127.0.0.1:9".parse().unwrap())).await.unwrap();
-    relay.set_delay(rtt / 2);
-    let sc = SidecarBuilder::callback("echo")
-        .args(["--callback-advertise-address".to_string(), relay.addr().to_string()])
+    let (relay, sc) = SidecarBuilder::callback("echo")
         .args(["--callback-quic-congestion", cc.as_str()])
         .args(["--callback-quic-streams", streams])
-        .spawn()
+        .spawn_behind_relay()
         .await;
-    relay.set_target(sc.callback.unwrap());
+    relay.set_delay(rtt / 2);
     let mut app = AppBuilder::echo(sc.grpc).transport("quic").args(["--quic-congestion", cc.as_str()]).spawn();
     app.wait_connected().await;
     let ep = Arc::new(Endpoint::new(cc.as_str(), sc.http, sc.grpc, "echo", vec![]).unwrap());

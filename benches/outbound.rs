@@ -39,8 +39,9 @@ struct Setup {
     _relays: Vec<Relay>,
 }
 
-async fn relay(target: std::net::SocketAddr, udp: bool, rtt: Duration) -> Relay {
-    let config = RelayConfig { udp, tcp: !udp, ..RelayConfig::new("127.0.0.1:0".parse().unwrap(), target) };
+/// A TCP relay to `target` that delays both ways by half of `rtt`.
+async fn relay(target: std::net::SocketAddr, rtt: Duration) -> Relay {
+    let config = RelayConfig { udp: false, ..RelayConfig::new("127.0.0.1:0".parse().unwrap(), target) };
     let r = Relay::start(config).await.unwrap();
     r.set_delay(rtt / 2);
     r
@@ -48,13 +49,9 @@ async fn relay(target: std::net::SocketAddr, udp: bool, rtt: Duration) -> Relay 
 
 async fn setup(rtt: Duration) -> Setup {
     // The sidecar advertises the channel's relay, so the app dials through it.
-    let ch_relay = relay("127.0.0.1:9".parse().unwrap(), true, rtt).await;
-    let sc = SidecarBuilder::callback("echo")
-        .args(["--callback-advertise-address".to_string(), ch_relay.addr().to_string()])
-        .spawn()
-        .await;
-    ch_relay.set_target(sc.callback.unwrap());
-    let api_relay = relay(format!("127.0.0.1:{}", sc.grpc).parse().unwrap(), false, rtt).await;
+    let (ch_relay, sc) = SidecarBuilder::callback("echo").spawn_behind_relay().await;
+    ch_relay.set_delay(rtt / 2);
+    let api_relay = relay(format!("127.0.0.1:{}", sc.grpc).parse().unwrap(), rtt).await;
     let options = SidecarOptions {
         grpc_endpoint: format!("http://127.0.0.1:{}", api_relay.addr().port()),
         timeout: Duration::from_secs(30),

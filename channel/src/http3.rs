@@ -47,20 +47,18 @@ const AUTHORITY: &str = "dialbackd";
 /// The channel's QUIC connection as h3 sees it (see the module's doc).
 struct Shared {
     inner: h3_quinn::Connection,
-    conn: quinn::Connection,
+    /// What h3 opens streams with (the control and QPACK streams too).
+    opener: Opener,
     /// The sidecar's side takes the app's request streams; the app's side
     /// leaves the sidecar's call streams to the channel.
     accept_bidi: bool,
 }
 
-/// Closes the channel's connection only for an HTTP/3 error, never for
-/// h3's orderly close (H3_NO_ERROR, sent when it is dropped).
-fn close_on_error(conn: &quinn::Connection, code: Code, reason: &[u8]) {
-    if code != Code::H3_NO_ERROR {
-        debug!(code = %code, reason = %String::from_utf8_lossy(reason), "HTTP/3 error; closing the channel");
-        if let Ok(v) = quinn::VarInt::from_u64(code.value()) {
-            conn.close(v, reason);
-        }
+impl Shared {
+    fn new(conn: quinn::Connection, accept_bidi: bool) -> Shared {
+        let inner = h3_quinn::Connection::new(conn.clone());
+        let opener = Opener { inner: <h3_quinn::Connection as h3::quic::Connection<Bytes>>::opener(&inner), conn };
+        Shared { inner, opener, accept_bidi }
     }
 }
 
@@ -77,10 +75,7 @@ impl<B: Buf> h3::quic::Connection<B> for Shared {
     }
 
     fn opener(&self) -> Opener {
-        Opener {
-            inner: <h3_quinn::Connection as h3::quic::Connection<B>>::opener(&self.inner),
-            conn: self.conn.clone(),
-        }
+        self.opener.clone()
     }
 }
 
@@ -89,19 +84,20 @@ impl<B: Buf> h3::quic::OpenStreams<B> for Shared {
     type SendStream = h3_quinn::SendStream<B>;
 
     fn poll_open_bidi(&mut self, cx: &mut Context<'_>) -> Poll<Result<Self::BidiStream, StreamErrorIncoming>> {
-        self.inner.poll_open_bidi(cx)
+        self.opener.poll_open_bidi(cx)
     }
 
     fn poll_open_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<Self::SendStream, StreamErrorIncoming>> {
-        self.inner.poll_open_send(cx)
+        self.opener.poll_open_send(cx)
     }
 
     fn close(&mut self, code: Code, reason: &[u8]) {
-        close_on_error(&self.conn, code, reason);
+        <Opener as h3::quic::OpenStreams<B>>::close(&mut self.opener, code, reason);
     }
 }
 
-/// What h3 opens streams with, under the same closing rule as [`Shared`].
+/// Opens h3's streams; closes the channel's connection only for an HTTP/3
+/// error, never for h3's orderly close (H3_NO_ERROR, sent when dropped).
 #[derive(Clone)]
 struct Opener {
     inner: h3_quinn::OpenStreams,
@@ -121,7 +117,12 @@ impl<B: Buf> h3::quic::OpenStreams<B> for Opener {
     }
 
     fn close(&mut self, code: Code, reason: &[u8]) {
-        close_on_error(&self.conn, code, reason);
+        if code != Code::H3_NO_ERROR {
+            debug!(code = %code, reason = %String::from_utf8_lossy(reason), "HTTP/3 error; closing the channel");
+            if let Ok(v) = quinn::VarInt::from_u64(code.value()) {
+                self.conn.close(v, reason);
+            }
+        }
     }
 }
 
@@ -272,7 +273,7 @@ where
     RB::Error: std::fmt::Display + Send,
 {
     let Some(quic) = conn.http3_quic() else { return };
-    let shared = Shared { inner: h3_quinn::Connection::new(quic.clone()), conn: quic, accept_bidi: true };
+    let shared = Shared::new(quic, true);
     let built = h3::server::builder()
         .max_field_section_size(MAX_FIELD_SECTION)
         .send_grease(false)
@@ -352,7 +353,7 @@ impl ApiClient {
     /// to start.
     pub async fn start(conn: &Connection) -> Option<ApiClient> {
         let quic = conn.http3_quic()?;
-        let shared = Shared { inner: h3_quinn::Connection::new(quic.clone()), conn: quic, accept_bidi: false };
+        let shared = Shared::new(quic, false);
         let built = h3::client::builder()
             .max_field_section_size(MAX_FIELD_SECTION)
             .send_grease(false)

@@ -42,3 +42,22 @@ where
         pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
+
+/// An echo app in this process (the SDK over QUIC, method `echo` answering
+/// with its data) for a sidecar whose gRPC API is `grpc_endpoint`, with
+/// `token` as its API token, connected: for tests that need the SDK's
+/// own handle (its metrics, its own API calls). Call from a tokio runtime.
+pub async fn echo_in_process(grpc_endpoint: String, token: Option<&str>) -> dialback::Handle {
+    let options =
+        dialback::SidecarOptions { grpc_endpoint, api_token: token.map(str::to_string), ..Default::default() };
+    let handle = dialback::CallbackServer::builder()
+        .sidecar(options)
+        .transports(dialback::Transports::QUIC)
+        .invoke_handler("echo", |req| async move {
+            Ok(dialback::proto::common::InvokeResponse { data: req.into_inner().data, content_type: String::new() })
+        })
+        .start()
+        .expect("start the in-process app");
+    handle.wait_connected(PATIENCE).await.expect("the in-process app connects");
+    handle
+}

@@ -214,6 +214,20 @@ impl SidecarBuilder {
         self
     }
 
+    /// Starts it behind a netsim relay on loopback (UDP and TCP, for
+    /// making faults): apps are told to dial the relay (the advertised
+    /// address), which forwards to the callback port.
+    pub async fn spawn_behind_relay(self) -> (dialback_netsim::Relay, Sidecar) {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        let nowhere = SocketAddr::from(([127, 0, 0, 1], 9));
+        let relay = dialback_netsim::Relay::start(dialback_netsim::RelayConfig::new(any, nowhere))
+            .await
+            .expect("start the relay");
+        let sc = self.args(["--callback-advertise-address".to_string(), relay.addr().to_string()]).spawn().await;
+        relay.set_target(sc.callback.expect("a sidecar with a callback port"));
+        (relay, sc)
+    }
+
     /// Starts it and waits for its ready line.
     pub async fn spawn(self) -> Sidecar {
         let tmp = tempfile::tempdir().expect("tempdir");

@@ -54,13 +54,7 @@ async fn moved(sc: &Sidecar, before: &serde_json::Value, what: &str) {
 async fn app_calls_ride_the_quic_channel_through_rebinding_and_an_address_change() {
     // The channel's path goes through a relay that can rebind (NAT), and the
     // app's API endpoint through another that can cut it off.
-    let relay =
-        Relay::start(RelayConfig::new("127.0.0.1:0".parse().unwrap(), "127.0.0.1:9".parse().unwrap())).await.unwrap();
-    let sc = SidecarBuilder::callback("echo")
-        .args(["--callback-advertise-address".to_string(), relay.addr().to_string()])
-        .spawn()
-        .await;
-    relay.set_target(sc.callback.unwrap());
+    let (relay, sc) = SidecarBuilder::callback("echo").spawn_behind_relay().await;
     let api_path = RelayConfig {
         udp: false,
         ..RelayConfig::new("127.0.0.1:0".parse().unwrap(), format!("127.0.0.1:{}", sc.grpc).parse().unwrap())

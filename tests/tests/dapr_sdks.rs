@@ -18,7 +18,7 @@ use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
 use dapr::dapr::proto::runtime::v1::{
     ExecuteStateTransactionRequest, GetStateRequest, SaveStateRequest, TransactionalStateOperation,
 };
-use dialback::{CallbackServer, SidecarOptions, Transports, ViaChannel};
+use dialback::ViaChannel;
 use dialback_e2e::dapr::Daprd;
 use dialback_e2e::dapr::components::STATE_STORE;
 use dialback_e2e::sdks::{Sdk, SidecarEnv, run_program, sdk_dir};
@@ -169,25 +169,7 @@ async fn rust_sdk_state_through_dialbackd_to_daprd() {
 async fn the_apps_own_state_calls_ride_its_quic_channel_to_daprd() {
     let b = Bridged::start().await;
     // An app in this process takes the channel over from the echo app.
-    let handle = CallbackServer::builder()
-        .sidecar(SidecarOptions {
-            grpc_endpoint: format!("http://127.0.0.1:{}", b.sc.grpc),
-            api_token: Some(TOKEN.into()),
-            ..Default::default()
-        })
-        .transports(Transports::QUIC)
-        .invoke_handler("echo", |req| async move {
-            Ok(dialback::proto::common::InvokeResponse { data: req.into_inner().data, content_type: String::new() })
-        })
-        .start()
-        .unwrap();
-    handle.wait_connected(PATIENCE).await.unwrap_or_else(|e| {
-        panic!(
-            "the in-process app: {e}
-{}",
-            b.logs()
-        )
-    });
+    let handle = dialback_e2e::echo_in_process(format!("http://127.0.0.1:{}", b.sc.grpc), Some(TOKEN)).await;
     let sidecar = handle.sidecar();
     eventually("the app's API calls to ride the channel", PATIENCE, || async { sidecar.over_channel().then_some(()) })
         .await;

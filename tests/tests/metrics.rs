@@ -10,9 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dialback::{CallbackServer, ChannelState, SidecarClient, SidecarOptions, Transports};
+use dialback::{ChannelState, SidecarClient, SidecarOptions};
 use dialback_e2e::{AppBuilder, PATIENCE, Sidecar, SidecarBuilder, http_call, metadata};
-use dialback_netsim::{Relay, RelayConfig};
 use tokio::io::AsyncWriteExt;
 
 /// One sample of the exposition: its name, labels and value.
@@ -124,14 +123,10 @@ async fn http_invoke(sc: &Sidecar) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_counters_follow_a_recovery_scenario_and_promtool_accepts_them() {
-    let relay =
-        Relay::start(RelayConfig::new("127.0.0.1:0".parse().unwrap(), "127.0.0.1:9".parse().unwrap())).await.unwrap();
-    let sc = SidecarBuilder::callback("echo")
-        .args(["--callback-advertise-address".to_string(), relay.addr().to_string()])
+    let (relay, sc) = SidecarBuilder::callback("echo")
         .args(["--callback-ping-interval", "200ms", "--callback-wait-timeout", "500ms"])
-        .spawn()
+        .spawn_behind_relay()
         .await;
-    relay.set_target(sc.callback.unwrap());
 
     // Before any app: nothing up, and the exposition is valid already.
     let first = scrape(&sc).await;
@@ -275,15 +270,7 @@ async fn the_sdk_reports_dials_reconnects_migrations_and_time_disconnected() {
     dialback::metrics::describe();
 
     let mut sc = SidecarBuilder::callback("echo").spawn().await;
-    let handle = CallbackServer::builder()
-        .sidecar(SidecarOptions { grpc_endpoint: format!("http://127.0.0.1:{}", sc.grpc), ..Default::default() })
-        .transports(Transports::QUIC)
-        .invoke_handler("echo", |req| async move {
-            Ok(dialback::proto::common::InvokeResponse { data: req.into_inner().data, content_type: String::new() })
-        })
-        .start()
-        .unwrap();
-    handle.wait_connected(PATIENCE).await.expect("the in-process app connects");
+    let handle = dialback_e2e::echo_in_process(format!("http://127.0.0.1:{}", sc.grpc), None).await;
     let channels = |n: u64| {
         let mut rx = handle.watch();
         async move {

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use dialback_e2e::{AppBuilder, CallLoop, PATIENCE, Sidecar, SidecarBuilder, Summary, eventually, http_call, metadata};
-use dialback_netsim::{Relay, RelayConfig};
+use dialback_netsim::Relay;
 
 async fn channel(sc: &Sidecar) -> serde_json::Value {
     metadata(sc.http).await.unwrap()["appChannel"].clone()
@@ -24,15 +24,7 @@ fn assert_failures_are_clear(s: &Summary, what: &str) {
 
 /// A relay in front of a sidecar: apps are told to dial the relay.
 async fn behind_relay(extra: &[&str]) -> (Relay, Sidecar) {
-    let relay =
-        Relay::start(RelayConfig::new("127.0.0.1:0".parse().unwrap(), "127.0.0.1:9".parse().unwrap())).await.unwrap();
-    let sc = SidecarBuilder::callback("echo")
-        .args(["--callback-advertise-address".to_string(), relay.addr().to_string()])
-        .args(extra.iter().map(|s| s.to_string()))
-        .spawn()
-        .await;
-    relay.set_target(sc.callback.unwrap());
-    (relay, sc)
+    SidecarBuilder::callback("echo").args(extra.iter().map(|s| s.to_string())).spawn_behind_relay().await
 }
 
 /// A relay, a sidecar behind it and an echo app, all with timeouts short

@@ -75,15 +75,8 @@ async fn a_wrong_value_is_refused_at_start() {
 
 #[tokio::test]
 async fn calls_on_their_own_streams_come_back_whole_through_loss() {
-    use dialback_netsim::{Relay, RelayConfig};
-    let relay =
-        Relay::start(RelayConfig::new("127.0.0.1:0".parse().unwrap(), "127.0.0.1:9".parse().unwrap())).await.unwrap();
-    let sc = SidecarBuilder::callback("echo")
-        .args(["--callback-quic-streams", "per-call"])
-        .args(["--callback-advertise-address".to_string(), relay.addr().to_string()])
-        .spawn()
-        .await;
-    relay.set_target(sc.callback.unwrap());
+    let (relay, sc) =
+        SidecarBuilder::callback("echo").args(["--callback-quic-streams", "per-call"]).spawn_behind_relay().await;
     let mut app = AppBuilder::echo(sc.grpc).transport("quic").spawn();
     app.wait_connected().await;
     assert_eq!(connected(&sc, "quic").await["streams"], "per-call");

@@ -2,9 +2,9 @@
 //! on the API ports: a call without the API token is refused, on the gRPC
 //! and the HTTP API alike, and one with it is answered over the channel.
 
+use dialback::ViaChannel;
 use dialback::proto::runtime::GetMetadataRequest;
 use dialback::proto::runtime::dapr_client::DaprClient;
-use dialback::{CallbackServer, SidecarOptions, Transports, ViaChannel};
 use dialback_e2e::{PATIENCE, SidecarBuilder, eventually};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -22,19 +22,7 @@ fn http_metadata(token: Option<&str>) -> http::Request<tonic::body::Body> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_calls_on_the_channel_pass_the_api_token_check() {
     let sc = SidecarBuilder::callback("echo").args(["--dapr-api-token", TOKEN]).spawn().await;
-    let handle = CallbackServer::builder()
-        .sidecar(SidecarOptions {
-            grpc_endpoint: format!("http://127.0.0.1:{}", sc.grpc),
-            api_token: Some(TOKEN.into()),
-            ..Default::default()
-        })
-        .transports(Transports::QUIC)
-        .invoke_handler("echo", |req| async move {
-            Ok(dialback::proto::common::InvokeResponse { data: req.into_inner().data, content_type: String::new() })
-        })
-        .start()
-        .unwrap();
-    handle.wait_connected(PATIENCE).await.expect("the in-process app connects");
+    let handle = dialback_e2e::echo_in_process(format!("http://127.0.0.1:{}", sc.grpc), Some(TOKEN)).await;
     let sidecar = handle.sidecar();
     eventually("the app's API calls to ride the channel", PATIENCE, || async { sidecar.over_channel().then_some(()) })
         .await;
