@@ -311,7 +311,7 @@ async fn bind_callback(
             reset_previous: statedir::load_peers(&state_dir),
             events: metrics,
             congestion: config.congestion,
-            api_over_http3: true,
+            api_over_http3: config.api_over_http3,
         },
         auth,
     )

@@ -105,6 +105,17 @@ async fn over_tcp_the_app_calls_go_to_the_api_port() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_that_turns_it_off_gets_the_calls_on_its_api_port() {
+    let sc = SidecarBuilder::callback("echo").args(["--callback-api-over-http3=false"]).spawn().await;
+    let mut app =
+        AppBuilder::echo(sc.grpc).transport("quic").args(["--call-app", "echo", "--call-every-ms", "10"]).spawn();
+    assert_eq!(app.wait_connected().await, "quic");
+    let first = outbound(&mut app).await;
+    let later = calls_past(&mut app, first, 50).await;
+    assert_eq!((later.failed, later.over_channel), (0, 0), "{later:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_app_that_turns_it_off_calls_the_api_port_over_quic_too() {
     let sc = SidecarBuilder::callback("echo").spawn().await;
     let mut app = AppBuilder::echo(sc.grpc)

@@ -247,6 +247,13 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value = "single")]
     pub callback_quic_streams: CallStreams,
 
+    /// Serve an app's own calls to the APIs as HTTP/3 on its QUIC channel
+    /// when its hello asks (one UDP flow; the calls migrate with the
+    /// channel; the same token check as the API ports);
+    /// `--callback-api-over-http3=false` sends them to the API ports.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub callback_api_over_http3: bool,
+
     /// Callback-channel handshakes in flight at once, per transport.
     #[arg(long, default_value_t = 128)]
     pub callback_max_handshakes: usize,

@@ -89,6 +89,8 @@ pub struct Config {
     pub congestion: dialback_channel::Congestion,
     /// How calls to an app on QUIC travel: one stream, or one each.
     pub call_streams: CallStreams,
+    /// Whether an app's own API calls may ride its QUIC channel as HTTP/3.
+    pub api_over_http3: bool,
     /// Where the metrics server binds; `None`: no metrics server.
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Where the hop's spans are exported (OTLP/gRPC), and the sampling
@@ -322,6 +324,7 @@ impl Config {
             otlp,
             congestion: a.callback_quic_congestion,
             call_streams: a.callback_quic_streams,
+            api_over_http3: a.callback_api_over_http3,
             app_id,
         })
     }
