@@ -123,6 +123,7 @@ impl Sidecar {
                     "credential": live.as_ref().map(|l| l.info.credential.as_str()),
                     "liveness": live.as_ref().map(|l| if l.info.beat.is_some() { "mobile" } else { "default" }),
                     "streams": live.as_ref().map(|l| if l.client.is_stream_per_call() { "per-call" } else { "single" }),
+                    "apiOverHttp3": live.as_ref().map(|l| l.conn.api_over_http3()),
                     "beatMs": live.as_ref().and_then(|l| l.info.beat).map(|b| b.as_millis()),
                     "peerAddress": live.as_ref().map(|l| l.conn.peer_addr().to_string()),
                     "connectedSinceUnixMs": live.as_ref().map(|l| unix_ms(l.since)),

@@ -90,6 +90,7 @@ async fn app_calls_ride_the_quic_channel_through_rebinding_and_an_address_change
     // have hung on the cut API path and failed).
     assert_eq!(end.calls - end.over_channel, cut.calls - cut.over_channel, "{cut:?} then {end:?}");
     assert_eq!(channel(&sc).await["channelId"], before["channelId"], "the QUIC connection migrated, not redialed");
+    assert_eq!(before["apiOverHttp3"], true, "{before}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -102,6 +103,7 @@ async fn over_tcp_the_app_calls_go_to_the_api_port() {
     let later = calls_past(&mut app, first, 50).await;
     assert_eq!(later.failed, 0, "{later:?}");
     assert_eq!(later.over_channel, 0, "a TCP channel carries no API calls: {later:?}");
+    assert_eq!(channel(&sc).await["apiOverHttp3"], false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,6 +115,7 @@ async fn a_sidecar_that_turns_it_off_gets_the_calls_on_its_api_port() {
     let first = outbound(&mut app).await;
     let later = calls_past(&mut app, first, 50).await;
     assert_eq!((later.failed, later.over_channel), (0, 0), "{later:?}");
+    assert_eq!(channel(&sc).await["apiOverHttp3"], false);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,4 +129,5 @@ async fn an_app_that_turns_it_off_calls_the_api_port_over_quic_too() {
     let first = outbound(&mut app).await;
     let later = calls_past(&mut app, first, 50).await;
     assert_eq!((later.failed, later.over_channel), (0, 0), "{later:?}");
+    assert_eq!(channel(&sc).await["apiOverHttp3"], false);
 }
