@@ -409,11 +409,16 @@ where
             let (mut tx, mut rx) = stream.split();
             // The request body goes on while the response comes (a gRPC
             // stream both ways).
-            tokio::spawn(async move {
+            let mut pump = Box::pin(async move {
                 if let Err(e) = send_body(body, &mut tx).await {
                     debug!(error = %e, "an HTTP/3 request body did not finish");
                 }
             });
+            // A body that is all there (a unary call) is sent here; one
+            // still coming goes on in a task of its own.
+            if std::future::poll_fn(|cx| Poll::Ready(pump.as_mut().poll(cx).is_pending())).await {
+                tokio::spawn(pump);
+            }
             let resp = rx.recv_response().await.map_err(io::Error::other)?;
             Ok(resp.map(|()| received(rx)))
         })
