@@ -86,10 +86,48 @@ impl tower::Service<http::Request<Body>> for ApiChannel {
                     Ok(resp)
                 })
             }
+            // The endpoint is the gRPC API's: an HTTP API request sent
+            // there would get a confusing answer, so it fails here, clearly.
+            None if !is_grpc(&req) => {
+                let path = req.uri().path().to_string();
+                Box::pin(async move {
+                    Err(format!(
+                        "{path}: an HTTP API request goes only over the channel (HTTP/3), which is not up; \
+                         this client's other way is the gRPC API endpoint"
+                    )
+                    .into())
+                })
+            }
             None => {
                 let tcp = self.tcp.clone();
                 Box::pin(async move { Ok(tcp.oneshot(req).await?.map(Body::new)) })
             }
         }
+    }
+}
+
+/// Whether `req` is a gRPC call (by its content type).
+fn is_grpc<B>(req: &http::Request<B>) -> bool {
+    req.headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    #[tokio::test]
+    async fn without_the_channel_an_http_request_fails_clearly() {
+        // Nothing listens there, and nothing is dialed: the request is refused first.
+        let tcp = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
+        let api = ApiChannel::new(tcp, ApiRoute::default(), Duration::from_secs(1));
+        assert!(!api.over_channel());
+        let req = http::Request::get("/v1.0/metadata").body(Body::empty()).unwrap();
+        let err = api.oneshot(req).await.unwrap_err().to_string();
+        assert!(err.contains("/v1.0/metadata") && err.contains("only over the channel"), "{err}");
     }
 }
