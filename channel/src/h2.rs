@@ -17,6 +17,15 @@ use tonic::body::Body;
 /// The request body type the app side sees.
 pub use hyper::body::Incoming;
 
+/// Whether a request with `headers` is a gRPC call (by its content type):
+/// how both ends tell gRPC from plain HTTP on one connection.
+pub fn is_grpc(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
 use crate::{Connection, Io, KeepAlive};
 
 /// HTTP/2 stream flow-control window: a 1 MiB payload is not window-bound.

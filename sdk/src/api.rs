@@ -88,7 +88,7 @@ impl tower::Service<http::Request<Body>> for ApiChannel {
             }
             // The endpoint is the gRPC API's: an HTTP API request sent
             // there would get a confusing answer, so it fails here, clearly.
-            None if !is_grpc(&req) => {
+            None if !dialback_channel::h2::is_grpc(req.headers()) => {
                 let path = req.uri().path().to_string();
                 Box::pin(async move {
                     Err(format!(
@@ -104,14 +104,6 @@ impl tower::Service<http::Request<Body>> for ApiChannel {
             }
         }
     }
-}
-
-/// Whether `req` is a gRPC call (by its content type).
-fn is_grpc<B>(req: &http::Request<B>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
 #[cfg(test)]

@@ -138,12 +138,7 @@ fn with_http(routes: Option<tonic::service::Routes>, http: Option<axum::Router>)
     let fallback = tower::service_fn(move |req: http::Request<axum::body::Body>| {
         let http = http.clone();
         async move {
-            let grpc = req
-                .headers()
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|ct| ct.starts_with("application/grpc"));
-            if grpc {
+            if dialback_channel::h2::is_grpc(req.headers()) {
                 let path = req.uri().path().to_string();
                 return Ok::<_, Infallible>(
                     tonic::Status::unimplemented(format!("no gRPC service serves {path}")).into_http(),

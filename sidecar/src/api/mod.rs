@@ -52,14 +52,6 @@ pub(crate) type ChannelApi = tower::util::BoxCloneSyncService<
     Infallible,
 >;
 
-/// Whether `req` is a gRPC call (by its content type).
-fn is_grpc<B>(req: &::http::Request<B>) -> bool {
-    req.headers()
-        .get(::http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
-}
-
 /// Binds both APIs on the configured ports and serves `state` on them
 /// until `stop`; after it, connections drain until the deadline set in
 /// `grace`. Fails when a port cannot be bound.
@@ -102,7 +94,11 @@ pub(crate) async fn start(
             let (http_svc, grpc_svc) = (http_svc.clone(), grpc_svc.clone());
             async move {
                 use tower::ServiceExt;
-                if is_grpc(&req) { grpc_svc.oneshot(req).await } else { http_svc.oneshot(req).await }
+                if dialback_channel::h2::is_grpc(req.headers()) {
+                    grpc_svc.oneshot(req).await
+                } else {
+                    http_svc.oneshot(req).await
+                }
             }
         }))
     };

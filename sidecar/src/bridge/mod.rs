@@ -33,6 +33,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
+use dialback_channel::h2::is_grpc;
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use http_body::Frame;
@@ -149,6 +150,7 @@ impl tower::Service<Request<Incoming>> for Bridge {
     }
 
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        // A gRPC request's failures are gRPC statuses.
         let grpc = is_grpc(req.headers());
         // The channel's own liveness and close-notice stream is dialbackd's:
         // a process on the bridge port must not ping the app or tell it the
@@ -249,14 +251,6 @@ fn grpc_empty_ok() -> Response<Body> {
     let mut resp = Response::new(Body::new(body));
     resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
     resp
-}
-
-/// Whether a request is gRPC (its failures are then gRPC statuses).
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
 /// What an unreachable app looks like to daprd: gRPC `UNAVAILABLE`, or a 503.
