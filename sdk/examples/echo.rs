@@ -14,10 +14,13 @@
 //! SIGUSR1 moves its QUIC socket to a new port, as on a network change.
 //!
 //! With `--call-app <app-id>` it also makes calls of its own: it invokes
-//! method `ping` of that app through its sidecar every `--call-every-ms`
-//! (over HTTP/3 on the channel while the channel is QUIC, else to the API
-//! port), and prints `echo: outbound calls=<n> failed=<n> over_channel=<n>`
-//! every 25 calls, and a line for each failure.
+//! method `ping` of that app through its sidecar every `--call-every-ms`,
+//! with Dapr's gRPC API (`--call-api grpc`, the default) or its HTTP API
+//! (`--call-api http`: `POST /v1.0/invoke/<app-id>/method/ping`), over
+//! HTTP/3 on the channel while the channel is QUIC, else to the API port of
+//! that kind (`DAPR_GRPC_PORT`, `DAPR_HTTP_PORT`), and prints
+//! `echo: outbound calls=<n> failed=<n> over_channel=<n>` every 25 calls,
+//! and a line for each failure.
 //!
 //! With `--listen 127.0.0.1:0` it is instead a classic app: it serves the same
 //! handler on a listening gRPC port for a sidecar started with `--app-port`,
@@ -75,6 +78,9 @@ struct Args {
     /// Invoke method `ping` of this app through the sidecar, over and over.
     #[arg(long)]
     call_app: Option<String>,
+    /// Which of the sidecar's APIs those calls use: grpc or http.
+    #[arg(long, default_value = "grpc", value_parser = ["grpc", "http"])]
+    call_api: String,
     /// Send those calls to the API port even when the channel could carry them.
     #[arg(long)]
     no_api_over_http3: bool,
@@ -165,7 +171,10 @@ async fn main() -> anyhow::Result<()> {
         }
     });
 
-    let caller = args.call_app.clone().map(|app| tokio::spawn(call_loop(handle.sidecar(), app, args.call_every_ms)));
+    let caller = args.call_app.clone().map(|app| {
+        let http = args.call_api == "http";
+        tokio::spawn(call_loop(handle.sidecar(), app, http, args.call_every_ms))
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut usr1 = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1())?;
     loop {
@@ -186,29 +195,19 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Invokes `ping` of `app` through the sidecar every `every`, counting
-/// failures and the calls that went over the channel.
-async fn call_loop(sidecar: dialback::SidecarClient, app: String, every: Duration) {
-    use dialback::proto::runtime::dapr_client::DaprClient;
+/// Invokes `ping` of `app` through the sidecar every `every`, with the
+/// HTTP API when `http` (else the gRPC API), counting failures and the
+/// calls that went over the channel.
+async fn call_loop(sidecar: dialback::SidecarClient, app: String, http: bool, every: Duration) {
     let (mut calls, mut failed, mut over_channel) = (0u64, 0u64, 0u64);
-    let mut client = DaprClient::new(sidecar.api());
     loop {
-        let req = dialback::proto::runtime::InvokeServiceRequest {
-            id: app.clone(),
-            message: Some(InvokeRequest {
-                method: "ping".into(),
-                data: Some(prost_types::Any { type_url: String::new(), value: calls.to_string().into_bytes() }),
-                content_type: "text/plain".into(),
-                http_extension: None,
-            }),
-        };
         calls += 1;
-        match client.invoke_service(sidecar.request(req)).await {
-            Ok(r) => {
-                if r.extensions().get::<dialback::ViaChannel>().is_some() {
-                    over_channel += 1;
-                }
-            }
+        let body = calls.to_string().into_bytes();
+        let result =
+            if http { invoke_http(&sidecar, &app, body).await } else { invoke_grpc(&sidecar, &app, body).await };
+        match result {
+            Ok(true) => over_channel += 1,
+            Ok(false) => {}
             Err(e) => {
                 failed += 1;
                 println!("echo: outbound call failed: {e}");
@@ -219,6 +218,45 @@ async fn call_loop(sidecar: dialback::SidecarClient, app: String, every: Duratio
         }
         tokio::time::sleep(every).await;
     }
+}
+
+/// `Dapr/InvokeService` of `app`'s `ping` with `data`: whether it went over
+/// the channel, or why it failed.
+async fn invoke_grpc(sidecar: &dialback::SidecarClient, app: &str, data: Vec<u8>) -> anyhow::Result<bool> {
+    use dialback::proto::runtime::dapr_client::DaprClient;
+    let req = dialback::proto::runtime::InvokeServiceRequest {
+        id: app.into(),
+        message: Some(InvokeRequest {
+            method: "ping".into(),
+            data: Some(prost_types::Any { type_url: String::new(), value: data.clone() }),
+            content_type: "text/plain".into(),
+            http_extension: None,
+        }),
+    };
+    let resp = DaprClient::new(sidecar.api()).invoke_service(sidecar.request(req)).await?;
+    let got = resp.get_ref().data.as_ref().map(|d| d.value.as_slice());
+    anyhow::ensure!(got == Some(data.as_slice()), "the answer is not the echo of {data:?}: {got:?}");
+    Ok(resp.extensions().get::<dialback::ViaChannel>().is_some())
+}
+
+/// `POST /v1.0/invoke/<app>/method/ping` with `data`: whether it went over
+/// the channel, or why it failed.
+async fn invoke_http(sidecar: &dialback::SidecarClient, app: &str, data: Vec<u8>) -> anyhow::Result<bool> {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let mut req =
+        http::Request::post(format!("/v1.0/invoke/{app}/method/ping")).header(http::header::CONTENT_TYPE, "text/plain");
+    if let Some(token) = &sidecar.options().api_token {
+        req = req.header("dapr-api-token", token);
+    }
+    let req = req.body(tonic::body::Body::new(http_body_util::Full::from(data.clone())))?;
+    let resp = sidecar.api().oneshot(req).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let via_channel = resp.extensions().get::<dialback::ViaChannel>().is_some();
+    let status = resp.status();
+    let got = resp.into_body().collect().await.map_err(|e| anyhow::anyhow!("{e}"))?.to_bytes();
+    anyhow::ensure!(status == http::StatusCode::OK, "status {status}: {}", String::from_utf8_lossy(&got));
+    anyhow::ensure!(got == data, "the answer is not the echo of {data:?}: {got:?}");
+    Ok(via_channel)
 }
 
 /// Classic mode: a plain gRPC server on `addr` until SIGTERM or Ctrl-C, with

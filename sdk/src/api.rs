@@ -1,6 +1,8 @@
 //! Where the app's own calls to the sidecar's API go: as HTTP/3 on the
 //! channel's QUIC connection while it carries them (one UDP flow, and the
-//! calls migrate with the channel), else to the API endpoint over TCP.
+//! calls migrate with the channel), else over TCP to the API endpoint of
+//! their kind: gRPC calls to the gRPC port, HTTP API requests to the HTTP
+//! port.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,19 +44,26 @@ impl ApiRoute {
     }
 }
 
-/// A tower service for tonic's generated clients (`DaprClient::new`) that
-/// sends each call over the channel when it can and to the API endpoint
-/// otherwise. Get one from [`crate::SidecarClient::api`].
+/// A tower service for tonic's generated clients (`DaprClient::new`) and
+/// for HTTP API requests that sends each call over the channel when it can
+/// and to the API endpoint of its kind otherwise (gRPC or HTTP, told apart
+/// by the content type). Get one from [`crate::SidecarClient::api`].
 #[derive(Clone, Debug)]
 pub struct ApiChannel {
-    tcp: tonic::transport::Channel,
+    grpc: tonic::transport::Channel,
+    http: tonic::transport::Channel,
     route: ApiRoute,
     timeout: Duration,
 }
 
 impl ApiChannel {
-    pub(crate) fn new(tcp: tonic::transport::Channel, route: ApiRoute, timeout: Duration) -> ApiChannel {
-        ApiChannel { tcp, route, timeout }
+    pub(crate) fn new(
+        grpc: tonic::transport::Channel,
+        http: tonic::transport::Channel,
+        route: ApiRoute,
+        timeout: Duration,
+    ) -> ApiChannel {
+        ApiChannel { grpc, http, route, timeout }
     }
 
     /// Whether a call made now would go over HTTP/3 on the channel.
@@ -86,20 +95,9 @@ impl tower::Service<http::Request<Body>> for ApiChannel {
                     Ok(resp)
                 })
             }
-            // The endpoint is the gRPC API's: an HTTP API request sent
-            // there would get a confusing answer, so it fails here, clearly.
-            None if !dialback_channel::h2::is_grpc(req.headers()) => {
-                let path = req.uri().path().to_string();
-                Box::pin(async move {
-                    Err(format!(
-                        "{path}: an HTTP API request goes only over the channel (HTTP/3), which is not up; \
-                         this client's other way is the gRPC API endpoint"
-                    )
-                    .into())
-                })
-            }
             None => {
-                let tcp = self.tcp.clone();
+                let tcp = if dialback_channel::h2::is_grpc(req.headers()) { &self.grpc } else { &self.http };
+                let tcp = tcp.clone();
                 Box::pin(async move { Ok(tcp.oneshot(req).await?.map(Body::new)) })
             }
         }
@@ -107,19 +105,49 @@ impl tower::Service<http::Request<Body>> for ApiChannel {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
     use tower::ServiceExt;
 
+    /// A listener that reports the first bytes of the first connection.
+    async fn first_bytes() -> (String, tokio::task::JoinHandle<Vec<u8>>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let got = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 24];
+            s.read_exact(&mut buf).await.unwrap();
+            buf
+        });
+        (url, got)
+    }
+
     #[tokio::test]
-    async fn without_the_channel_an_http_request_fails_clearly() {
-        // Nothing listens there, and nothing is dialed: the request is refused first.
-        let tcp = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
-        let api = ApiChannel::new(tcp, ApiRoute::default(), Duration::from_secs(1));
+    async fn without_the_channel_each_request_goes_to_the_endpoint_of_its_kind() {
+        let (grpc_url, grpc_got) = first_bytes().await;
+        let (http_url, http_got) = first_bytes().await;
+        let lazy = |u: String| tonic::transport::Endpoint::from_shared(u).unwrap().connect_lazy();
+        let api = ApiChannel::new(lazy(grpc_url), lazy(http_url), ApiRoute::default(), Duration::from_secs(1));
         assert!(!api.over_channel());
-        let req = http::Request::get("/v1.0/metadata").body(Body::empty()).unwrap();
-        let err = api.oneshot(req).await.unwrap_err().to_string();
-        assert!(err.contains("/v1.0/metadata") && err.contains("only over the channel"), "{err}");
+
+        let http_req = http::Request::get("/v1.0/metadata").body(Body::empty()).unwrap();
+        let http_call = tokio::spawn(api.clone().oneshot(http_req));
+        let grpc_req = http::Request::post("/dapr.proto.runtime.v1.Dapr/GetMetadata")
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .body(Body::empty())
+            .unwrap();
+        let grpc_call = tokio::spawn(api.oneshot(grpc_req));
+
+        // Each endpoint sees an HTTP/2 connection open: the request of its kind.
+        let limit = Duration::from_secs(30);
+        let preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        let http_seen = tokio::time::timeout(limit, http_got).await.expect("the HTTP endpoint was not dialed");
+        assert_eq!(http_seen.unwrap(), preface);
+        let grpc_seen = tokio::time::timeout(limit, grpc_got).await.expect("the gRPC endpoint was not dialed");
+        assert_eq!(grpc_seen.unwrap(), preface);
+        http_call.abort();
+        grpc_call.abort();
     }
 }

@@ -1,6 +1,7 @@
-//! The app's client to its sidecar's gRPC API, configured like Dapr's SDKs.
+//! The app's client to its sidecar's APIs, configured like Dapr's SDKs.
 //! From [`crate::Handle::sidecar`], its calls go as HTTP/3 on the channel
-//! while that carries them (see [`crate::ApiChannel`]).
+//! while that carries them, else to the gRPC or HTTP API port (see
+//! [`crate::ApiChannel`]).
 
 use std::time::Duration;
 
@@ -13,11 +14,16 @@ use tonic::metadata::MetadataValue;
 use crate::api::{ApiChannel, ApiRoute};
 use crate::error::Error;
 
-/// Where the sidecar's gRPC API is and how to authenticate to it.
+/// Where the sidecar's APIs are and how to authenticate to them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SidecarOptions {
     /// The gRPC endpoint, e.g. `http://127.0.0.1:50001`.
     pub grpc_endpoint: String,
+    /// The HTTP endpoint, e.g. `http://127.0.0.1:3500`: where HTTP API
+    /// requests through [`SidecarClient::api`] go while the channel does not
+    /// carry them (spoken as HTTP/2 without TLS, which dialbackd's HTTP
+    /// port serves beside HTTP/1.1).
+    pub http_endpoint: String,
     /// Sent as `dapr-api-token` metadata when set.
     pub api_token: Option<String>,
     /// Bound on each call to the sidecar's API.
@@ -28,6 +34,7 @@ impl Default for SidecarOptions {
     fn default() -> Self {
         SidecarOptions {
             grpc_endpoint: "http://127.0.0.1:50001".into(),
+            http_endpoint: "http://127.0.0.1:3500".into(),
             api_token: None,
             timeout: Duration::from_secs(5),
         }
@@ -36,22 +43,25 @@ impl Default for SidecarOptions {
 
 impl SidecarOptions {
     /// From Dapr's variables: `DAPR_GRPC_ENDPOINT`, else `DAPR_GRPC_PORT` on
-    /// 127.0.0.1, else port 50001; `DAPR_API_TOKEN`.
+    /// 127.0.0.1, else port 50001; the same for HTTP (`DAPR_HTTP_ENDPOINT`,
+    /// `DAPR_HTTP_PORT`, 3500); `DAPR_API_TOKEN`.
     pub fn from_env() -> SidecarOptions {
         Self::from_vars(|k| std::env::var(k).ok())
     }
 
     /// As [`SidecarOptions::from_env`], reading variables through `get` (testable).
     pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> SidecarOptions {
-        let endpoint = get("DAPR_GRPC_ENDPOINT")
-            .filter(|s| !s.is_empty())
-            .map(|e| if e.contains("://") { e } else { format!("http://{e}") });
-        let endpoint = endpoint.unwrap_or_else(|| {
-            let port = get("DAPR_GRPC_PORT").filter(|p| !p.is_empty()).unwrap_or_else(|| "50001".into());
-            format!("http://127.0.0.1:{port}")
-        });
+        let endpoint = |full: &str, port: &str, default_port: &str| {
+            let endpoint =
+                get(full).filter(|s| !s.is_empty()).map(|e| if e.contains("://") { e } else { format!("http://{e}") });
+            endpoint.unwrap_or_else(|| {
+                let port = get(port).filter(|p| !p.is_empty()).unwrap_or_else(|| default_port.into());
+                format!("http://127.0.0.1:{port}")
+            })
+        };
         SidecarOptions {
-            grpc_endpoint: endpoint,
+            grpc_endpoint: endpoint("DAPR_GRPC_ENDPOINT", "DAPR_GRPC_PORT", "50001"),
+            http_endpoint: endpoint("DAPR_HTTP_ENDPOINT", "DAPR_HTTP_PORT", "3500"),
             api_token: get("DAPR_API_TOKEN").filter(|t| !t.is_empty()),
             ..SidecarOptions::default()
         }
@@ -66,24 +76,30 @@ impl SidecarOptions {
     }
 }
 
-/// A client to the sidecar's gRPC API. Cheap to clone.
+/// A client to the sidecar's APIs. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct SidecarClient {
     channel: tonic::transport::Channel,
+    http: tonic::transport::Channel,
     options: SidecarOptions,
     route: ApiRoute,
 }
 
 impl SidecarClient {
-    /// A client that connects lazily; fails only when the endpoint is not a valid URI.
+    /// A client that connects lazily; fails only when an endpoint is not a valid URI.
     pub fn new(options: SidecarOptions) -> Result<SidecarClient, Error> {
-        let channel = tonic::transport::Endpoint::from_shared(options.grpc_endpoint.clone())
-            .map_err(|_| Error::Endpoint(options.grpc_endpoint.clone()))?
-            .connect_timeout(options.timeout)
-            .timeout(options.timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
-        Ok(SidecarClient { channel, options, route: ApiRoute::default() })
+        let lazy = |endpoint: &String| {
+            Ok::<_, Error>(
+                tonic::transport::Endpoint::from_shared(endpoint.clone())
+                    .map_err(|_| Error::Endpoint(endpoint.clone()))?
+                    .connect_timeout(options.timeout)
+                    .timeout(options.timeout)
+                    .tcp_nodelay(true)
+                    .connect_lazy(),
+            )
+        };
+        let (channel, http) = (lazy(&options.grpc_endpoint)?, lazy(&options.http_endpoint)?);
+        Ok(SidecarClient { channel, http, options, route: ApiRoute::default() })
     }
 
     /// The options this client was made with.
@@ -92,11 +108,12 @@ impl SidecarClient {
     }
 
     /// Where this client's calls go: for any of Dapr's gRPC clients, e.g.
-    /// `DaprClient::new(client.api())` for state, publish or invoke. Add
-    /// the `dapr-api-token` metadata yourself where the sidecar wants it
-    /// ([`SidecarClient::request`] does).
+    /// `DaprClient::new(client.api())` for state, publish or invoke, and for
+    /// HTTP API requests (`/v1.0/...`) as a tower service. Add the
+    /// `dapr-api-token` metadata or header yourself where the sidecar wants
+    /// it ([`SidecarClient::request`] does for gRPC).
     pub fn api(&self) -> ApiChannel {
-        ApiChannel::new(self.channel.clone(), self.route.clone(), self.options.timeout)
+        ApiChannel::new(self.channel.clone(), self.http.clone(), self.route.clone(), self.options.timeout)
     }
 
     /// Whether a call made now would go as HTTP/3 on the channel (the
@@ -167,7 +184,10 @@ mod tests {
     #[test]
     fn dapr_environment() {
         assert_eq!(opts(&[]).grpc_endpoint, "http://127.0.0.1:50001");
+        assert_eq!(opts(&[]).http_endpoint, "http://127.0.0.1:3500");
         assert_eq!(opts(&[("DAPR_GRPC_PORT", "6001")]).grpc_endpoint, "http://127.0.0.1:6001");
+        assert_eq!(opts(&[("DAPR_HTTP_PORT", "6002")]).http_endpoint, "http://127.0.0.1:6002");
+        assert_eq!(opts(&[("DAPR_HTTP_ENDPOINT", "sidecar.local:7001")]).http_endpoint, "http://sidecar.local:7001");
         let o =
             opts(&[("DAPR_GRPC_ENDPOINT", "sidecar.local:7000"), ("DAPR_GRPC_PORT", "6001"), ("DAPR_API_TOKEN", "t")]);
         assert_eq!(o.grpc_endpoint, "http://sidecar.local:7000");

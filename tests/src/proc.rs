@@ -432,6 +432,8 @@ impl AppBuilder {
         cmd.args(&self.args)
             .env("DAPR_GRPC_PORT", self.grpc_port.to_string())
             .env_remove("DAPR_GRPC_ENDPOINT")
+            .env_remove("DAPR_HTTP_ENDPOINT")
+            .env_remove("DAPR_HTTP_PORT")
             .env_remove("DAPR_API_TOKEN")
             .env_remove("DIALBACK_TRANSPORT")
             .env("RUST_LOG", "info,dialback=debug,dialback_channel=debug")

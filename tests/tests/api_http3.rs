@@ -3,7 +3,8 @@
 //! through the sidecar and back over the channel): they survive NAT
 //! rebinding and an address change with no failure while the API port is
 //! unreachable from the app's network, and they go to the API port when
-//! the channel is TCP.
+//! the channel is TCP. The same for the HTTP API (`--call-api http`), whose
+//! calls fall back to the HTTP port.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use dialback_e2e::{App, AppBuilder, PATIENCE, Sidecar, SidecarBuilder, eventually, metadata};
@@ -130,4 +131,36 @@ async fn an_app_that_turns_it_off_calls_the_api_port_over_quic_too() {
     let later = calls_past(&mut app, first, 50).await;
     assert_eq!((later.failed, later.over_channel), (0, 0), "{later:?}");
     assert_eq!(channel(&sc).await["apiOverHttp3"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_api_calls_ride_the_quic_channel() {
+    let sc = SidecarBuilder::callback("echo").spawn().await;
+    let mut app = AppBuilder::echo(sc.grpc)
+        .env("DAPR_HTTP_PORT", &sc.http.to_string())
+        .transport("quic")
+        .args(["--call-app", "echo", "--call-api", "http", "--call-every-ms", "10"])
+        .spawn();
+    assert_eq!(app.wait_connected().await, "quic");
+    let first = outbound(&mut app).await;
+    let later = calls_past(&mut app, first, 50).await;
+    assert_eq!(later.failed, 0, "{later:?}; app log:\n{}", app.log_tail());
+    assert!(later.over_channel > first.over_channel, "no HTTP API call went over the channel: {later:?}");
+    // Once the channel carries them, every call goes over it.
+    assert_eq!(later.calls - later.over_channel, first.calls - first.over_channel, "{first:?} then {later:?}");
+    assert_eq!(channel(&sc).await["apiOverHttp3"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tcp_the_app_http_api_calls_go_to_the_http_port() {
+    let sc = SidecarBuilder::callback("echo").spawn().await;
+    let mut app = AppBuilder::echo(sc.grpc)
+        .env("DAPR_HTTP_PORT", &sc.http.to_string())
+        .transport("tcp")
+        .args(["--call-app", "echo", "--call-api", "http", "--call-every-ms", "10"])
+        .spawn();
+    assert_eq!(app.wait_connected().await, "tcp");
+    let first = outbound(&mut app).await;
+    let later = calls_past(&mut app, first, 50).await;
+    assert_eq!((later.failed, later.over_channel), (0, 0), "{later:?}; app log:\n{}", app.log_tail());
 }

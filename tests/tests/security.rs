@@ -26,6 +26,7 @@ fn sdk_client(sc: &Sidecar, api_token: Option<&str>) -> SidecarClient {
         grpc_endpoint: format!("http://127.0.0.1:{}", sc.grpc),
         api_token: api_token.map(str::to_string),
         timeout: PATIENCE,
+        ..Default::default()
     })
     .unwrap()
 }

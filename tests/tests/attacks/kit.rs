@@ -152,6 +152,7 @@ pub async fn one_time_token(sc: &Sidecar, api_token: Option<&str>) -> String {
         grpc_endpoint: format!("http://127.0.0.1:{}", sc.grpc),
         api_token: api_token.map(str::to_string),
         timeout: PATIENCE,
+        ..Default::default()
     })
     .unwrap();
     client.connect_app_callback().await.unwrap().token
