@@ -82,6 +82,11 @@ pub(crate) trait Link: Send + Sync + std::fmt::Debug + 'static {
     fn local_addr(&self) -> Option<SocketAddr>;
     /// The transport's own round-trip estimate, where it has one.
     fn rtt(&self) -> Option<Duration>;
+    /// Datagrams received on the connection so far, where the transport
+    /// counts them (QUIC): whether anything at all came from the peer.
+    fn datagrams_received(&self) -> Option<u64> {
+        None
+    }
     /// Closes the connection, with `code` on the wire where the transport has close codes.
     fn close(&self, code: CloseCode, reason: &str);
     /// Whether the transport itself has seen the connection end.
@@ -163,6 +168,13 @@ impl Connection {
     /// The transport's own round-trip estimate, where it has one (QUIC).
     pub fn rtt(&self) -> Option<Duration> {
         self.link.rtt()
+    }
+
+    /// Datagrams received from the peer so far, where the transport counts
+    /// them (QUIC; `None` for TCP): a count that stands still means a
+    /// silent path, whatever the streams above it are doing.
+    pub fn datagrams_received(&self) -> Option<u64> {
+        self.link.datagrams_received()
     }
 
     /// Closes the connection with `code` and a reason for the peer's logs.

@@ -6,6 +6,15 @@
 //!
 //! The app learns of a dead sidecar or path this way even when the
 //! transport has not noticed yet.
+//!
+//! On QUIC, while the Pings are overdue and nothing at all arrives (the
+//! runner passes the connection's datagram count), the socket moves again
+//! every [`Health::nudge_every`]: each move is a packet from a new address,
+//! so the first one after a dead spell reaches the sidecar as a migration,
+//! which gives its path fresh bytes-in-flight accounting. A sidecar whose
+//! congestion window is full of the spell's lost packets otherwise sends
+//! nothing, not even an ACK, until its backed-off probe timer fires
+//! (docs/architecture.md, "QUIC after a dead spell").
 
 use std::time::{Duration, Instant};
 
@@ -29,9 +38,12 @@ pub(crate) enum Verdict {
     /// Again every quarter interval (at least 250 ms) while the silence
     /// lasts: the new sidecar may not be up at the first ask.
     AskSidecar,
-    /// Pings are late by more than a keepalive interval: the path may be
-    /// dead. Move to a new socket (once per silence).
-    MoveSocket,
+    /// Move to a new socket: Pings are late by more than a keepalive
+    /// interval (the path may be dead: once per silence), or, on QUIC,
+    /// they are overdue and the path has been silent for a nudge interval
+    /// (again at each interval while that lasts). `nth` counts the moves
+    /// of this silence, from 1.
+    MoveSocket { nth: u32 },
     /// No Ping for longer than the idle timeout: the channel is gone. Says why.
     Redial(String),
 }
@@ -49,12 +61,27 @@ pub(crate) struct Health {
     asked: Option<(Instant, Duration)>,
     /// The silence already answered with a [`Verdict::MoveSocket`] (its last Ping's time).
     suspected: Option<Instant>,
+    /// The connection's datagram count at the last look, and when it was
+    /// first seen at that value (QUIC only).
+    heard: Option<(u64, Instant)>,
+    /// The moves of the current silence: its last Ping's time, how many,
+    /// and when the last one was.
+    moves: Option<(Instant, u32, Instant)>,
 }
 
 impl Health {
     /// A channel that came up at `now` counts as pinged then.
     pub(crate) fn new(keep_alive: KeepAlive, now: Instant) -> Health {
-        Health { keep_alive, last: now, interval: DEFAULT_PING_INTERVAL, jitter: None, asked: None, suspected: None }
+        Health {
+            keep_alive,
+            last: now,
+            interval: DEFAULT_PING_INTERVAL,
+            jitter: None,
+            asked: None,
+            suspected: None,
+            heard: None,
+            moves: None,
+        }
     }
 
     /// The last Ping came at `at`; the sidecar announced `interval`, if it
@@ -84,6 +111,35 @@ impl Health {
         (self.interval / 4).max(Duration::from_millis(250))
     }
 
+    /// How often to move the socket while the Pings are overdue and the
+    /// path is silent: a twentieth of the Ping interval, at least 100 ms
+    /// (10 small packets a second into a dead path, for at most the idle
+    /// timeout; 1.25 s under the mobile profile's 25 s beat).
+    pub(crate) fn nudge_every(&self) -> Duration {
+        (self.interval / 20).max(Duration::from_millis(100))
+    }
+
+    /// When the next nudge is due, if the transport counts datagrams.
+    fn next_nudge(&self) -> Option<Instant> {
+        let (_, since) = self.heard?;
+        let mut at = (self.last + self.late_after()).max(since + self.nudge_every());
+        if let Some((last, _, when)) = self.moves
+            && last == self.last
+        {
+            at = at.max(when + self.nudge_every());
+        }
+        Some(at)
+    }
+
+    fn moved(&mut self, now: Instant) -> Verdict {
+        let nth = match self.moves {
+            Some((last, n, _)) if last == self.last => n + 1,
+            _ => 1,
+        };
+        self.moves = Some((self.last, nth, now));
+        Verdict::MoveSocket { nth }
+    }
+
     fn suspect_after(&self) -> Duration {
         (self.interval + self.keep_alive.interval).max(self.late_after())
     }
@@ -92,9 +148,16 @@ impl Health {
         self.interval + self.keep_alive.idle_timeout
     }
 
-    /// What to do at `now`. [`Verdict::AskSidecar`] and
-    /// [`Verdict::MoveSocket`] come once per silence, in that order.
-    pub(crate) fn check(&mut self, now: Instant) -> Verdict {
+    /// What to do at `now`, the connection having received `datagrams` so
+    /// far where its transport counts them. When more than one thing is
+    /// due, the first in this order comes now and the next at the next
+    /// look: redial, ask the sidecar, move the socket.
+    pub(crate) fn check(&mut self, now: Instant, datagrams: Option<u64>) -> Verdict {
+        self.heard = match (datagrams, self.heard) {
+            (None, _) => None,
+            (Some(n), Some((seen, since))) if n == seen => Some((seen, since)),
+            (Some(n), _) => Some((n, now)),
+        };
         let silence = now.saturating_duration_since(self.last);
         if silence >= self.dead_after() {
             return Verdict::Redial(format!("no Ping from the sidecar for {silence:?}"));
@@ -105,7 +168,10 @@ impl Health {
         }
         if silence >= self.suspect_after() && self.suspected != Some(self.last) {
             self.suspected = Some(self.last);
-            return Verdict::MoveSocket;
+            return self.moved(now);
+        }
+        if self.next_nudge().is_some_and(|at| now >= at) {
+            return self.moved(now);
         }
         Verdict::Healthy
     }
@@ -123,6 +189,9 @@ impl Health {
         let mut next = self.last + self.dead_after().min(self.next_ask());
         if self.suspected != Some(self.last) {
             next = next.min(self.last + self.suspect_after());
+        }
+        if let Some(at) = self.next_nudge() {
+            next = next.min(at);
         }
         next
     }
@@ -145,17 +214,17 @@ mod tests {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0);
         // Default interval 2 s, jitter unknown: late after 2.025 s, then every 500 ms.
-        assert_eq!(h.check(t0 + 2024 * MS), Verdict::Healthy);
-        assert_eq!(h.check(t0 + 2025 * MS), Verdict::AskSidecar);
-        assert_eq!(h.check(t0 + 2400 * MS), Verdict::Healthy, "not again at once");
+        assert_eq!(h.check(t0 + 2024 * MS, None), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 2025 * MS, None), Verdict::AskSidecar);
+        assert_eq!(h.check(t0 + 2400 * MS, None), Verdict::Healthy, "not again at once");
         assert_eq!(h.poll_timeout(), t0 + 2525 * MS, "next: ask again");
-        assert_eq!(h.check(t0 + 2525 * MS), Verdict::AskSidecar);
+        assert_eq!(h.check(t0 + 2525 * MS, None), Verdict::AskSidecar);
         assert_eq!(h.poll_timeout(), t0 + 3025 * MS);
         // Both lines passed at once: ask first, then move.
         let mut h = Health::new(keep_alive(), t0);
-        assert_eq!(h.check(t0 + 8 * S), Verdict::AskSidecar);
+        assert_eq!(h.check(t0 + 8 * S, None), Verdict::AskSidecar);
         assert_eq!(h.poll_timeout(), t0 + 7 * S);
-        assert_eq!(h.check(t0 + 8 * S), Verdict::MoveSocket);
+        assert_eq!(h.check(t0 + 8 * S, None), Verdict::MoveSocket { nth: 1 });
     }
 
     #[test]
@@ -163,8 +232,8 @@ mod tests {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0);
         assert_eq!(h.poll_timeout(), t0 + 2025 * MS);
-        assert_eq!(h.check(t0), Verdict::Healthy);
-        assert_eq!(h.check(t0 + 2 * S), Verdict::Healthy);
+        assert_eq!(h.check(t0, None), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 2 * S, None), Verdict::Healthy);
     }
 
     #[test]
@@ -172,20 +241,20 @@ mod tests {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0);
         // Suspect after 2 + 5 = 7 s, dead after 2 + 15 = 17 s.
-        assert_eq!(h.check(t0 + 7 * S), Verdict::AskSidecar);
-        assert_eq!(h.check(t0 + 7 * S), Verdict::MoveSocket);
+        assert_eq!(h.check(t0 + 7 * S, None), Verdict::AskSidecar);
+        assert_eq!(h.check(t0 + 7 * S, None), Verdict::MoveSocket { nth: 1 });
         // Once per silence: the same silence does not move it again (the
         // sidecar is asked again, though).
-        assert_eq!(h.check(t0 + 7200 * MS), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 7200 * MS, None), Verdict::Healthy);
         assert_eq!(h.poll_timeout(), t0 + 7500 * MS, "next: ask again");
         let mut t = 7500;
         while t < 17000 {
-            assert_eq!(h.check(t0 + t * MS), Verdict::AskSidecar, "at {t} ms");
+            assert_eq!(h.check(t0 + t * MS, None), Verdict::AskSidecar, "at {t} ms");
             t += 500;
         }
-        assert_eq!(h.check(t0 + 16900 * MS), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 16900 * MS, None), Verdict::Healthy);
         assert_eq!(h.poll_timeout(), t0 + 17 * S, "next: the dead line");
-        match h.check(t0 + 17 * S) {
+        match h.check(t0 + 17 * S, None) {
             Verdict::Redial(why) => assert!(why.contains("no Ping"), "{why}"),
             v => panic!("17 s of silence: {v:?}"),
         }
@@ -195,14 +264,14 @@ mod tests {
     fn a_ping_ends_the_silence_and_a_new_one_is_suspected_again() {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0);
-        assert_eq!(h.check(t0 + 7 * S), Verdict::AskSidecar);
-        assert_eq!(h.check(t0 + 7 * S), Verdict::MoveSocket);
+        assert_eq!(h.check(t0 + 7 * S, None), Verdict::AskSidecar);
+        assert_eq!(h.check(t0 + 7 * S, None), Verdict::MoveSocket { nth: 1 });
         h.on_ping(t0 + 8 * S, None, None);
         assert_eq!(h.poll_timeout(), t0 + 10025 * MS);
-        assert_eq!(h.check(t0 + 10 * S), Verdict::Healthy);
-        assert_eq!(h.check(t0 + 10025 * MS), Verdict::AskSidecar, "a new silence is suspected anew");
-        assert_eq!(h.check(t0 + 15 * S), Verdict::AskSidecar);
-        assert_eq!(h.check(t0 + 15 * S), Verdict::MoveSocket);
+        assert_eq!(h.check(t0 + 10 * S, None), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 10025 * MS, None), Verdict::AskSidecar, "a new silence is suspected anew");
+        assert_eq!(h.check(t0 + 15 * S, None), Verdict::AskSidecar);
+        assert_eq!(h.check(t0 + 15 * S, None), Verdict::MoveSocket { nth: 1 });
     }
 
     #[test]
@@ -212,10 +281,10 @@ mod tests {
         h.on_ping(t0, Some(Duration::from_secs(20)), None);
         // Late after 20.025 s (asked every 5 s), suspect after 25 s, dead after 35 s.
         assert_eq!(h.poll_timeout(), t0 + 20025 * MS);
-        assert_eq!(h.check(t0 + 20 * S), Verdict::Healthy);
-        assert_eq!(h.check(t0 + 20025 * MS), Verdict::AskSidecar);
-        assert_eq!(h.check(t0 + 25 * S), Verdict::MoveSocket);
-        assert!(matches!(h.check(t0 + 35 * S), Verdict::Redial(_)));
+        assert_eq!(h.check(t0 + 20 * S, None), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 20025 * MS, None), Verdict::AskSidecar);
+        assert_eq!(h.check(t0 + 25 * S, None), Verdict::MoveSocket { nth: 1 });
+        assert!(matches!(h.check(t0 + 35 * S, None), Verdict::Redial(_)));
         // No interval said: back to the default.
         h.on_ping(t0 + 40 * S, None, None);
         assert_eq!(h.poll_timeout(), t0 + 42025 * MS);
@@ -239,8 +308,8 @@ mod tests {
         // A wobbly path (30 ms): four deviations, 120 ms.
         h.on_ping(t0, None, Some(30 * MS));
         assert_eq!(h.poll_timeout(), t0 + 2120 * MS);
-        assert_eq!(h.check(t0 + 2119 * MS), Verdict::Healthy);
-        assert_eq!(h.check(t0 + 2120 * MS), Verdict::AskSidecar);
+        assert_eq!(h.check(t0 + 2119 * MS, None), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 2120 * MS, None), Verdict::AskSidecar);
         // A wild one (1 s): at most a quarter interval.
         let mut h = Health::new(keep_alive(), t0);
         h.on_ping(t0, None, Some(S));
@@ -248,9 +317,71 @@ mod tests {
     }
 
     #[test]
+    fn on_quic_a_silent_path_is_nudged_until_anything_arrives() {
+        let t0 = Instant::now();
+        let mut h = Health::new(keep_alive(), t0);
+        assert_eq!(h.check(t0 + S, Some(10)), Verdict::Healthy);
+        assert_eq!(h.poll_timeout(), t0 + 2025 * MS);
+        // Overdue: ask first, then move at once (nothing came for 1 s).
+        assert_eq!(h.check(t0 + 2025 * MS, Some(10)), Verdict::AskSidecar);
+        assert_eq!(h.poll_timeout(), t0 + 2025 * MS);
+        assert_eq!(h.check(t0 + 2025 * MS, Some(10)), Verdict::MoveSocket { nth: 1 });
+        // Again every 100 ms (a twentieth of the 2 s interval) while silent.
+        assert_eq!(h.poll_timeout(), t0 + 2125 * MS);
+        assert_eq!(h.check(t0 + 2124 * MS, Some(10)), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 2125 * MS, Some(10)), Verdict::MoveSocket { nth: 2 });
+        // A datagram came: the path is not silent; wait a whole interval again.
+        assert_eq!(h.check(t0 + 2225 * MS, Some(11)), Verdict::Healthy);
+        assert_eq!(h.poll_timeout(), t0 + 2325 * MS);
+        assert_eq!(h.check(t0 + 2325 * MS, Some(11)), Verdict::MoveSocket { nth: 3 });
+        // A Ping ends the silence, and the moves.
+        h.on_ping(t0 + 2400 * MS, None, None);
+        assert_eq!(h.check(t0 + 2400 * MS, Some(12)), Verdict::Healthy);
+        assert_eq!(h.poll_timeout(), t0 + 4425 * MS);
+        assert_eq!(h.check(t0 + 4425 * MS, Some(12)), Verdict::AskSidecar);
+        assert_eq!(h.check(t0 + 4425 * MS, Some(12)), Verdict::MoveSocket { nth: 1 }, "a new silence counts anew");
+    }
+
+    #[test]
+    fn a_path_that_still_carries_traffic_is_not_nudged() {
+        let t0 = Instant::now();
+        let mut h = Health::new(keep_alive(), t0);
+        // Pings stop, but datagrams keep coming: only the sidecar is asked,
+        // and the socket moves once, when the Pings are a keepalive late.
+        let mut moves: Vec<(u32, u32)> = vec![];
+        let mut t = 2025;
+        while t < 7000 {
+            if let Verdict::MoveSocket { nth } = h.check(t0 + t * MS, Some(t.into())) {
+                moves.push((t, nth));
+            }
+            t += 50;
+        }
+        assert_eq!(moves, vec![]);
+        assert_eq!(h.check(t0 + 7 * S, Some(7000)), Verdict::MoveSocket { nth: 1 });
+        for t in [7050u32, 7100, 7150] {
+            assert!(!matches!(h.check(t0 + t * MS, Some(t.into())), Verdict::MoveSocket { .. }), "once, at {t} ms");
+        }
+        // Without a datagram count (TCP) there are no nudges either.
+        let mut h = Health::new(keep_alive(), t0);
+        assert_eq!(h.check(t0 + 2025 * MS, None), Verdict::AskSidecar);
+        assert_eq!(h.poll_timeout(), t0 + 2525 * MS, "next: ask again, no nudge");
+    }
+
+    #[test]
+    fn the_nudges_follow_the_ping_interval() {
+        let t0 = Instant::now();
+        let mut h = Health::new(keep_alive(), t0);
+        assert_eq!(h.nudge_every(), 100 * MS);
+        h.on_ping(t0, Some(Duration::from_secs(25)), None);
+        assert_eq!(h.nudge_every(), 1250 * MS, "the mobile profile's beat");
+        h.on_ping(t0, Some(Duration::from_millis(500)), None);
+        assert_eq!(h.nudge_every(), 100 * MS, "at least 100 ms");
+    }
+
+    #[test]
     fn silence_past_the_dead_line_at_once_is_a_redial_not_a_move() {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0);
-        assert!(matches!(h.check(t0 + 60 * S), Verdict::Redial(_)));
+        assert!(matches!(h.check(t0 + 60 * S, None), Verdict::Redial(_)));
     }
 }

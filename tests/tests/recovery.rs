@@ -265,6 +265,47 @@ async fn a_dead_app_side_mapping_makes_the_sdk_move_its_socket_by_itself() {
     assert_eq!(after["state"], "connected");
 }
 
+/// A dead spell on QUIC: while the sidecar's Pings are overdue and nothing
+/// arrives, the SDK moves its socket again and again, so that the first
+/// move after the path is back reaches the sidecar as a migration, which
+/// frees it to send at once (docs/architecture.md, "QUIC after a dead
+/// spell"). The same connection carries on; no call fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_spell_on_quic_is_nudged_until_the_path_is_back() {
+    let quick_pings = [
+        "--callback-keepalive-interval",
+        "300ms",
+        "--callback-idle-timeout",
+        "120s",
+        "--callback-ping-interval",
+        "300ms",
+    ];
+    let (relay, sc) = behind_relay(&quick_pings).await;
+    let mut app = AppBuilder::echo(sc.grpc)
+        .transport("quic")
+        .args(["--keepalive-ms", "300", "--idle-timeout-ms", "120000"])
+        .spawn();
+    app.wait_connected().await;
+    let before = channel(&sc).await;
+    let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(20));
+    calls.answered(5).await;
+
+    relay.set_blackhole(true);
+    eventually("the app to move its socket again and again while the path is dead", PATIENCE, || async {
+        (app.log().matches("moved the socket again").count() >= 2).then_some(())
+    })
+    .await;
+    relay.set_blackhole(false);
+
+    peer_moved(&sc, &before).await;
+    calls.answered(5).await;
+    let summary = calls.stop(PATIENCE).await;
+    summary.assert_no_failure("a dead spell on QUIC");
+    let after = channel(&sc).await;
+    assert_eq!(after["channelId"], before["channelId"], "the same QUIC connection carried on: {after}");
+    assert_eq!(after["state"], "connected");
+}
+
 /// The mobile liveness profile: an address change still migrates with no
 /// failed call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

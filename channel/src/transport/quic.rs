@@ -46,6 +46,10 @@ impl Link for QuicLink {
         Some(self.0.rtt())
     }
 
+    fn datagrams_received(&self) -> Option<u64> {
+        Some(self.0.stats().udp_rx.datagrams)
+    }
+
     fn close(&self, code: CloseCode, reason: &str) {
         self.0.close(quinn::VarInt::from_u32(code as u32), reason.as_bytes());
     }

@@ -284,7 +284,7 @@ impl Runner {
                 () = tokio::time::sleep_until(look), if watch_pings => {
                     let heard = ping.last();
                     current.health.on_ping(heard.at, heard.interval, heard.jitter);
-                    match current.health.check(Instant::now()) {
+                    match current.health.check(Instant::now(), current.conn.datagrams_received()) {
                         Verdict::Healthy => {}
                         // A rescheduled sidecar (new pod, new state dir) sends
                         // no reset: its API, answering with another
@@ -298,11 +298,18 @@ impl Runner {
                         // A dead path may be a lost NAT mapping: a new source
                         // port makes a new one. quinn may swallow send errors
                         // after an interface change, so silence is the signal.
-                        // (A connection that cannot migrate waits for the verdict.)
-                        Verdict::MoveSocket => match self.dialer.network_changed(&current.conn, None) {
+                        // Repeated while a QUIC path stays silent: the first
+                        // move that gets through ends a dead spell at once
+                        // (see health.rs). (A connection that cannot migrate
+                        // waits for the verdict.)
+                        Verdict::MoveSocket { nth } => match self.dialer.network_changed(&current.conn, None) {
                             Ok(NetworkChange::Migrated(addr)) => {
                                 crate::metrics::migrated("late_pings");
-                                info!(%addr, "pings are late; moved the socket");
+                                if nth == 1 {
+                                    info!(%addr, "pings are late; moved the socket");
+                                } else {
+                                    debug!(%addr, nth, "the path is still silent; moved the socket again");
+                                }
                             }
                             Ok(NetworkChange::NeedsRedial) => {}
                             Err(e) => debug!(error = %e, "moving the socket after late pings failed"),
