@@ -306,6 +306,22 @@ async fn a_dead_spell_on_quic_is_nudged_until_the_path_is_back() {
     assert_eq!(after["state"], "connected");
 }
 
+/// A very slow path (a 1.2 s round trip, as on a congested cellular
+/// link): the QUIC dial still completes. While its handshake is pending,
+/// fresh attempts race it every 250 ms, but they never replace the oldest,
+/// the one that can finish (each attempt used to live 1 s at most, so
+/// none ever did).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_dial_over_a_very_slow_path_completes() {
+    let (relay, sc) = behind_relay(&["--callback-idle-timeout", "60s"]).await;
+    relay.set_delay(Duration::from_millis(600));
+    let mut app = AppBuilder::echo(sc.grpc).transport("quic").args(["--idle-timeout-ms", "60000"]).spawn();
+    assert_eq!(app.wait_connected().await, "quic", "app log:\n{}", app.log_tail());
+    let r = http_call("POST", &format!("{}/v1.0/invoke/echo/method/m", sc.http_base()), &[], "slow").await.unwrap();
+    assert_eq!((r.status, r.text()), (200, "slow".to_string()));
+    assert!(app.log().contains("racing a fresh attempt"), "the dial raced no attempt: {}", app.log_tail());
+}
+
 /// The mobile liveness profile: an address change still migrates with no
 /// failed call.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

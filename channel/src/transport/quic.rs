@@ -213,7 +213,8 @@ pub(crate) async fn connect(
 
 /// While a QUIC dial is pending, a fresh attempt starts this often.
 const RACE_EVERY: Duration = Duration::from_millis(250);
-/// Attempts of one dial in flight at most; a new one replaces the oldest.
+/// Attempts of one dial in flight at most; a new one replaces the second
+/// oldest (see [`race`]).
 const MAX_ATTEMPTS: usize = 4;
 
 /// Waits for `first` to finish its handshake, starting a fresh attempt
@@ -226,6 +227,10 @@ const MAX_ATTEMPTS: usize = 4;
 /// the path is dead (a blackhole, the sidecar restarting) would wait that
 /// long after the path is back; a fresh attempt sends its Initial at once.
 /// On a live path the first attempt finishes long before the next starts.
+/// The oldest attempt in flight is never the one replaced: on a slow path
+/// (a round trip near `MAX_ATTEMPTS * RACE_EVERY`, 1 s, or more: a
+/// congested cellular link) it is the one that finishes, and replacing
+/// attempts in turn would drop each before its handshake could complete.
 /// Fails when an attempt fails for any reason but a timeout with others
 /// still pending (a TLS or refusal error would be the same for all).
 async fn race(
@@ -258,7 +263,8 @@ async fn race(
             _ = next.tick() => match start() {
                 Ok(a) => {
                     if attempts.len() >= MAX_ATTEMPTS {
-                        attempts.pop_front();
+                        // The second oldest: the oldest stays (see above).
+                        attempts.remove(1);
                     }
                     debug!(attempts = attempts.len() + 1, "QUIC handshake still pending; racing a fresh attempt");
                     attempts.push_back(a);
