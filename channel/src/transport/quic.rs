@@ -213,8 +213,7 @@ pub(crate) async fn connect(
 
 /// While a QUIC dial is pending, a fresh attempt starts this often.
 const RACE_EVERY: Duration = Duration::from_millis(250);
-/// Attempts of one dial in flight at most; a new one replaces the second
-/// oldest (see [`race`]).
+/// Attempts of one dial in flight at most; a new one replaces the second oldest.
 const MAX_ATTEMPTS: usize = 4;
 
 /// Waits for `first` to finish its handshake, starting a fresh attempt

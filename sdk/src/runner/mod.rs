@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use dialback_channel::h2;
-use dialback_channel::{
-    Channel, CloseCode, CloseNotice, Credential, DialConfig, Dialer, Grant, Hello, NetworkChange, Transports,
-};
+use dialback_channel::{Channel, CloseCode, CloseNotice, Credential, DialConfig, Dialer, Grant, Hello, Transports};
 use dialback_proto::runtime::ConnectAppCallbackResponse;
 use dialback_proto::runtime::dapr_app_channel_callback_server::DaprAppChannelCallbackServer;
 use rand::Rng;
@@ -295,25 +293,7 @@ impl Runner {
                                 asking = Some(Box::pin(async move { sidecar.connect_app_callback().await }));
                             }
                         }
-                        // A dead path may be a lost NAT mapping: a new source
-                        // port makes a new one. quinn may swallow send errors
-                        // after an interface change, so silence is the signal.
-                        // Repeated while a QUIC path stays silent: the first
-                        // move that gets through ends a dead spell at once
-                        // (see health.rs). (A connection that cannot migrate
-                        // waits for the verdict.)
-                        Verdict::MoveSocket { nth } => match self.dialer.network_changed(&current.conn, None) {
-                            Ok(NetworkChange::Migrated(addr)) => {
-                                crate::metrics::migrated("late_pings");
-                                if nth == 1 {
-                                    info!(%addr, "pings are late; moved the socket");
-                                } else {
-                                    debug!(%addr, nth, "the path is still silent; moved the socket again");
-                                }
-                            }
-                            Ok(NetworkChange::NeedsRedial) => {}
-                            Err(e) => debug!(error = %e, "moving the socket after late pings failed"),
-                        },
+                        Verdict::MoveSocket { nth } => self.move_on_late_pings(&current.conn, nth),
                         Verdict::Redial(why) => {
                             current.conn.close(CloseCode::PingTimeout, &why);
                             return End::Lost(why);
