@@ -232,12 +232,10 @@ async fn a_call_during_an_outage_times_out_with_a_clear_error() {
     assert!(r.text().contains("app channel is down"), "{}", r.text());
 }
 
-/// The app's own NAT forgets its mapping: nothing from its current port
-/// gets through, while a new port would. Only the SDK moving its QUIC
-/// socket by itself, on late pings, brings the same connection back (the
-/// idle timeouts here are far too long to redial in time).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_app_side_mapping_makes_the_sdk_move_its_socket_by_itself() {
+/// A relay, a sidecar behind it and a QUIC echo app, with Pings and
+/// keepalives every 300 ms and idle timeouts far too long to redial in a
+/// test: only moving the socket brings a dead path back. Calls flow.
+async fn quick_pings_no_redial() -> (Relay, Sidecar, dialback_e2e::App, serde_json::Value, CallLoop) {
     let quick_pings = [
         "--callback-keepalive-interval",
         "300ms",
@@ -255,14 +253,29 @@ async fn a_dead_app_side_mapping_makes_the_sdk_move_its_socket_by_itself() {
     let before = channel(&sc).await;
     let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(20));
     calls.answered(5).await;
+    (relay, sc, app, before, calls)
+}
+
+/// The same QUIC connection as in `before` is up at the sidecar.
+async fn same_connection(sc: &Sidecar, before: &serde_json::Value) {
+    let after = channel(sc).await;
+    assert_eq!(after["channelId"], before["channelId"], "the same QUIC connection carried on: {after}");
+    assert_eq!(after["state"], "connected");
+}
+
+/// The app's own NAT forgets its mapping: nothing from its current port
+/// gets through, while a new port would. Only the SDK moving its QUIC
+/// socket by itself, on late pings, brings the same connection back (the
+/// idle timeouts here are far too long to redial in time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_app_side_mapping_makes_the_sdk_move_its_socket_by_itself() {
+    let (relay, sc, _app, before, calls) = quick_pings_no_redial().await;
     relay.forget_clients();
     peer_moved(&sc, &before).await;
     calls.answered(5).await;
     let summary = calls.stop(PATIENCE).await;
     assert_eq!(summary.lost(), 0);
-    let after = channel(&sc).await;
-    assert_eq!(after["channelId"], before["channelId"], "the same QUIC connection came back: {after}");
-    assert_eq!(after["state"], "connected");
+    same_connection(&sc, &before).await;
 }
 
 /// A dead spell on QUIC: while the sidecar's Pings are overdue and nothing
@@ -272,38 +285,18 @@ async fn a_dead_app_side_mapping_makes_the_sdk_move_its_socket_by_itself() {
 /// spell"). The same connection carries on; no call fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_spell_on_quic_is_nudged_until_the_path_is_back() {
-    let quick_pings = [
-        "--callback-keepalive-interval",
-        "300ms",
-        "--callback-idle-timeout",
-        "120s",
-        "--callback-ping-interval",
-        "300ms",
-    ];
-    let (relay, sc) = behind_relay(&quick_pings).await;
-    let mut app = AppBuilder::echo(sc.grpc)
-        .transport("quic")
-        .args(["--keepalive-ms", "300", "--idle-timeout-ms", "120000"])
-        .spawn();
-    app.wait_connected().await;
-    let before = channel(&sc).await;
-    let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(20));
-    calls.answered(5).await;
-
+    let (relay, sc, app, before, calls) = quick_pings_no_redial().await;
     relay.set_blackhole(true);
     eventually("the app to move its socket again and again while the path is dead", PATIENCE, || async {
         (app.log().matches("moved the socket again").count() >= 2).then_some(())
     })
     .await;
     relay.set_blackhole(false);
-
     peer_moved(&sc, &before).await;
     calls.answered(5).await;
     let summary = calls.stop(PATIENCE).await;
     summary.assert_no_failure("a dead spell on QUIC");
-    let after = channel(&sc).await;
-    assert_eq!(after["channelId"], before["channelId"], "the same QUIC connection carried on: {after}");
-    assert_eq!(after["state"], "connected");
+    same_connection(&sc, &before).await;
 }
 
 /// A very slow path (a 1.2 s round trip, as on a congested cellular
