@@ -96,8 +96,8 @@ impl tower::Service<http::Request<Body>> for ApiChannel {
                 })
             }
             None => {
-                let tcp = if dialback_channel::h2::is_grpc(req.headers()) { &self.grpc } else { &self.http };
-                let tcp = tcp.clone();
+                let tcp =
+                    if dialback_channel::h2::is_grpc(req.headers()) { self.grpc.clone() } else { self.http.clone() };
                 Box::pin(async move { Ok(tcp.oneshot(req).await?.map(Body::new)) })
             }
         }

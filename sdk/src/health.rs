@@ -39,7 +39,8 @@ pub(crate) enum Verdict {
     /// lasts: the new sidecar may not be up at the first ask.
     AskSidecar,
     /// Move to a new socket: Pings are late by more than a keepalive
-    /// interval (the path may be dead: once per silence), or, on QUIC,
+    /// interval (the path may be dead: once per silence, unless it moved
+    /// already), or, on QUIC,
     /// they are overdue and the path has been silent for a nudge interval
     /// (again at each interval while that lasts). `nth` counts the moves
     /// of this silence, from 1.
@@ -59,13 +60,11 @@ pub(crate) struct Health {
     /// The last [`Verdict::AskSidecar`]: for which silence (its last Ping's
     /// time), and how long that silence had lasted then.
     asked: Option<(Instant, Duration)>,
-    /// The silence already answered with a [`Verdict::MoveSocket`] (its last Ping's time).
-    suspected: Option<Instant>,
     /// The connection's datagram count at the last look, and when it was
     /// first seen at that value (QUIC only).
     heard: Option<(u64, Instant)>,
-    /// The moves of the current silence: its last Ping's time, how many,
-    /// and when the last one was.
+    /// The moves of the latest silence that had any: its last Ping's
+    /// time, how many, and when the last one was.
     moves: Option<(Instant, u32, Instant)>,
 }
 
@@ -78,7 +77,6 @@ impl Health {
             interval: DEFAULT_PING_INTERVAL,
             jitter: None,
             asked: None,
-            suspected: None,
             heard: None,
             moves: None,
         }
@@ -131,6 +129,11 @@ impl Health {
         Some(at)
     }
 
+    /// Whether the socket moved in the current silence.
+    fn moved_already(&self) -> bool {
+        self.moves.is_some_and(|(last, _, _)| last == self.last)
+    }
+
     fn moved(&mut self, now: Instant) -> Verdict {
         let nth = match self.moves {
             Some((last, n, _)) if last == self.last => n + 1,
@@ -166,8 +169,7 @@ impl Health {
             self.asked = Some((self.last, silence));
             return Verdict::AskSidecar;
         }
-        if silence >= self.suspect_after() && self.suspected != Some(self.last) {
-            self.suspected = Some(self.last);
+        if silence >= self.suspect_after() && !self.moved_already() {
             return self.moved(now);
         }
         if self.next_nudge().is_some_and(|at| now >= at) {
@@ -187,7 +189,7 @@ impl Health {
     /// When [`Health::check`] next has something to decide, unless a Ping comes first.
     pub(crate) fn poll_timeout(&self) -> Instant {
         let mut next = self.last + self.dead_after().min(self.next_ask());
-        if self.suspected != Some(self.last) {
+        if !self.moved_already() {
             next = next.min(self.last + self.suspect_after());
         }
         if let Some(at) = self.next_nudge() {
