@@ -1,5 +1,6 @@
 //! QUIC's congestion control on the channel: quinn's three controllers,
 //! and CUBIC that tells random loss from congestion ([`Congestion::Tolerant`]).
+//! Each sits behind [`Outage`], which tells a dead path from congestion.
 //!
 //! Each end governs what it sends: the sidecar's choice shapes the calls to
 //! the app, the app's its answers. `benches/loss.rs` compares them on a
@@ -47,6 +48,11 @@ impl Congestion {
     }
 
     pub(crate) fn factory(self) -> Arc<dyn ControllerFactory + Send + Sync> {
+        Arc::new(OutageConfig(self.bare_factory()))
+    }
+
+    /// The controller itself, without [`Outage`].
+    fn bare_factory(self) -> Arc<dyn ControllerFactory + Send + Sync> {
         match self {
             Congestion::Cubic => Arc::new(CubicConfig::default()),
             Congestion::NewReno => Arc::new(quinn::congestion::NewRenoConfig::default()),
@@ -124,15 +130,23 @@ struct Tolerant {
     last_share: f64,
 }
 
+/// Whether a smoothed round trip `rtt` shows a queue on a path whose
+/// minimum is `min` (unknown round trips count as one).
+fn queued(rtt: Option<Duration>, min: Option<Duration>) -> bool {
+    let (Some(rtt), Some(min)) = (rtt, min) else { return true };
+    rtt > min + (min / QUEUE_SHARE).max(QUEUE_FLOOR)
+}
+
 impl Tolerant {
     /// Whether the loss reported now is congestion rather than random loss.
     fn congested(&self, persistent: bool) -> bool {
         if persistent {
             return true;
         }
-        let (Some(rtt), Some(min)) = (self.rtt, self.min_rtt) else { return true };
-        let queue = rtt > min + (min / QUEUE_SHARE).max(QUEUE_FLOOR);
-        queue || self.epoch.loss_share().max(self.last_share) > LOSS_SHARE
+        if self.rtt.is_none() || self.min_rtt.is_none() {
+            return true;
+        }
+        queued(self.rtt, self.min_rtt) || self.epoch.loss_share().max(self.last_share) > LOSS_SHARE
     }
 }
 
@@ -183,6 +197,117 @@ impl Controller for Tolerant {
             min_rtt: self.min_rtt,
             epoch: self.epoch,
             last_share: self.last_share,
+        })
+    }
+
+    fn initial_window(&self) -> u64 {
+        self.inner.initial_window()
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+/// Builds [`Outage`] around another controller.
+struct OutageConfig(Arc<dyn ControllerFactory + Send + Sync>);
+
+impl ControllerFactory for OutageConfig {
+    fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        Box::new(Outage {
+            inner: self.0.clone().build(now, current_mtu),
+            factory: self.0.clone(),
+            mtu: current_mtu,
+            rtt: None,
+            min_rtt: None,
+            restarted: None,
+        })
+    }
+}
+
+/// A controller that tells a dead path from a congested one.
+///
+/// Persistent congestion (RFC 9002 7.6: every packet lost for longer than
+/// three probe timeouts) drops the window to its minimum, two packets. On
+/// a phone that is what a tunnel, a lift or a Wi-Fi hand-over looks like
+/// too, and the calls that queued meanwhile then crawl out from two
+/// packets a round trip, behind which every new call waits. Congestion
+/// that loses everything builds a queue first: the round trip rises before
+/// the losses. So when the last round trip before the losses showed no
+/// queue (within a quarter of the path's minimum, at least 5 ms), the path
+/// was cut, not congested, and the controller starts again as on a new
+/// path: the initial window (10 packets) and slow start. That is no more
+/// than a new connection would send, and a new connection is what the app
+/// would open after a longer outage anyway. Persistent congestion after a
+/// queue is passed on unchanged.
+struct Outage {
+    inner: Box<dyn Controller>,
+    factory: Arc<dyn ControllerFactory + Send + Sync>,
+    mtu: u16,
+    /// The smoothed round trip at the last acknowledgement.
+    rtt: Option<Duration>,
+    /// The path's minimum round trip.
+    min_rtt: Option<Duration>,
+    /// When the controller last started again: losses of packets sent
+    /// before then belong to the outage and are not held against it.
+    restarted: Option<Instant>,
+}
+
+impl Outage {
+    /// Whether persistent congestion reported now is a dead path.
+    fn was_outage(&self) -> bool {
+        self.rtt.is_some() && !queued(self.rtt, self.min_rtt)
+    }
+}
+
+impl Controller for Outage {
+    fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
+        self.inner.on_sent(now, bytes, last_packet_number);
+    }
+
+    fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool, rtt: &quinn_proto::RttEstimator) {
+        self.rtt = Some(rtt.get());
+        self.min_rtt = Some(rtt.min());
+        self.inner.on_ack(now, sent, bytes, app_limited, rtt);
+    }
+
+    fn on_end_acks(&mut self, now: Instant, in_flight: u64, app_limited: bool, largest_packet_num_acked: Option<u64>) {
+        self.inner.on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
+    }
+
+    fn on_congestion_event(&mut self, now: Instant, sent: Instant, is_persistent_congestion: bool, lost_bytes: u64) {
+        if self.restarted.is_some_and(|at| sent <= at) {
+            return;
+        }
+        if is_persistent_congestion && self.was_outage() {
+            self.inner = self.factory.clone().build(now, self.mtu);
+            self.restarted = Some(now);
+            return;
+        }
+        self.inner.on_congestion_event(now, sent, is_persistent_congestion, lost_bytes);
+    }
+
+    fn on_mtu_update(&mut self, new_mtu: u16) {
+        self.mtu = new_mtu;
+        self.inner.on_mtu_update(new_mtu);
+    }
+
+    fn window(&self) -> u64 {
+        self.inner.window()
+    }
+
+    fn metrics(&self) -> quinn::congestion::ControllerMetrics {
+        self.inner.metrics()
+    }
+
+    fn clone_box(&self) -> Box<dyn Controller> {
+        Box::new(Outage {
+            inner: self.inner.clone_box(),
+            factory: self.factory.clone(),
+            mtu: self.mtu,
+            rtt: self.rtt,
+            min_rtt: self.min_rtt,
+            restarted: self.restarted,
         })
     }
 
@@ -246,5 +371,50 @@ mod tests {
         let before = queued.window();
         queued.on_congestion_event(now, now, false, 1200);
         assert!(queued.window() < before, "congestion backs off as CUBIC does");
+    }
+
+    /// An [`Outage`] around CUBIC whose last round trip was `rtt` ms on a
+    /// path of `min` ms (`None`: none measured).
+    fn outage(rtt: Option<(u64, u64)>) -> Outage {
+        let mut o = match Arc::new(OutageConfig(Congestion::Cubic.bare_factory()))
+            .build(Instant::now(), 1200)
+            .into_any()
+            .downcast::<Outage>()
+        {
+            Ok(o) => *o,
+            Err(_) => unreachable!("OutageConfig builds an Outage"),
+        };
+        o.rtt = rtt.map(|(r, _)| Duration::from_millis(r));
+        o.min_rtt = rtt.map(|(_, m)| Duration::from_millis(m));
+        o
+    }
+
+    #[test]
+    fn a_dead_path_starts_again_from_the_initial_window() {
+        let now = Instant::now();
+        // Persistent congestion after a round trip with no queue: an outage.
+        let mut cut = outage(Some((52, 50)));
+        let initial = cut.initial_window();
+        cut.on_congestion_event(now, now, false, 1200);
+        assert!(cut.window() < initial, "an ordinary loss still backs off");
+        let later = now + Duration::from_secs(2);
+        cut.on_congestion_event(later, now, true, 30_000);
+        assert_eq!(cut.window(), initial, "after an outage the window is a new path's");
+        // More packets of the outage found lost later do not count against it.
+        cut.on_congestion_event(later + Duration::from_millis(60), later - Duration::from_millis(1), false, 1200);
+        assert_eq!(cut.window(), initial, "losses from before the restart are the outage's");
+        // A loss of a packet sent after it does.
+        cut.on_congestion_event(later + Duration::from_millis(120), later + Duration::from_millis(60), false, 1200);
+        assert!(cut.window() < initial, "a loss after the restart backs off");
+
+        // The same after a queue had built up: congestion, down to the minimum.
+        let mut congested = outage(Some((90, 50)));
+        congested.on_congestion_event(now, now, true, 30_000);
+        assert!(congested.window() < initial / 2, "persistent congestion after a queue keeps RFC 9002's minimum");
+
+        // No round trip measured yet: no evidence either way, so RFC 9002's rule.
+        let mut unknown = outage(None);
+        unknown.on_congestion_event(now, now, true, 30_000);
+        assert!(unknown.window() < initial / 2);
     }
 }
