@@ -5,7 +5,8 @@
 //! `cargo bench -p dialback-benches --bench recovery` (full: 10 repeats,
 //! RTT 0 and 50 ms); `-- --quick` for a smoke run; `-- --repeats N`,
 //! `-- --rtt-ms 0,50`, `-- --no-long` (skip the 20 s blackhole),
-//! `-- --transports quic,tcp,auto`, `-- --events nat-rebind,...` and
+//! `-- --transports quic,tcp,auto`, `-- --events nat-rebind,...` (any
+//! blackhole length by name: `blackhole-1s`) and
 //! `-- --profile mobile` (the app in the
 //! mobile liveness profile, 25 s beat) to choose. Prints one table and
 //! writes `target/bench-recovery.json` (`bench-recovery-mobile.json` for
@@ -229,6 +230,15 @@ async fn main() -> anyhow::Result<()> {
     if let Some(only) = flag("--events") {
         let only: Vec<&str> = only.split(',').collect();
         events.retain(|e| only.contains(&e.name().as_str()));
+        // Any other blackhole length, by name: `blackhole-1s`.
+        for name in &only {
+            let secs = name.strip_prefix("blackhole-").and_then(|s| s.strip_suffix('s')).and_then(|s| s.parse().ok());
+            if let Some(secs) = secs
+                && !events.contains(&Event::Blackhole(secs))
+            {
+                events.push(Event::Blackhole(secs));
+            }
+        }
     }
     dialback_e2e::binaries();
     let profile = if mobile { "mobile" } else { "default" };

@@ -14,7 +14,9 @@
 //! which gives its path fresh bytes-in-flight accounting. A sidecar whose
 //! congestion window is full of the spell's lost packets otherwise sends
 //! nothing, not even an ACK, until its backed-off probe timer fires
-//! (docs/architecture.md, "QUIC after a dead spell").
+//! (docs/architecture.md, "QUIC after a dead spell"). A look a nudge
+//! interval before each Ping is due notes the count, so a path that went
+//! silent before then is first nudged as soon as the Ping is overdue.
 
 use std::time::{Duration, Instant};
 
@@ -63,6 +65,8 @@ pub(crate) struct Health {
     /// The connection's datagram count at the last look, and when it was
     /// first seen at that value (QUIC only).
     heard: Option<(u64, Instant)>,
+    /// When [`Health::check`] last looked.
+    looked: Option<Instant>,
     /// The moves of the latest silence that had any: its last Ping's
     /// time, how many, and when the last one was.
     moves: Option<(Instant, u32, Instant)>,
@@ -78,8 +82,17 @@ impl Health {
             jitter: None,
             asked: None,
             heard: None,
+            looked: None,
             moves: None,
         }
+    }
+
+    /// This channel's transport counts datagrams (QUIC), `datagrams` so
+    /// far: noted as a look at its start, so the look before the first
+    /// Ping is due is made too.
+    pub(crate) fn counting(mut self, datagrams: Option<u64>) -> Health {
+        self.heard = datagrams.map(|n| (n, self.last));
+        self
     }
 
     /// The last Ping came at `at`; the sidecar announced `interval`, if it
@@ -156,6 +169,7 @@ impl Health {
     /// due, the first in this order comes now and the next at the next
     /// look: redial, ask the sidecar, move the socket.
     pub(crate) fn check(&mut self, now: Instant, datagrams: Option<u64>) -> Verdict {
+        self.looked = Some(now);
         self.heard = match (datagrams, self.heard) {
             (None, _) => None,
             (Some(n), Some((seen, since))) if n == seen => Some((seen, since)),
@@ -195,7 +209,22 @@ impl Health {
         if let Some(at) = self.next_nudge() {
             next = next.min(at);
         }
+        if let Some(at) = self.baseline_look() {
+            next = next.min(at);
+        }
         next
+    }
+
+    /// A look a nudge interval before the Ping is overdue, where the
+    /// transport counts datagrams, unless one came since then: it notes the
+    /// count, so that a path that went silent before then is nudged as soon
+    /// as the Ping is overdue rather than a nudge interval later. (One wake
+    /// more per Ping interval; the first look, a Ping interval in, tells
+    /// whether the transport counts.)
+    fn baseline_look(&self) -> Option<Instant> {
+        self.heard?;
+        let at = (self.last + self.late_after()).checked_sub(self.nudge_every())?;
+        (at > self.last && self.looked.is_none_or(|l| l < at)).then_some(at)
     }
 }
 
@@ -323,6 +352,9 @@ mod tests {
         let t0 = Instant::now();
         let mut h = Health::new(keep_alive(), t0);
         assert_eq!(h.check(t0 + S, Some(10)), Verdict::Healthy);
+        // A look a nudge interval before the Ping is due notes the count.
+        assert_eq!(h.poll_timeout(), t0 + 1925 * MS);
+        assert_eq!(h.check(t0 + 1925 * MS, Some(10)), Verdict::Healthy);
         assert_eq!(h.poll_timeout(), t0 + 2025 * MS);
         // Overdue: ask first, then move at once (nothing came for 1 s).
         assert_eq!(h.check(t0 + 2025 * MS, Some(10)), Verdict::AskSidecar);
@@ -339,9 +371,47 @@ mod tests {
         // A Ping ends the silence, and the moves.
         h.on_ping(t0 + 2400 * MS, None, None);
         assert_eq!(h.check(t0 + 2400 * MS, Some(12)), Verdict::Healthy);
+        assert_eq!(h.poll_timeout(), t0 + 4325 * MS, "the look before the next Ping is due");
+        assert_eq!(h.check(t0 + 4325 * MS, Some(12)), Verdict::Healthy);
         assert_eq!(h.poll_timeout(), t0 + 4425 * MS);
         assert_eq!(h.check(t0 + 4425 * MS, Some(12)), Verdict::AskSidecar);
         assert_eq!(h.check(t0 + 4425 * MS, Some(12)), Verdict::MoveSocket { nth: 1 }, "a new silence counts anew");
+    }
+
+    #[test]
+    fn a_path_silent_before_the_ping_is_due_is_nudged_when_it_is_overdue() {
+        let t0 = Instant::now();
+        let mut h = Health::new(keep_alive(), t0);
+        // A Ping interval in: the first look learns that QUIC counts datagrams.
+        h.on_ping(t0 + 2 * S, None, None);
+        assert_eq!(h.check(t0 + 2025 * MS, Some(100)), Verdict::Healthy);
+        // The next Ping is due at 4 s; a look at 3.925 s notes the count.
+        assert_eq!(h.poll_timeout(), t0 + 3925 * MS);
+        assert_eq!(h.check(t0 + 3925 * MS, Some(140)), Verdict::Healthy);
+        // Nothing arrived since (the path died before then): ask, and move at once.
+        assert_eq!(h.check(t0 + 4025 * MS, Some(140)), Verdict::AskSidecar);
+        assert_eq!(h.poll_timeout(), t0 + 4025 * MS);
+        assert_eq!(h.check(t0 + 4025 * MS, Some(140)), Verdict::MoveSocket { nth: 1 });
+        // Had datagrams still come in that last interval, it would wait one.
+        let mut h = Health::new(keep_alive(), t0);
+        h.on_ping(t0 + 2 * S, None, None);
+        assert_eq!(h.check(t0 + 2025 * MS, Some(100)), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 3925 * MS, Some(140)), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 4025 * MS, Some(150)), Verdict::AskSidecar);
+        assert_eq!(h.check(t0 + 4025 * MS, Some(150)), Verdict::Healthy);
+        assert_eq!(h.poll_timeout(), t0 + 4125 * MS);
+        // A channel whose transport counts makes that look in its first interval too.
+        let mut h = Health::new(keep_alive(), t0).counting(Some(7));
+        assert_eq!(h.poll_timeout(), t0 + 1925 * MS);
+        assert_eq!(h.check(t0 + 1925 * MS, Some(9)), Verdict::Healthy);
+        assert_eq!(h.check(t0 + 2025 * MS, Some(9)), Verdict::AskSidecar);
+        assert_eq!(h.check(t0 + 2025 * MS, Some(9)), Verdict::MoveSocket { nth: 1 });
+        assert_eq!(Health::new(keep_alive(), t0).counting(None).poll_timeout(), t0 + 2025 * MS);
+        // Without a datagram count (TCP) there is no such look.
+        let mut h = Health::new(keep_alive(), t0);
+        h.on_ping(t0 + 2 * S, None, None);
+        assert_eq!(h.check(t0 + 2025 * MS, None), Verdict::Healthy);
+        assert_eq!(h.poll_timeout(), t0 + 4025 * MS);
     }
 
     #[test]

@@ -221,6 +221,7 @@ impl Runner {
         });
         self.channels += 1;
         crate::metrics::opened(info.transport);
+        let health = Health::new(keep_alive, Instant::now()).counting(conn.datagrams_received());
         let session = Session {
             transport: info.transport,
             channel_id: info.channel_id,
@@ -228,7 +229,7 @@ impl Runner {
             local_ip: self.local_ip_of(&conn),
             conn,
             ping,
-            health: Health::new(keep_alive, Instant::now()),
+            health,
             serving,
             up: Instant::now(),
         };
