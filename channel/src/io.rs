@@ -70,6 +70,40 @@ pub struct ChannelInfo {
     pub beat: Option<std::time::Duration>,
 }
 
+/// A connection's packet counts so far (QUIC).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathCounts {
+    /// Datagrams received from the peer.
+    pub received: u64,
+    /// Frames sent that the peer must acknowledge (stream data, PINGs,
+    /// flow control, ...): while these grow and nothing is received, the
+    /// path has gone quiet.
+    pub eliciting_sent: u64,
+    /// The smoothed round trip.
+    pub rtt: std::time::Duration,
+}
+
+impl From<&quinn::ConnectionStats> for PathCounts {
+    fn from(s: &quinn::ConnectionStats) -> PathCounts {
+        let f = &s.frame_tx;
+        let eliciting = [
+            f.stream,
+            f.ping,
+            f.datagram,
+            f.immediate_ack,
+            f.max_data,
+            f.max_stream_data,
+            f.reset_stream,
+            f.stop_sending,
+            f.new_connection_id,
+            f.retire_connection_id,
+            f.path_challenge,
+            f.path_response,
+        ];
+        PathCounts { received: s.udp_rx.datagrams, eliciting_sent: eliciting.iter().sum(), rtt: s.path.rtt }
+    }
+}
+
 /// What a transport's live connection answers; one implementation per
 /// transport (`transport/quic.rs`, `transport/tcp.rs`).
 pub(crate) trait Link: Send + Sync + std::fmt::Debug + 'static {
@@ -82,9 +116,9 @@ pub(crate) trait Link: Send + Sync + std::fmt::Debug + 'static {
     fn local_addr(&self) -> Option<SocketAddr>;
     /// The transport's own round-trip estimate, where it has one.
     fn rtt(&self) -> Option<Duration>;
-    /// Datagrams received on the connection so far, where the transport
-    /// counts them (QUIC): whether anything at all came from the peer.
-    fn datagrams_received(&self) -> Option<u64> {
+    /// What the connection has received and sent so far, where the
+    /// transport counts packets (QUIC).
+    fn path_counts(&self) -> Option<PathCounts> {
         None
     }
     /// Closes the connection, with `code` on the wire where the transport has close codes.
@@ -170,11 +204,12 @@ impl Connection {
         self.link.rtt()
     }
 
-    /// Datagrams received from the peer so far, where the transport counts
-    /// them (QUIC; `None` for TCP): a count that stands still means a
-    /// silent path, whatever the streams above it are doing.
-    pub fn datagrams_received(&self) -> Option<u64> {
-        self.link.datagrams_received()
+    /// What the connection has received and sent so far, where the
+    /// transport counts packets (QUIC; `None` for TCP): a received count
+    /// that stands still means a silent path, whatever the streams above
+    /// it are doing.
+    pub fn path_counts(&self) -> Option<PathCounts> {
+        self.link.path_counts()
     }
 
     /// Closes the connection with `code` and a reason for the peer's logs.

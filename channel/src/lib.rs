@@ -32,7 +32,7 @@ pub use congestion::Congestion;
 pub use dial::{Dialer, NetworkChange, Pending};
 pub use error::{AcceptError, BindError, DialError};
 pub use events::{ListenerEvents, NoEvents, Refused};
-pub use io::{CallStream, Channel, ChannelInfo, CloseCode, Connection, Io};
+pub use io::{CallStream, Channel, ChannelInfo, CloseCode, Connection, Io, PathCounts};
 pub use listener::Listener;
 pub use notice::{CloseNotice, CredentialKind};
 pub use transport::tcp::accept_with_backoff;

@@ -20,7 +20,7 @@ use crate::accept::Shared;
 use crate::config::{DialConfig, ListenerConfig};
 use crate::error::{AcceptError, BindError, DialError, quic_io};
 use crate::handshake;
-use crate::io::{CallStream, CloseCode, Connection, Io, Link, StreamFuture};
+use crate::io::{CallStream, CloseCode, Connection, Io, Link, PathCounts, StreamFuture};
 use crate::reset::{CidLog, RecordingCids, reset_previous};
 use crate::{Hello, RefusalReason, Transport, Verdict};
 
@@ -46,8 +46,8 @@ impl Link for QuicLink {
         Some(self.0.rtt())
     }
 
-    fn datagrams_received(&self) -> Option<u64> {
-        Some(self.0.stats().udp_rx.datagrams)
+    fn path_counts(&self) -> Option<PathCounts> {
+        Some((&self.0.stats()).into())
     }
 
     fn close(&self, code: CloseCode, reason: &str) {

@@ -221,7 +221,7 @@ impl Runner {
         });
         self.channels += 1;
         crate::metrics::opened(info.transport);
-        let health = Health::new(keep_alive, Instant::now()).counting(conn.datagrams_received());
+        let health = Health::new(keep_alive, Instant::now()).counting(conn.path_counts());
         let session = Session {
             transport: info.transport,
             channel_id: info.channel_id,
@@ -283,7 +283,8 @@ impl Runner {
                 () = tokio::time::sleep_until(look), if watch_pings => {
                     let heard = ping.last();
                     current.health.on_ping(heard.at, heard.interval, heard.jitter);
-                    match current.health.check(Instant::now(), current.conn.datagrams_received()) {
+                    let now = Instant::now();
+                    match current.health.check(now, current.conn.path_counts()) {
                         Verdict::Healthy => {}
                         // A rescheduled sidecar (new pod, new state dir) sends
                         // no reset: its API, answering with another
@@ -294,7 +295,10 @@ impl Runner {
                                 asking = Some(Box::pin(async move { sidecar.connect_app_callback().await }));
                             }
                         }
-                        Verdict::MoveSocket { nth } => self.move_on_late_pings(&current.conn, nth),
+                        Verdict::MoveSocket { nth } => {
+                            let late = current.health.pings_overdue(now);
+                            self.move_on_late_pings(&current.conn, nth, late);
+                        }
                         Verdict::Redial(why) => {
                             current.conn.close(CloseCode::PingTimeout, &why);
                             return End::Lost(why);

@@ -47,18 +47,22 @@ impl Runner {
         conn.local_addr().map(|a| a.ip()).or(self.dialer.local_ip()).or_else(|| netwatch::source_for(conn.peer_addr()))
     }
 
-    /// The Pings are late: move the socket, the `nth` time in this silence.
-    /// A dead path may be a lost NAT mapping: a new source port makes a
-    /// new one. quinn may swallow send errors after an interface change,
-    /// so silence is the signal. Repeated while a QUIC path stays silent:
-    /// the first move that gets through ends a dead spell at once (see
-    /// health.rs). A connection that cannot migrate waits for the verdict.
-    pub(super) fn move_on_late_pings(&mut self, conn: &dialback_channel::Connection, nth: u32) {
+    /// The Pings are late (`late`), or what the app sent went unanswered
+    /// on a QUIC path that has gone quiet: move the socket, the `nth` time
+    /// in this silence. A dead path may be a lost NAT mapping: a new
+    /// source port makes a new one. quinn may swallow send errors after an
+    /// interface change, so silence is the signal. Repeated while a QUIC
+    /// path stays silent: the first move that gets through ends a dead
+    /// spell at once (see health.rs). A connection that cannot migrate
+    /// waits for the verdict.
+    pub(super) fn move_on_late_pings(&mut self, conn: &dialback_channel::Connection, nth: u32, late: bool) {
         match self.dialer.network_changed(conn, None) {
             Ok(NetworkChange::Migrated(addr)) => {
                 crate::metrics::migrated("late_pings");
-                if nth == 1 {
+                if nth == 1 && late {
                     info!(%addr, "pings are late; moved the socket");
+                } else if nth == 1 {
+                    info!(%addr, "nothing came back for what the app sent; moved the socket");
                 } else {
                     debug!(%addr, nth, "the path is still silent; moved the socket again");
                 }
