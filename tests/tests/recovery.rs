@@ -299,6 +299,37 @@ async fn a_dead_spell_on_quic_is_nudged_until_the_path_is_back() {
     same_connection(&sc, &before).await;
 }
 
+/// A dead spell far shorter than the Ping interval (60 s here): the SDK
+/// does not wait for a Ping to be overdue. What it sent (answers to the
+/// calls, its probe timer's probes) going unacknowledged while nothing
+/// arrives is enough to start the moves, and the first after the path is
+/// back brings the same connection back with no failed call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_dead_spell_is_nudged_without_waiting_for_a_late_ping() {
+    let slow_pings = ["--callback-idle-timeout", "120s", "--callback-ping-interval", "60s"];
+    let (relay, sc) = behind_relay(&slow_pings).await;
+    let mut app = AppBuilder::echo(sc.grpc).transport("quic").args(["--idle-timeout-ms", "120000"]).spawn();
+    app.wait_connected().await;
+    let before = channel(&sc).await;
+    let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(20));
+    calls.answered(5).await;
+    relay.set_blackhole(true);
+    eventually("the app to move its socket while what it sent goes unanswered", PATIENCE, || async {
+        let log = app.log();
+        (log.contains("nothing came back for what the app sent; moved the socket")
+            && log.matches("moved the socket again").count() >= 2)
+            .then_some(())
+    })
+    .await;
+    assert!(!app.log().contains("pings are late"), "the Pings were not late yet: {}", app.log_tail());
+    relay.set_blackhole(false);
+    peer_moved(&sc, &before).await;
+    calls.answered(5).await;
+    let summary = calls.stop(PATIENCE).await;
+    summary.assert_no_failure("a short dead spell on QUIC");
+    same_connection(&sc, &before).await;
+}
+
 /// A very slow path (a 1.2 s round trip, as on a congested cellular
 /// link): the QUIC dial still completes. While its handshake is pending,
 /// fresh attempts race it every 250 ms, but they never replace the oldest,
