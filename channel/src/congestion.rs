@@ -91,6 +91,35 @@ const EPOCH_RTTS: u32 = 8;
 /// The shortest epoch.
 const MIN_EPOCH: Duration = Duration::from_millis(100);
 
+/// The [`Controller`] methods a wrapper passes to its `inner` unchanged.
+macro_rules! passed_on {
+    () => {
+        fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
+            self.inner.on_sent(now, bytes, last_packet_number);
+        }
+
+        fn on_end_acks(&mut self, now: Instant, in_flight: u64, app_limited: bool, largest_acked: Option<u64>) {
+            self.inner.on_end_acks(now, in_flight, app_limited, largest_acked);
+        }
+
+        fn window(&self) -> u64 {
+            self.inner.window()
+        }
+
+        fn metrics(&self) -> quinn::congestion::ControllerMetrics {
+            self.inner.metrics()
+        }
+
+        fn initial_window(&self) -> u64 {
+            self.inner.initial_window()
+        }
+
+        fn into_any(self: Box<Self>) -> Box<dyn Any> {
+            self
+        }
+    };
+}
+
 struct TolerantConfig(Arc<CubicConfig>);
 
 impl ControllerFactory for TolerantConfig {
@@ -151,9 +180,7 @@ impl Tolerant {
 }
 
 impl Controller for Tolerant {
-    fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
-        self.inner.on_sent(now, bytes, last_packet_number);
-    }
+    passed_on!();
 
     fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool, rtt: &quinn_proto::RttEstimator) {
         self.rtt = Some(rtt.get());
@@ -167,10 +194,6 @@ impl Controller for Tolerant {
         self.inner.on_ack(now, sent, bytes, app_limited, rtt);
     }
 
-    fn on_end_acks(&mut self, now: Instant, in_flight: u64, app_limited: bool, largest_packet_num_acked: Option<u64>) {
-        self.inner.on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
-    }
-
     fn on_congestion_event(&mut self, now: Instant, sent: Instant, is_persistent_congestion: bool, lost_bytes: u64) {
         self.epoch.lost += lost_bytes;
         if self.congested(is_persistent_congestion) {
@@ -182,14 +205,6 @@ impl Controller for Tolerant {
         self.inner.on_mtu_update(new_mtu);
     }
 
-    fn window(&self) -> u64 {
-        self.inner.window()
-    }
-
-    fn metrics(&self) -> quinn::congestion::ControllerMetrics {
-        self.inner.metrics()
-    }
-
     fn clone_box(&self) -> Box<dyn Controller> {
         Box::new(Tolerant {
             inner: self.inner.clone_box(),
@@ -198,14 +213,6 @@ impl Controller for Tolerant {
             epoch: self.epoch,
             last_share: self.last_share,
         })
-    }
-
-    fn initial_window(&self) -> u64 {
-        self.inner.initial_window()
-    }
-
-    fn into_any(self: Box<Self>) -> Box<dyn Any> {
-        self
     }
 }
 
@@ -261,18 +268,12 @@ impl Outage {
 }
 
 impl Controller for Outage {
-    fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
-        self.inner.on_sent(now, bytes, last_packet_number);
-    }
+    passed_on!();
 
     fn on_ack(&mut self, now: Instant, sent: Instant, bytes: u64, app_limited: bool, rtt: &quinn_proto::RttEstimator) {
         self.rtt = Some(rtt.get());
         self.min_rtt = Some(rtt.min());
         self.inner.on_ack(now, sent, bytes, app_limited, rtt);
-    }
-
-    fn on_end_acks(&mut self, now: Instant, in_flight: u64, app_limited: bool, largest_packet_num_acked: Option<u64>) {
-        self.inner.on_end_acks(now, in_flight, app_limited, largest_packet_num_acked);
     }
 
     fn on_congestion_event(&mut self, now: Instant, sent: Instant, is_persistent_congestion: bool, lost_bytes: u64) {
@@ -292,14 +293,6 @@ impl Controller for Outage {
         self.inner.on_mtu_update(new_mtu);
     }
 
-    fn window(&self) -> u64 {
-        self.inner.window()
-    }
-
-    fn metrics(&self) -> quinn::congestion::ControllerMetrics {
-        self.inner.metrics()
-    }
-
     fn clone_box(&self) -> Box<dyn Controller> {
         Box::new(Outage {
             inner: self.inner.clone_box(),
@@ -309,14 +302,6 @@ impl Controller for Outage {
             min_rtt: self.min_rtt,
             restarted: self.restarted,
         })
-    }
-
-    fn initial_window(&self) -> u64 {
-        self.inner.initial_window()
-    }
-
-    fn into_any(self: Box<Self>) -> Box<dyn Any> {
-        self
     }
 }
 

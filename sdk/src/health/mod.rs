@@ -15,8 +15,8 @@
 //! 250 ms: the second finds a spell shorter than the Ping interval, which
 //! the first would find only at the next Ping's due time. The looks come
 //! every nudge interval for that long after datagrams last came, so an
-//! idle channel gets a few after each Ping. Each move is a packet from a new address,
-//! so the first one after a dead spell reaches the sidecar as a migration,
+//! idle channel gets a few after each Ping. Each move is a packet from a
+//! new address, so the first one after a dead spell reaches the sidecar as a migration,
 //! which gives its path fresh bytes-in-flight accounting. A sidecar whose
 //! congestion window is full of the spell's lost packets otherwise sends
 //! nothing, not even an ACK, until its backed-off probe timer fires
@@ -55,10 +55,10 @@ pub(crate) enum Verdict {
     AskSidecar,
     /// Move to a new socket: Pings are late by more than a keepalive
     /// interval (the path may be dead: once per silence, unless it moved
-    /// already), or, on QUIC,
-    /// they are overdue and the path has been silent for a nudge interval
-    /// (again at each interval while that lasts). `nth` counts the moves
-    /// of this silence, from 1.
+    /// already), or, on QUIC, the path is quiet (the Pings overdue, or
+    /// what the app sent unanswered) and nothing has arrived for a nudge
+    /// interval (again at each interval while that lasts). `nth` counts
+    /// the moves of this silence, from 1.
     MoveSocket { nth: u32 },
     /// No Ping for longer than the idle timeout: the channel is gone. Says why.
     Redial(String),
@@ -122,9 +122,9 @@ impl Health {
         }
     }
 
-    /// This channel's transport counts datagrams (QUIC), `datagrams` so
-    /// far: noted as a look at its start, so the look before the first
-    /// Ping is due is made too.
+    /// This channel's transport counts packets (QUIC), `counts` so far:
+    /// noted as a look at its start, so the looks after it and the one
+    /// before the first Ping is due are made too.
     pub(crate) fn counting(mut self, counts: Option<PathCounts>) -> Health {
         self.heard = counts.map(|c| Heard::new(c, self.last));
         self
@@ -157,8 +157,8 @@ impl Health {
         (self.interval / 4).max(Duration::from_millis(250))
     }
 
-    /// How often to move the socket while the Pings are overdue and the
-    /// path is silent: a twentieth of the Ping interval, at least 100 ms
+    /// How often to move the socket while the path is quiet and silent
+    /// (and how often to look while it may turn so): a twentieth of the Ping interval, at least 100 ms
     /// (10 small packets a second into a dead path, for at most the idle
     /// timeout; 1.25 s under the mobile profile's 25 s beat).
     pub(crate) fn nudge_every(&self) -> Duration {
