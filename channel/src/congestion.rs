@@ -169,13 +169,7 @@ fn queued(rtt: Option<Duration>, min: Option<Duration>) -> bool {
 impl Tolerant {
     /// Whether the loss reported now is congestion rather than random loss.
     fn congested(&self, persistent: bool) -> bool {
-        if persistent {
-            return true;
-        }
-        if self.rtt.is_none() || self.min_rtt.is_none() {
-            return true;
-        }
-        queued(self.rtt, self.min_rtt) || self.epoch.loss_share().max(self.last_share) > LOSS_SHARE
+        persistent || queued(self.rtt, self.min_rtt) || self.epoch.loss_share().max(self.last_share) > LOSS_SHARE
     }
 }
 
@@ -263,7 +257,7 @@ struct Outage {
 impl Outage {
     /// Whether persistent congestion reported now is a dead path.
     fn was_outage(&self) -> bool {
-        self.rtt.is_some() && !queued(self.rtt, self.min_rtt)
+        !queued(self.rtt, self.min_rtt)
     }
 }
 

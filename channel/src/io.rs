@@ -80,7 +80,7 @@ pub struct PathCounts {
     /// path has gone quiet.
     pub eliciting_sent: u64,
     /// The smoothed round trip.
-    pub rtt: std::time::Duration,
+    pub rtt: Duration,
 }
 
 impl From<&quinn::ConnectionStats> for PathCounts {

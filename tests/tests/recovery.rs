@@ -232,9 +232,24 @@ async fn a_call_during_an_outage_times_out_with_a_clear_error() {
     assert!(r.text().contains("app channel is down"), "{}", r.text());
 }
 
-/// A relay, a sidecar behind it and a QUIC echo app, with Pings and
-/// keepalives every 300 ms and idle timeouts far too long to redial in a
-/// test: only moving the socket brings a dead path back. Calls flow.
+/// A relay, a sidecar behind it (`sidecar` flags) and a QUIC echo app
+/// (`app` flags), calls flowing through the sidecar every 20 ms: the
+/// relay, sidecar, app, the channel as first seen, and the calls.
+async fn quic_calls_behind_relay(
+    sidecar: &[&str],
+    app: &[&str],
+) -> (Relay, Sidecar, dialback_e2e::App, serde_json::Value, CallLoop) {
+    let (relay, sc) = behind_relay(sidecar).await;
+    let mut app = AppBuilder::echo(sc.grpc).transport("quic").args(app.iter().copied()).spawn();
+    app.wait_connected().await;
+    let before = channel(&sc).await;
+    let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(20));
+    calls.answered(5).await;
+    (relay, sc, app, before, calls)
+}
+
+/// Pings and keepalives every 300 ms and idle timeouts far too long to
+/// redial in a test: only moving the socket brings a dead path back.
 async fn quick_pings_no_redial() -> (Relay, Sidecar, dialback_e2e::App, serde_json::Value, CallLoop) {
     let quick_pings = [
         "--callback-keepalive-interval",
@@ -244,16 +259,25 @@ async fn quick_pings_no_redial() -> (Relay, Sidecar, dialback_e2e::App, serde_js
         "--callback-ping-interval",
         "300ms",
     ];
-    let (relay, sc) = behind_relay(&quick_pings).await;
-    let mut app = AppBuilder::echo(sc.grpc)
-        .transport("quic")
-        .args(["--keepalive-ms", "300", "--idle-timeout-ms", "120000"])
-        .spawn();
-    app.wait_connected().await;
-    let before = channel(&sc).await;
-    let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(20));
+    quic_calls_behind_relay(&quick_pings, &["--keepalive-ms", "300", "--idle-timeout-ms", "120000"]).await
+}
+
+/// The relay lets packets through again: the sidecar sees the app from a
+/// new address, calls are answered with none failed (`what` names the
+/// case), and the same QUIC connection as in `before` is up.
+async fn path_back_on_the_same_connection(
+    relay: &Relay,
+    sc: &Sidecar,
+    before: &serde_json::Value,
+    calls: CallLoop,
+    what: &str,
+) {
+    relay.set_blackhole(false);
+    peer_moved(sc, before).await;
     calls.answered(5).await;
-    (relay, sc, app, before, calls)
+    let summary = calls.stop(PATIENCE).await;
+    summary.assert_no_failure(what);
+    same_connection(sc, before).await;
 }
 
 /// The same QUIC connection as in `before` is up at the sidecar.
@@ -291,12 +315,7 @@ async fn a_dead_spell_on_quic_is_nudged_until_the_path_is_back() {
         (app.log().matches("moved the socket again").count() >= 2).then_some(())
     })
     .await;
-    relay.set_blackhole(false);
-    peer_moved(&sc, &before).await;
-    calls.answered(5).await;
-    let summary = calls.stop(PATIENCE).await;
-    summary.assert_no_failure("a dead spell on QUIC");
-    same_connection(&sc, &before).await;
+    path_back_on_the_same_connection(&relay, &sc, &before, calls, "a dead spell on QUIC").await;
 }
 
 /// A dead spell far shorter than the Ping interval (60 s here): the SDK
@@ -307,12 +326,7 @@ async fn a_dead_spell_on_quic_is_nudged_until_the_path_is_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_short_dead_spell_is_nudged_without_waiting_for_a_late_ping() {
     let slow_pings = ["--callback-idle-timeout", "120s", "--callback-ping-interval", "60s"];
-    let (relay, sc) = behind_relay(&slow_pings).await;
-    let mut app = AppBuilder::echo(sc.grpc).transport("quic").args(["--idle-timeout-ms", "120000"]).spawn();
-    app.wait_connected().await;
-    let before = channel(&sc).await;
-    let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(20));
-    calls.answered(5).await;
+    let (relay, sc, app, before, calls) = quic_calls_behind_relay(&slow_pings, &["--idle-timeout-ms", "120000"]).await;
     relay.set_blackhole(true);
     eventually("the app to move its socket while what it sent goes unanswered", PATIENCE, || async {
         let log = app.log();
@@ -322,12 +336,7 @@ async fn a_short_dead_spell_is_nudged_without_waiting_for_a_late_ping() {
     })
     .await;
     assert!(!app.log().contains("pings are late"), "the Pings were not late yet: {}", app.log_tail());
-    relay.set_blackhole(false);
-    peer_moved(&sc, &before).await;
-    calls.answered(5).await;
-    let summary = calls.stop(PATIENCE).await;
-    summary.assert_no_failure("a short dead spell on QUIC");
-    same_connection(&sc, &before).await;
+    path_back_on_the_same_connection(&relay, &sc, &before, calls, "a short dead spell on QUIC").await;
 }
 
 /// A very slow path (a 1.2 s round trip, as on a congested cellular

@@ -152,6 +152,11 @@ impl Health {
         self.interval + margin
     }
 
+    /// When the next Ping is overdue.
+    fn overdue_at(&self) -> Instant {
+        self.last + self.late_after()
+    }
+
     /// How often to ask the sidecar again while the silence lasts.
     fn ask_every(&self) -> Duration {
         (self.interval / 4).max(Duration::from_millis(250))
@@ -175,7 +180,7 @@ impl Health {
     /// When the path started to look quiet, if it has: the Ping overdue,
     /// or what the app sent unanswered for [`Health::quiet_after`].
     fn quiet_from(&self, heard: &Heard) -> Instant {
-        let late = self.last + self.late_after();
+        let late = self.overdue_at();
         heard.unanswered.map_or(late, |at| late.min(at + Self::quiet_after(heard.rtt)))
     }
 
@@ -283,7 +288,7 @@ impl Health {
     /// Whether the Pings are overdue at `now` (rather than the path found
     /// quiet by what the app sent): for the log.
     pub(crate) fn pings_overdue(&self, now: Instant) -> bool {
-        now >= self.last + self.late_after()
+        now >= self.overdue_at()
     }
 
     /// A look a nudge interval before the Ping is overdue, where the
@@ -294,7 +299,7 @@ impl Health {
     /// whether the transport counts.)
     fn baseline_look(&self) -> Option<Instant> {
         self.heard?;
-        let at = (self.last + self.late_after()).checked_sub(self.nudge_every())?;
+        let at = self.overdue_at().checked_sub(self.nudge_every())?;
         (at > self.last && self.looked.is_none_or(|l| l < at)).then_some(at)
     }
 }

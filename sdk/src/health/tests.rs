@@ -9,7 +9,7 @@ const MS: Duration = Duration::from_millis(1);
 
 /// Counts with `n` datagrams received and nothing sent.
 fn rx(n: u64) -> Option<PathCounts> {
-    Some(PathCounts { received: n, eliciting_sent: 0, rtt: 50 * MS })
+    rx_tx(n, 0)
 }
 
 /// Counts with `n` datagrams received and `sent` ack-eliciting frames sent.
