@@ -115,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
         args.rounds, args.seconds
     );
     println!(
-        "{:<5} {:>3} {:>7} {:<8} {:>8} {:>8} {:>9} {:>8} {:>7} {:>7} {:>9} {:>6} {:>6} {:>6} {:>7} {:>7} {:>6}",
+        "{:<5} {:>3} {:>7} {:<8} {:>8} {:>8} {:>9} {:>8} {:>7} {:>7} {:>9} {:>6} {:>6} {:>6} {:>6} {:>7} {:>7} {:>6}",
         "api",
         "c",
         "payload",
@@ -127,6 +127,7 @@ async fn main() -> anyhow::Result<()> {
         "sc MiB",
         "app MiB",
         "cpu us/c",
+        "dgm/c",
         "failed",
         "p50 x",
         "p99 x",
@@ -140,7 +141,7 @@ async fn main() -> anyhow::Result<()> {
         let r = |x: f64, b: f64| row.ratio(x, b);
         let (rss_sc, rss_app) = (s.rss_mib[0], s.rss_mib[1]);
         println!(
-            "{:<5} {:>3} {:>7} {:<8} {:>8.3} {:>8.3} {:>9.0} {:>8.1} {:>7.1} {:>7.1} {:>9.0} {:>6} {:>6} {:>6} {:>7} {:>7} {:>6}",
+            "{:<5} {:>3} {:>7} {:<8} {:>8.3} {:>8.3} {:>9.0} {:>8.1} {:>7.1} {:>7.1} {:>9.0} {:>6.1} {:>6} {:>6} {:>6} {:>7} {:>7} {:>6}",
             api.name(),
             conc,
             size(payload_len),
@@ -152,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
             rss_sc,
             rss_app,
             s.cpu_us_per_call,
+            s.datagrams_per_call,
             s.failed,
             r(s.p50_ms, base.p50_ms),
             r(s.p99_ms, base.p99_ms),
@@ -170,6 +172,7 @@ async fn main() -> anyhow::Result<()> {
             "rss_app_mib": rss_app,
             "cpu_us_per_call": s.cpu_us_per_call,
             "udp_rcvbuf_drops": s.udp_drops,
+            "udp_datagrams_per_call": s.datagrams_per_call,
             "vs_baseline": {
                 "p50": s.p50_ms / base.p50_ms,
                 "p99": s.p99_ms / base.p99_ms,

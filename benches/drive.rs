@@ -137,13 +137,24 @@ fn clock_ticks() -> f64 {
 
 /// UDP datagrams the kernel dropped for want of socket buffer, machine-wide (`RcvbufErrors`).
 pub fn udp_rcvbuf_errors() -> u64 {
+    udp_counter("RcvbufErrors")
+}
+
+/// UDP datagrams sent, machine-wide (`OutDatagrams`): while one pair runs
+/// alone, both ends' QUIC packets.
+pub fn udp_out_datagrams() -> u64 {
+    udp_counter("OutDatagrams")
+}
+
+/// One of the kernel's UDP counters in `/proc/net/snmp` (0 where unreadable).
+fn udp_counter(name: &str) -> u64 {
     let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
     let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
     let (Some(names), Some(values)) = (udp.next(), udp.next()) else { return 0 };
     names
         .split_whitespace()
         .zip(values.split_whitespace())
-        .find(|(n, _)| *n == "RcvbufErrors")
+        .find(|(n, _)| *n == name)
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0)
 }
@@ -167,6 +178,9 @@ pub struct Run {
     pub cpu_us_per_call: Vec<f64>,
     /// UDP datagrams the kernel dropped meanwhile (machine-wide).
     pub udp_drops: u64,
+    /// UDP datagrams sent meanwhile per answered call (machine-wide: both
+    /// ends of a QUIC channel; 0 over TCP).
+    pub datagrams_per_call: f64,
 }
 
 /// Drives `ep` at `conc` calls in flight for `dur` (after a short warm-up).
@@ -189,12 +203,13 @@ pub async fn drive(ep: &Arc<Endpoint>, api: Api, conc: usize, payload: &Bytes, d
         })
     };
     let cpu0: Vec<Duration> = pids.iter().map(|&p| cpu_time(p)).collect();
-    let drops0 = udp_rcvbuf_errors();
+    let (drops0, out0) = (udp_rcvbuf_errors(), udp_out_datagrams());
     let t0 = Instant::now();
     let (lat, failed) = load(ep, api, conc, payload, dur).await;
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu: Vec<Duration> = pids.iter().zip(&cpu0).map(|(&p, c0)| cpu_time(p).saturating_sub(*c0)).collect();
     let udp_drops = udp_rcvbuf_errors().saturating_sub(drops0);
+    let datagrams = udp_out_datagrams().saturating_sub(out0) as f64;
     stop.store(true, Ordering::Relaxed);
     let rss_kib = sampler.await.unwrap_or_else(|_| vec![0; pids.len()]);
     let calls = lat.len() as f64;
@@ -207,6 +222,7 @@ pub async fn drive(ep: &Arc<Endpoint>, api: Api, conc: usize, payload: &Bytes, d
         rss_kib,
         cpu_us_per_call: cpu.iter().map(|c| if calls > 0.0 { c.as_secs_f64() * 1e6 / calls } else { 0.0 }).collect(),
         udp_drops,
+        datagrams_per_call: if calls > 0.0 { datagrams / calls } else { 0.0 },
     }
 }
 
@@ -274,6 +290,8 @@ pub struct Summary {
     pub cpu_us_per_call_each: Vec<f64>,
     /// UDP datagrams dropped, all rounds.
     pub udp_drops: u64,
+    /// Median over rounds of the UDP datagrams sent per call.
+    pub datagrams_per_call: f64,
 }
 
 impl Summary {
@@ -293,6 +311,7 @@ impl Summary {
             cpu_us_per_call: m(&|r| r.cpu_us_per_call.iter().sum()),
             cpu_us_per_call_each: (0..n).map(|i| m(&|r| r.cpu_us_per_call.get(i).copied().unwrap_or(0.0))).collect(),
             udp_drops: runs.iter().map(|r| r.udp_drops).sum(),
+            datagrams_per_call: m(&|r| r.datagrams_per_call),
         }
     }
 

@@ -11,6 +11,7 @@
 mod accept;
 mod auth;
 mod callpool;
+mod coalesce;
 mod config;
 mod congestion;
 mod dial;

@@ -22,7 +22,7 @@ use crate::error::{AcceptError, BindError, DialError, quic_io};
 use crate::handshake;
 use crate::io::{CallStream, CloseCode, Connection, Io, Link, PathCounts, StreamFuture};
 use crate::reset::{CidLog, RecordingCids, reset_previous};
-use crate::{Hello, RefusalReason, Transport, Verdict};
+use crate::{Hello, RefusalReason, Transport, Verdict, coalesce::Coalesced};
 
 /// A live QUIC connection, whether it carries a stream per call, and
 /// whether the app's API calls ride on it as HTTP/3.
@@ -84,7 +84,7 @@ impl Link for QuicLink {
                 return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "dialback/1: one stream only"));
             }
             let (send, recv) = self.0.open_bi().await.map_err(quic_io)?;
-            Ok(CallStream::new(Box::new(tokio::io::join(recv, send))))
+            Ok(CallStream::new(Box::new(Coalesced::new(tokio::io::join(recv, send)))))
         })
     }
 
@@ -94,7 +94,7 @@ impl Link for QuicLink {
                 return None;
             }
             let (send, recv) = self.0.accept_bi().await.ok()?;
-            Some(CallStream::new(Box::new(tokio::io::join(recv, send))))
+            Some(CallStream::new(Box::new(Coalesced::new(tokio::io::join(recv, send)))))
         })
     }
 
@@ -137,7 +137,7 @@ fn channel_parts(
     let gone = CancellationToken::new();
     let streams = negotiated_streams(&conn);
     let connection = Connection::new(Arc::new(QuicLink(conn, streams, api)), gone.clone());
-    (Io::new(Box::new(tokio::io::join(recv, send)), gone), connection)
+    (Io::new(Box::new(Coalesced::new(tokio::io::join(recv, send))), gone), connection)
 }
 
 // ---- The app's side ----
