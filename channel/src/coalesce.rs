@@ -31,6 +31,9 @@ const HOLD_LIMIT: usize = 16 * 1024;
 /// turn for more; a larger one fills a packet already and goes at once.
 const ONE_PACKET: usize = 1200;
 
+/// Buffer capacity kept between flushes.
+const KEEP: usize = 2 * 1024;
+
 /// A byte stream whose small writes are gathered until flushed (see the module docs).
 pub(crate) struct Coalesced<T> {
     inner: T,
@@ -62,6 +65,11 @@ impl<T: AsyncWrite + Unpin> Coalesced<T> {
         }
         self.held.clear();
         self.sent = 0;
+        // A burst may have grown the buffer to HOLD_LIMIT; a sidecar holds
+        // one per channel, mostly idle, so it keeps little more than a packet's worth.
+        if self.held.capacity() > KEEP {
+            self.held = Vec::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
