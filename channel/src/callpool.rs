@@ -15,6 +15,7 @@ use tonic::body::Body;
 
 use crate::Connection;
 use crate::h2::{CallError, STREAM_WINDOW, client_builder};
+use crate::onetask::OneTask;
 
 /// At most this many idle connections are kept; each holds a QUIC stream.
 const MAX_IDLE: usize = 64;
@@ -71,9 +72,10 @@ impl CallPool {
     /// ends when the pool lets it go or the channel ends.
     async fn open(&self) -> Result<SendRequest<Body>, CallError> {
         let stream = self.conn.open_stream().await?;
-        let (send, connection) = client_builder(STREAM_WINDOW).handshake(TokioIo::new(stream)).await?;
+        let exec = OneTask::new();
+        let (send, connection) = client_builder(STREAM_WINDOW, exec.clone()).handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            if let Err(e) = exec.drive(connection).await {
                 tracing::debug!(error = %e, "a call stream's HTTP/2 connection ended with an error");
             }
         });

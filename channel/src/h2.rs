@@ -26,6 +26,7 @@ pub fn is_grpc(headers: &http::HeaderMap) -> bool {
         .is_some_and(|ct| ct.starts_with("application/grpc"))
 }
 
+use crate::onetask::OneTask;
 use crate::{Connection, Io, KeepAlive};
 
 /// HTTP/2 stream flow-control window: a 1 MiB payload is not window-bound.
@@ -72,7 +73,8 @@ pub type ClientConnection = Pin<Box<dyn Future<Output = Result<(), hyper::Error>
 /// (`None`: no PINGs, as in the mobile profile). Fails when the app does
 /// not complete the HTTP/2 preface.
 pub async fn client(io: Io, keep_alive: Option<KeepAlive>) -> Result<(H2Client, ClientConnection), hyper::Error> {
-    let mut builder = client_builder(CONN_WINDOW);
+    let exec = OneTask::new();
+    let mut builder = client_builder(CONN_WINDOW, exec.clone());
     if let Some(keep_alive) = keep_alive {
         builder
             .keep_alive_interval(keep_alive.interval)
@@ -80,13 +82,14 @@ pub async fn client(io: Io, keep_alive: Option<KeepAlive>) -> Result<(H2Client, 
             .keep_alive_while_idle(true);
     }
     let (send, conn) = builder.handshake(TokioIo::new(io)).await?;
-    Ok((H2Client { send, streams: None }, Box::pin(conn)))
+    Ok((H2Client { send, streams: None }, Box::pin(exec.drive(conn))))
 }
 
 /// The sidecar's HTTP/2 client settings, with a connection window of
-/// `conn_window` (a call stream's connection carries one call at a time).
-pub(crate) fn client_builder(conn_window: u32) -> hyper::client::conn::http2::Builder<TokioExecutor> {
-    let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+/// `conn_window` (a call stream's connection carries one call at a time),
+/// spawning on `exec` (drive the connection with [`OneTask::drive`]).
+pub(crate) fn client_builder(conn_window: u32, exec: OneTask) -> hyper::client::conn::http2::Builder<OneTask> {
+    let mut builder = hyper::client::conn::http2::Builder::new(exec);
     builder
         .timer(TokioTimer::new())
         .initial_stream_window_size(STREAM_WINDOW)
@@ -157,6 +160,9 @@ where
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    // hyper's own executor here: a call's stream task runs the app's
+    // handler, which must not share one task with every other call
+    // (docs/benchmarks.md: one task on this side too bought little).
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())

@@ -24,6 +24,7 @@ mod io;
 mod listener;
 pub mod lograte;
 pub mod notice;
+mod onetask;
 pub mod reset;
 mod transport;
 

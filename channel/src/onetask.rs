@@ -1,0 +1,349 @@
+//! One task per HTTP/2 connection: what hyper spawns for a connection (the
+//! client's connection task, a request body's pipe, a call's stream task on
+//! the server) runs inside the task that drives the connection, instead of
+//! beside it on another worker thread.
+//!
+//! Why: hyper hands each of those to its executor, and on tokio's
+//! multi-threaded runtime they run wherever a worker is free. A call's
+//! frames then come from two threads at once: the connection task flushes
+//! a HEADERS frame while the call's task, on the other worker, is still
+//! queuing the DATA behind it. Over QUIC every such flush is a packet, with
+//! its wake-ups on both ends (docs/benchmarks.md, "The cost on a clean
+//! path"). Polled from one task, a call's task queues all its frames
+//! before the connection task runs again, so they leave together.
+//!
+//! Used for the sidecar's HTTP/2 clients, where only hyper's own futures
+//! run (the connection, request-body pipes, response futures). The app's
+//! HTTP/2 server keeps hyper's plain executor: there a call's task runs the
+//! app's handler, and one slow handler must not hold up the connection or
+//! the other calls on it.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::task::AtomicWaker;
+
+type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What the executor and its driver share.
+#[derive(Default)]
+struct Shared {
+    /// Spawned and not yet picked up by the driver.
+    new: Mutex<Vec<Task>>,
+    /// The driver's task, woken when something is spawned.
+    driver: AtomicWaker,
+    /// The driver is gone: spawn on the runtime instead.
+    gone: AtomicBool,
+}
+
+/// hyper's executor for one connection (clone it into the connection's
+/// builder, then drive the connection with [`OneTask::drive`]).
+#[derive(Clone, Default)]
+pub(crate) struct OneTask(Arc<Shared>);
+
+impl<F> hyper::rt::Executor<F> for OneTask
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        if !self.0.gone.load(Ordering::Acquire)
+            && let Ok(mut new) = self.0.new.lock()
+        {
+            // Checked again under the lock: the driver sets `gone` while
+            // holding it, so nothing is left behind in the queue.
+            if !self.0.gone.load(Ordering::Acquire) {
+                new.push(Box::pin(fut));
+                drop(new);
+                self.0.driver.wake();
+                return;
+            }
+        }
+        spawn(Box::pin(fut));
+    }
+}
+
+impl OneTask {
+    /// A new executor, for one connection.
+    pub(crate) fn new() -> OneTask {
+        OneTask::default()
+    }
+
+    /// Drives `main` (the connection future hyper returned) and everything
+    /// spawned on this executor, in the task that polls the result.
+    /// Resolves with `main`'s output; what is still running then goes on
+    /// as tasks of the runtime, as it would have with a plain executor.
+    pub(crate) fn drive<M>(self, main: M) -> Driven<M>
+    where
+        M: Future + Unpin,
+    {
+        Driven { main, tasks: FuturesUnordered::new(), exec: self }
+    }
+}
+
+/// A connection future driven together with its spawned futures (see
+/// [`OneTask::drive`]).
+pub(crate) struct Driven<M> {
+    main: M,
+    tasks: FuturesUnordered<Task>,
+    exec: OneTask,
+}
+
+impl<M> Driven<M> {
+    /// Moves what was spawned since the last look into `tasks`.
+    fn pick_up(&mut self) -> bool {
+        let new = match self.exec.0.new.lock() {
+            Ok(mut new) => std::mem::take(&mut *new),
+            Err(_) => return false,
+        };
+        let any = !new.is_empty();
+        self.tasks.extend(new);
+        any
+    }
+
+    /// Hands everything still running, and all later spawns, to the runtime.
+    fn let_go(&mut self) {
+        let new = match self.exec.0.new.lock() {
+            Ok(mut new) => {
+                self.exec.0.gone.store(true, Ordering::Release);
+                std::mem::take(&mut *new)
+            }
+            Err(_) => {
+                self.exec.0.gone.store(true, Ordering::Release);
+                Vec::new()
+            }
+        };
+        for task in std::mem::take(&mut self.tasks).into_iter().chain(new) {
+            spawn(task);
+        }
+    }
+}
+
+/// Runs `task` on the current runtime; drops it where there is none (the
+/// runtime shutting down), as the runtime itself would.
+fn spawn(task: Task) {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(task);
+    }
+}
+
+impl<M: Future + Unpin> Future for Driven<M> {
+    type Output = M::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<M::Output> {
+        self.exec.0.driver.register(cx.waker());
+        loop {
+            self.pick_up();
+            // The spawned futures first: a call's task queues its frames
+            // before the connection writes them out.
+            while let Poll::Ready(Some(())) = self.tasks.poll_next_unpin(cx) {}
+            if let Poll::Ready(out) = Pin::new(&mut self.main).poll(cx) {
+                self.let_go();
+                return Poll::Ready(out);
+            }
+            // Polling the connection may have spawned more (a new call).
+            if !self.pick_up() {
+                return Poll::Pending;
+            }
+        }
+    }
+}
+
+impl<M> Drop for Driven<M> {
+    fn drop(&mut self) {
+        if !self.exec.0.gone.load(Ordering::Acquire) {
+            self.let_go();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use hyper::rt::Executor;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+
+    use super::*;
+
+    type TestError = Box<dyn std::error::Error + Send + Sync>;
+
+    /// A byte stream that records each write it takes.
+    struct Recorded {
+        inner: DuplexStream,
+        writes: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl AsyncRead for Recorded {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Recorded {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+            let r = Pin::new(&mut self.inner).poll_write(cx, data);
+            if let Poll::Ready(Ok(n)) = r
+                && let Ok(mut w) = self.writes.lock()
+            {
+                w.push(data[..n].to_vec());
+            }
+            r
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    /// A request body of one chunk, not known to be empty up front (as a
+    /// gRPC message's), so hyper pipes it from a future of its own.
+    struct OneChunk(Option<Bytes>);
+
+    impl http_body::Body for OneChunk {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.take().map(|b| Ok(http_body::Frame::data(b))))
+        }
+        fn is_end_stream(&self) -> bool {
+            self.0.is_none()
+        }
+    }
+
+    /// For each request stream of an HTTP/2 client's byte stream (after
+    /// the preface), the writes that carried its HEADERS and DATA frames.
+    fn frames_by_write(writes: &[Vec<u8>]) -> HashMap<u32, Vec<usize>> {
+        let bytes: Vec<u8> = writes.concat();
+        let mut starts = Vec::new();
+        let mut at = 0;
+        for (i, w) in writes.iter().enumerate() {
+            starts.push((at, i));
+            at += w.len();
+        }
+        let write_of = |off: usize| starts.iter().rev().find(|(s, _)| *s <= off).map_or(0, |(_, i)| *i);
+        let mut by_stream: HashMap<u32, Vec<usize>> = HashMap::new();
+        let mut off = 24; // the client preface
+        while off + 9 <= bytes.len() {
+            let len = usize::from(bytes[off]) << 16 | usize::from(bytes[off + 1]) << 8 | usize::from(bytes[off + 2]);
+            let kind = bytes[off + 3];
+            let id = u32::from_be_bytes([bytes[off + 5], bytes[off + 6], bytes[off + 7], bytes[off + 8]]) & 0x7fff_ffff;
+            if (kind == 0 || kind == 1) && id != 0 {
+                by_stream.entry(id).or_default().push(write_of(off));
+            }
+            off += 9 + len;
+        }
+        by_stream
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_request_s_headers_and_body_leave_in_one_write() -> Result<(), TestError> {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        // The app's end answers every request with an empty 200.
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(theirs), svc)
+                .await;
+        });
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let io = crate::coalesce::Coalesced::new(Recorded { inner: ours, writes: writes.clone() });
+        let exec = OneTask::new();
+        let (mut send, conn) =
+            crate::h2::client_builder(crate::h2::CONN_WINDOW, exec.clone()).handshake(TokioIo::new(io)).await?;
+        tokio::spawn(exec.drive(conn));
+        for _ in 0..50 {
+            let body = tonic::body::Body::new(OneChunk(Some(Bytes::from_static(b"a call's message"))));
+            let req = http::Request::post("http://app/echo").body(body)?;
+            send.ready().await?;
+            let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
+                .await
+                .map_err(|_| "no answer within 10 s")??;
+            assert_eq!(resp.status(), 200);
+        }
+        let writes = writes.lock().map_err(|_| "poisoned")?.clone();
+        let mut by_stream = frames_by_write(&writes);
+        assert_eq!(by_stream.len(), 50, "every request's frames were seen");
+        // Not the first: its HEADERS join the flush of the connection's
+        // preface and SETTINGS, which has already waited its turn.
+        by_stream.remove(&1);
+        for (id, at) in by_stream {
+            assert!(at.len() >= 2, "stream {id}: HEADERS and DATA");
+            assert!(at.iter().all(|w| *w == at[0]), "stream {id}: its frames left in writes {at:?}, not one");
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn spawned_futures_run_in_the_driving_task() -> Result<(), String> {
+        let exec = OneTask::new();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (r, e) = (ran.clone(), exec.clone());
+        // The main future spawns one task; it ends once that task has run.
+        let main = Box::pin(async move {
+            let r2 = r.clone();
+            e.execute(async move {
+                r2.fetch_add(1, Ordering::SeqCst);
+                let _ = tx.send(());
+            });
+            let _ = rx.await;
+            r.load(Ordering::SeqCst)
+        });
+        let seen = tokio::time::timeout(std::time::Duration::from_secs(10), exec.drive(main))
+            .await
+            .map_err(|_| "the driven future never finished".to_string())?;
+        assert_eq!(seen, 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn what_is_left_at_the_end_goes_on_as_tasks() -> Result<(), String> {
+        let exec = OneTask::new();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let e = exec.clone();
+        // Spawns a task that waits for `go`, then ends at once.
+        let main = Box::pin(async move {
+            e.execute(async move {
+                let _ = wait.await;
+                let _ = tx.send(());
+            });
+            tokio::task::yield_now().await;
+        });
+        exec.clone().drive(main).await;
+        let _ = go.send(());
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx)
+            .await
+            .map_err(|_| "the task left running was dropped".to_string())?
+            .map_err(|_| "the task left running was dropped".to_string())?;
+        // And later spawns run on the runtime.
+        let (tx2, rx2) = tokio::sync::oneshot::channel::<()>();
+        exec.execute(async move {
+            let _ = tx2.send(());
+        });
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx2)
+            .await
+            .map_err(|_| "a spawn after the end never ran".to_string())?
+            .map_err(|_| "a spawn after the end never ran".to_string())?;
+        Ok(())
+    }
+}
