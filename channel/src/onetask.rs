@@ -1,16 +1,17 @@
-//! One task per HTTP/2 connection: what hyper spawns for a connection (the
-//! client's connection task, a request body's pipe, a call's stream task on
-//! the server) runs inside the task that drives the connection, instead of
+//! One task per HTTP/2 client connection: what hyper spawns for a
+//! connection (its connection task, a request body's pipe, a response
+//! future) runs inside the task that drives the connection, instead of
 //! beside it on another worker thread.
 //!
 //! Why: hyper hands each of those to its executor, and on tokio's
 //! multi-threaded runtime they run wherever a worker is free. A call's
 //! frames then come from two threads at once: the connection task flushes
-//! a HEADERS frame while the call's task, on the other worker, is still
-//! queuing the DATA behind it. Over QUIC every such flush is a packet, with
-//! its wake-ups on both ends (docs/benchmarks.md, "The cost on a clean
-//! path"). Polled from one task, a call's task queues all its frames
-//! before the connection task runs again, so they leave together.
+//! a request's HEADERS frame while its body's pipe, on the other worker,
+//! is still queuing the DATA behind it. Over QUIC every such flush is a
+//! packet, with its wake-ups on both ends (docs/benchmarks.md, "One task
+//! per HTTP/2 client connection"). Polled from one task, the pipe queues
+//! its frames before the connection task runs again, so they leave
+//! together.
 //!
 //! Used for the sidecar's HTTP/2 clients, where only hyper's own futures
 //! run (the connection, request-body pipes, response futures). The app's
