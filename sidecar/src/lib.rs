@@ -141,6 +141,9 @@ impl Running {
         if let Some(metrics) = self.metrics {
             line.push_str(&format!(" metrics={metrics}"));
         }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            line.push_str(&format!(" workers={}", rt.metrics().num_workers()));
+        }
         line
     }
 

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
             }
         };
     }
+    let workers = cli.run.worker_threads;
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| cli.run.log_level.clone());
     let env_filter = match tracing_subscriber::EnvFilter::try_new(&filter) {
         Ok(f) => f,
@@ -65,7 +66,12 @@ fn main() -> ExitCode {
     if let Some(n) = dialback_sidecar::raise_fd_limit() {
         tracing::debug!(limit = n, "open-files limit");
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = workers {
+        runtime.worker_threads(usize::from(n));
+    }
+    let runtime = match runtime.build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("dialbackd: cannot start the runtime: {e}");

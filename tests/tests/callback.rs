@@ -81,6 +81,23 @@ async fn invokes_over_tcp() {
     invokes_over("tcp").await;
 }
 
+/// `--worker-threads 1`: the ready line says so, and calls go through over
+/// both transports on the one thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_thread_serves_both_transports() {
+    let sc = SidecarBuilder::callback("echo").args(["--worker-threads", "1"]).spawn().await;
+    let ready = sc.log().lines().find(|l| l.contains("dialbackd ready")).map(str::to_string).unwrap_or_default();
+    assert!(ready.contains(" workers=1"), "the ready line: {ready}");
+    for transport in ["quic", "tcp"] {
+        let mut app = AppBuilder::echo(sc.grpc).transport(transport).spawn();
+        assert_eq!(app.wait_connected().await, transport);
+        reachable_over(&sc, transport).await;
+        let resp = sdk_client(&sc).invoke("echo", "m", b"one thread".to_vec(), "text/plain").await.unwrap();
+        assert_eq!(resp.data.unwrap().value, b"one thread");
+        app.kill().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auto_prefers_quic() {
     let sc = SidecarBuilder::callback("echo").spawn().await;

@@ -26,6 +26,7 @@ fn help_lists_every_flag_group_with_a_meaning() {
         "--dapr-api-token",
         "--callback-client-ca-file",
         "--log-level",
+        "--worker-threads",
     ] {
         let line = help.lines().find(|l| l.trim_start().starts_with(flag)).unwrap_or_else(|| panic!("{flag} missing"));
         let idx = help.find(line).unwrap();
@@ -90,6 +91,7 @@ fn bad_flags_fail_with_one_line_and_exit_64() {
         vec!["--app-id", "a", "--callback-advertise-address", "nohost"],
         vec!["--app-id", "a", "--no-such-flag"],
         vec!["--app-id", "a", "--callback-transport", "udp"],
+        vec!["--app-id", "a", "--worker-threads", "0"],
     ] {
         let out = Command::new(&binaries().dialbackd).args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(64), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));

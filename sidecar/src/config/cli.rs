@@ -291,6 +291,12 @@ pub struct RunArgs {
     /// Log level or filter (RUST_LOG wins when set).
     #[arg(long, default_value = "info")]
     pub log_level: String,
+
+    /// Threads that run the sidecar's work (default: one per core, or
+    /// TOKIO_WORKER_THREADS). Next to one app on a box of two cores or
+    /// so, 1 measured faster and cheaper (docs/benchmarks.md).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub worker_threads: Option<u16>,
 }
 
 /// How calls to an app on QUIC travel (`--callback-quic-streams`).
