@@ -6,6 +6,13 @@
 //! SDK's `NewServiceFromCallbackChannel`: give it the sidecar's address
 //! (or let it read Dapr's environment) and your services, and it keeps the
 //! channel up for the life of the process.
+//!
+//! It runs on the app's tokio runtime. On a phone or an edge box, one
+//! worker thread (measured with `TOKIO_WORKER_THREADS=1`; a current-thread
+//! runtime is one thread too) sends a small call's answer in one packet
+//! where two threads often split it, at less CPU per call (README, "One
+//! thread is enough, and cheaper"); blocking or long work in a handler then
+//! belongs in `spawn_blocking`.
 
 mod api;
 mod backoff;
