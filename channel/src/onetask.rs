@@ -21,8 +21,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -33,12 +32,25 @@ type Task = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// What the executor and its driver share.
 #[derive(Default)]
 struct Shared {
-    /// Spawned and not yet picked up by the driver.
-    new: Mutex<Vec<Task>>,
+    queue: Mutex<Queue>,
     /// The driver's task, woken when something is spawned.
     driver: AtomicWaker,
+}
+
+/// Spawned futures on their way to the driver.
+#[derive(Default)]
+struct Queue {
+    /// Spawned and not yet picked up by the driver.
+    new: Vec<Task>,
     /// The driver is gone: spawn on the runtime instead.
-    gone: AtomicBool,
+    gone: bool,
+}
+
+impl Shared {
+    /// The queue (a panic elsewhere cannot leave it half-changed).
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 /// hyper's executor for one connection (clone it into the connection's
@@ -51,19 +63,15 @@ where
     F: Future<Output = ()> + Send + 'static,
 {
     fn execute(&self, fut: F) {
-        if !self.0.gone.load(Ordering::Acquire)
-            && let Ok(mut new) = self.0.new.lock()
-        {
-            // Checked again under the lock: the driver sets `gone` while
-            // holding it, so nothing is left behind in the queue.
-            if !self.0.gone.load(Ordering::Acquire) {
-                new.push(Box::pin(fut));
-                drop(new);
-                self.0.driver.wake();
-                return;
-            }
+        let mut queue = self.0.queue();
+        if queue.gone {
+            drop(queue);
+            spawn(Box::pin(fut));
+            return;
         }
-        spawn(Box::pin(fut));
+        queue.new.push(Box::pin(fut));
+        drop(queue);
+        self.0.driver.wake();
     }
 }
 
@@ -96,26 +104,19 @@ pub(crate) struct Driven<M> {
 impl<M> Driven<M> {
     /// Moves what was spawned since the last look into `tasks`.
     fn pick_up(&mut self) -> bool {
-        let new = match self.exec.0.new.lock() {
-            Ok(mut new) => std::mem::take(&mut *new),
-            Err(_) => return false,
-        };
+        let new = std::mem::take(&mut self.exec.0.queue().new);
         let any = !new.is_empty();
         self.tasks.extend(new);
         any
     }
 
-    /// Hands everything still running, and all later spawns, to the runtime.
+    /// Hands everything still running, and all later spawns, to the runtime
+    /// (again: nothing more to hand).
     fn let_go(&mut self) {
-        let new = match self.exec.0.new.lock() {
-            Ok(mut new) => {
-                self.exec.0.gone.store(true, Ordering::Release);
-                std::mem::take(&mut *new)
-            }
-            Err(_) => {
-                self.exec.0.gone.store(true, Ordering::Release);
-                Vec::new()
-            }
+        let new = {
+            let mut queue = self.exec.0.queue();
+            queue.gone = true;
+            std::mem::take(&mut queue.new)
         };
         for task in std::mem::take(&mut self.tasks).into_iter().chain(new) {
             spawn(task);
@@ -155,16 +156,14 @@ impl<M: Future + Unpin> Future for Driven<M> {
 
 impl<M> Drop for Driven<M> {
     fn drop(&mut self) {
-        if !self.exec.0.gone.load(Ordering::Acquire) {
-            self.let_go();
-        }
+        self.let_go();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
     use bytes::Bytes;
