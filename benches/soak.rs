@@ -8,9 +8,10 @@
 //! minutes, for CI), `-- --minutes N`, `-- --seed N` (replay a schedule),
 //! `-- --callers N`, `-- --pause-ms N` (each caller's pause between calls),
 //! `-- --no-attackers`, `-- --no-faults`. Prints the faults as they happen,
-//! then a table per minute and the verdicts, and writes
-//! `target/bench-soak.json`. Exits non-zero only when calls were LOST or a
-//! bypass attempt got past the API token; the memory, fd and log verdicts
+//! then a table per minute, the first LOST calls by send time, and the
+//! verdicts, and writes `target/bench-soak.json`; every process's log is
+//! kept in `target/soak-logs/`. Exits non-zero only when calls were LOST or
+//! a bypass attempt got past the API token; the memory, fd and log verdicts
 //! print PASS/MISS without failing the run.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -116,6 +117,10 @@ async fn run(args: args::Args) -> anyhow::Result<bool> {
         Vec::new()
     };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // Every process's log, kept for a look after a failed run (a killed process's temp dir goes).
+    let logs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/soak-logs");
+    let _ = std::fs::remove_dir_all(&logs);
+    std::fs::create_dir_all(&logs)?;
     let injector = Injector {
         sidecar,
         app,
@@ -124,6 +129,8 @@ async fn run(args: args::Args) -> anyhow::Result<bool> {
         down: Arc::new(Mutex::new(Vec::new())),
         progress: callers.progress(),
         generation,
+        logs: logs.clone(),
+        kept: AtomicU64::new(0),
     };
     let injecting = tokio::spawn(injector.run(args.seed, args.faults, stop_rx));
 
@@ -192,6 +199,12 @@ async fn run(args: args::Args) -> anyhow::Result<bool> {
         println!("connection errors while the sidecar was down (not lost):");
         calls.down_reasons.iter().for_each(|(k, n)| println!("  {n:>6} x {k}"));
     }
+    if !calls.lost_calls.is_empty() {
+        println!("LOST calls (sent and ended, seconds since the start; logs in {}):", logs.display());
+        for l in &calls.lost_calls {
+            println!("  {:>7.1} .. {:>7.1}  {}: {}", l.sent.as_secs_f64(), l.ended.as_secs_f64(), l.what, l.why);
+        }
+    }
     if args.attackers {
         println!("attackers (from {ATTACKER_IP}):");
         stats.held_lines().iter().for_each(|l| println!("{l}"));
@@ -227,6 +240,8 @@ async fn run(args: args::Args) -> anyhow::Result<bool> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench-soak.json");
     std::fs::write(&path, serde_json::to_string_pretty(&out)?)?;
     println!("wrote {}", path.display());
+    injector.keep_log("sidecar", injector.sidecar.log_path());
+    injector.keep_log("app", injector.app.log_path());
     drop(injector);
     Ok(verdicts.failed)
 }

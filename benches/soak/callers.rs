@@ -39,16 +39,34 @@ pub struct MinuteCalls {
 /// A connection error to the API, sorted into "sidecar down" or LOST once the restart windows are known.
 #[derive(Clone, Debug)]
 struct ConnError {
+    call: String,
     sent: Duration,
     failed_at: Duration,
     what: String,
 }
+
+/// One LOST call, for the report: which, when, why.
+#[derive(Clone, Debug)]
+pub struct LostCall {
+    /// The call's path and body (caller and sequence number).
+    pub what: String,
+    /// When it was sent, since the start of the run.
+    pub sent: Duration,
+    /// When it was given up or failed.
+    pub ended: Duration,
+    /// Why it counts as LOST.
+    pub why: String,
+}
+
+/// How many LOST calls are listed one by one (all are counted).
+const LOST_LISTED: usize = 20;
 
 #[derive(Debug, Default)]
 struct Tally {
     minutes: Vec<MinuteCalls>,
     conn_errors: Vec<ConnError>,
     lost_reasons: BTreeMap<String, u64>,
+    lost_calls: Vec<LostCall>,
     down_reasons: BTreeMap<String, u64>,
 }
 
@@ -58,8 +76,11 @@ impl Tally {
         &mut self.minutes[(at.as_secs() / 60).min(last as u64) as usize]
     }
 
-    fn lose(&mut self, at: Duration, why: String) {
+    fn lose(&mut self, what: &str, sent: Duration, at: Duration, why: String) {
         self.minute(at).lost += 1;
+        if self.lost_calls.len() < LOST_LISTED {
+            self.lost_calls.push(LostCall { what: what.to_string(), sent, ended: at, why: why.clone() });
+        }
         *self.lost_reasons.entry(why).or_default() += 1;
     }
 }
@@ -88,6 +109,8 @@ pub struct CallReport {
     pub minutes: Vec<MinuteCalls>,
     /// Why calls were LOST, and how often.
     pub lost_reasons: BTreeMap<String, u64>,
+    /// The first LOST calls, one by one.
+    pub lost_calls: Vec<LostCall>,
     /// Which connection errors fell in a sidecar restart window, and how often.
     pub down_reasons: BTreeMap<String, u64>,
     /// Calls started; every one is in exactly one count of `minutes`.
@@ -158,12 +181,13 @@ impl Callers {
                 tally.minute(e.failed_at).down += 1;
                 *tally.down_reasons.entry(e.what).or_default() += 1;
             } else {
-                tally.lose(e.failed_at, format!("connection error to the API: {}", e.what));
+                tally.lose(&e.call, e.sent, e.failed_at, format!("connection error to the API: {}", e.what));
             }
         }
         let report = CallReport {
             minutes: tally.minutes,
             lost_reasons: tally.lost_reasons,
+            lost_calls: tally.lost_calls,
             down_reasons: tally.down_reasons,
             started: self.shared.started.load(Relaxed),
         };
@@ -217,22 +241,23 @@ async fn call(shared: &Shared, client: &Client<HttpConnector, Full<Bytes>>, url:
         Err(_) => Reply::NoAnswer,
     };
     let done = shared.start.elapsed();
+    let what = format!("{} {body:?}", url.rsplit('/').next().unwrap_or(url));
     let mut t = shared.tally.lock().expect("lock");
     match reply {
         Reply::Answer(200, b) if b == body.as_bytes() => {
             t.minute(done).ok += 1;
             shared.last_ok_sent_ms.fetch_max(sent.as_millis() as u64, Relaxed);
         }
-        Reply::Answer(200, _) => t.lose(done, "200 with a wrong body".into()),
+        Reply::Answer(200, _) => t.lose(&what, sent, done, "200 with a wrong body".into()),
         Reply::Answer(s, b) if CLEAR_STATUSES.contains(&s) && dapr_error(&b).is_some() => {
             *t.minute(done).clear.entry(s).or_default() += 1;
         }
         Reply::Answer(s, b) => {
             let kind = if dapr_error(&b).is_some() { "Dapr JSON" } else { "no Dapr JSON" };
-            t.lose(done, format!("status {s} ({kind})"));
+            t.lose(&what, sent, done, format!("status {s} ({kind})"));
         }
-        Reply::ConnError(what) => t.conn_errors.push(ConnError { sent, failed_at: done, what }),
-        Reply::NoAnswer => t.lose(done, format!("no answer within {CALL_BOUND:?}")),
+        Reply::ConnError(e) => t.conn_errors.push(ConnError { call: what, sent, failed_at: done, what: e }),
+        Reply::NoAnswer => t.lose(&what, sent, done, format!("no answer within {CALL_BOUND:?}")),
     }
 }
 
@@ -256,6 +281,9 @@ pub fn report_json(r: &CallReport) -> serde_json::Value {
         })).collect::<Vec<_>>(),
         "started": r.started,
         "lost_reasons": r.lost_reasons,
+        "lost_calls": r.lost_calls.iter().map(|l| json!({
+            "call": l.what, "sent_s": l.sent.as_secs_f64(), "ended_s": l.ended.as_secs_f64(), "why": l.why,
+        })).collect::<Vec<_>>(),
         "sidecar_down_errors": r.down_reasons,
     })
 }

@@ -3,6 +3,7 @@
 //! sent after the heal to be answered (bounded), then stays calm a few
 //! seconds.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -117,9 +118,21 @@ pub struct Injector {
     pub progress: Progress,
     /// Bumped before each sidecar SIGKILL (see [`crate::attackers::Targets`]).
     pub generation: Arc<AtomicU64>,
+    /// Where each process's log is copied when it dies (and at the end): `target/soak-logs`.
+    pub logs: PathBuf,
+    /// Logs copied so far (numbers the copies in order).
+    pub kept: AtomicU64,
 }
 
 impl Injector {
+    /// Copies a process's log into [`Injector::logs`] before its handle (and temp dir) goes.
+    pub fn keep_log(&self, name: &str, from: &Path) {
+        let n = self.kept.fetch_add(1, Relaxed);
+        if let Err(e) = std::fs::copy(from, self.logs.join(format!("{n:02}-{name}.log"))) {
+            eprintln!("could not keep the {name} log {}: {e}", from.display());
+        }
+    }
+
     /// Injects faults drawn from `seed` until `stop` turns true (finishing the fault under way and
     /// its recovery wait), then hands back the processes and what it did. With `enabled` false it only waits.
     pub async fn run(
@@ -164,12 +177,14 @@ impl Injector {
                 let next = self.sidecar.restart().await;
                 self.lives.lock().expect("lock")[SIDECAR].born(next.pid(), next.log_path());
                 // The old handle's temp dir (its log) goes now; the state dir is the bench's own.
+                self.keep_log("sidecar", self.sidecar.log_path());
                 self.sidecar = next;
                 self.down.lock().expect("lock").push((from, self.progress.now()));
             }
             Fault::AppKill => {
                 self.app.kill().await;
                 self.lives.lock().expect("lock")[APP].died(&ip);
+                self.keep_log("app", self.app.log_path());
                 self.app = self.app.respawn();
                 self.lives.lock().expect("lock")[APP].born(self.app.pid(), self.app.log_path());
             }
