@@ -59,9 +59,17 @@ impl Listener {
         self.rx.recv().await
     }
 
-    /// The QUIC connection IDs issued lately (for [`ListenerConfig::reset_previous`] after a restart).
+    /// The QUIC connection IDs issued lately (for [`ListenerConfig::reset_previous`] after a restart),
+    /// oldest first; the last is the one the app at [`Listener::watch_peer`] sends to, once seen.
     pub fn recent_cids(&self) -> Vec<Vec<u8>> {
         self.cids.snapshot()
+    }
+
+    /// Names the live QUIC app's address (again after it moves): the
+    /// connection ID its packets carry stays in [`Listener::recent_cids`]
+    /// however many handshakes strangers start.
+    pub fn watch_peer(&self, addr: SocketAddr) {
+        self.cids.watch(addr);
     }
 
     /// Stops accepting new connections; channels already handed up live on.

@@ -21,7 +21,7 @@ use crate::config::{DialConfig, ListenerConfig};
 use crate::error::{AcceptError, BindError, DialError, quic_io};
 use crate::handshake;
 use crate::io::{CallStream, CloseCode, Connection, Io, Link, PathCounts, StreamFuture};
-use crate::reset::{CidLog, RecordingCids, reset_previous};
+use crate::reset::{CidLog, RecordingCids, WatchedSocket, reset_previous};
 use crate::{Hello, RefusalReason, Transport, Verdict, coalesce::Coalesced};
 
 /// A live QUIC connection, whether it carries a stream per call, and
@@ -373,8 +373,13 @@ pub(crate) fn bind(
         }
     }
     let runtime = quinn::default_runtime().ok_or_else(|| BindError::Tls("no async runtime for quinn".to_string()))?;
-    let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)
-        .map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
+    let bind_err = |source| BindError::Bind { transport: "udp", addr, source };
+    let mut socket: Arc<dyn quinn::AsyncUdpSocket> = runtime.wrap_udp_socket(socket).map_err(bind_err)?;
+    if let Some(key) = &config.reset_key {
+        socket = Arc::new(WatchedSocket::new(socket, cid_key(key), cids.clone()));
+    }
+    let endpoint =
+        quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket, runtime).map_err(bind_err)?;
     let addr = endpoint.local_addr().map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
     Ok((endpoint, addr))
 }

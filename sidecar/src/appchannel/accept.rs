@@ -49,7 +49,9 @@ fn save_quic_peers(listener: &Listener, registry: &Registry, policy: &CallbackPo
     if !live.conn.can_migrate() {
         return;
     }
-    let content = crate::statedir::format_peers(&[live.conn.peer_addr()], &listener.recent_cids());
+    let peer = live.conn.peer_addr();
+    listener.watch_peer(peer);
+    let content = crate::statedir::format_peers(&[peer], &listener.recent_cids());
     if content != *saved {
         match crate::statedir::save_peers(&policy.state_dir, &content) {
             Ok(()) => *saved = content,

@@ -163,6 +163,54 @@ async fn a_handshake_flood_does_not_lock_out_legitimate_hellos() {
     assert_caller_undisturbed(calls, "the handshake flood").await;
 }
 
+/// The connection IDs in the sidecar's record of its QUIC app.
+fn recorded_cids(path: &std::path::Path) -> Option<std::collections::HashSet<String>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(text.lines().filter_map(|l| l.strip_prefix("cid ")).map(str::to_string).collect())
+}
+
+/// Found by the soak run: every QUIC handshake a stranger starts (refused,
+/// retried or never completed) costs the sidecar a connection ID, and a
+/// flood of them pushed the live app's ID out of those a restarted sidecar
+/// resets, so a quiet app learnt of the restart only at its next keepalive.
+/// With keepalives 90 s apart, only the restarted sidecar's resets can tell
+/// the app in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_flood_does_not_keep_a_restarted_sidecar_from_resetting_its_app() {
+    let slow =
+        ["--callback-keepalive-interval", "90s", "--callback-idle-timeout", "300s", "--callback-ping-interval", "90s"];
+    let app_slow = ["--keepalive-ms", "90000", "--idle-timeout-ms", "300000"];
+    let mut live = Live::start(SidecarBuilder::callback("echo").args(slow), "quic", &app_slow).await;
+    let peers = live.sc.state_dir.join("quic-peers");
+    // Once the app is on record, the sidecar watches its address; a call
+    // then shows which connection ID the app's packets carry.
+    eventually("the QUIC app on record", PATIENCE, || async {
+        std::fs::read_to_string(&peers).ok()?.contains("peer ").then_some(())
+    })
+    .await;
+    assert_eq!(live.call("m", "before the flood").await.0, 200);
+    let before = recorded_cids(&peers).unwrap_or_default();
+    // Handshakes that never complete (the stranger rejects the sidecar's
+    // certificate), in rounds until every ID on record before the flood has
+    // been pushed out of the log (the live app's excepted, which the sidecar
+    // keeps apart).
+    let callback = live.sc.callback.unwrap();
+    eventually("the flood to push the earlier IDs off the record", PATIENCE, || async {
+        failed_dials(callback, 100).await;
+        let now = recorded_cids(&peers)?;
+        (now.len() >= 200 && now.intersection(&before).count() <= 1).then_some(())
+    })
+    .await;
+    live.sc.kill().await;
+    let sc2 = live.sc.restart().await;
+    live.app.wait_line("echo: disconnected").await;
+    assert_eq!(live.app.wait_connected().await, "quic");
+    let r = dialback_e2e::http_call("POST", &format!("{}/v1.0/invoke/echo/method/m", sc2.http_base()), &[], "after")
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.text()), (200, "after".to_string()));
+}
+
 fn tokio_util_stop() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
     std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false))
 }
@@ -217,6 +265,21 @@ async fn quic_initials(addr: SocketAddr, n: usize, stop: std::sync::Arc<std::syn
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     sent
+}
+
+/// `n` QUIC dials to `addr` from the attacker's address, at once, each by
+/// a client that rejects the sidecar's certificate (each a handshake the
+/// sidecar starts, refuses or retries, and never completes).
+async fn failed_dials(addr: SocketAddr, n: usize) {
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::new(ATTACKER, 0)).unwrap();
+    let trust = dialback_certs::ServerTrust::Pinned(dialback_certs::Fingerprint([0; 32]));
+    let tls = dialback_certs::client_config(&trust, None).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let dials = (0..n).filter_map(|_| endpoint.connect(addr, "localhost").ok());
+    for r in futures_util::future::join_all(dials).await {
+        assert!(r.is_err(), "a dial that rejects the sidecar's certificate connected");
+    }
 }
 
 /// The first datagram a real QUIC client sends to the sidecar: its Initial
