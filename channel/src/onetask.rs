@@ -292,6 +292,126 @@ mod tests {
         Ok(())
     }
 
+    /// Many callers on one connection, the app answering each after a
+    /// random short wait, and bodies that need several flow-control windows:
+    /// every call is answered (no wake-up lost between the connection's
+    /// task and what it drives).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_callers_on_one_connection_all_get_answers() -> Result<(), TestError> {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+                use http_body_util::BodyExt;
+                let body = req.into_body().collect().await?.to_bytes();
+                let wait = u64::from(body.first().copied().unwrap_or(0) % 4);
+                if wait > 0 {
+                    tokio::time::sleep(Duration::from_micros(100 * wait)).await;
+                } else {
+                    tokio::task::yield_now().await;
+                }
+                Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(body)))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(16 * 1024)
+                .serve_connection(TokioIo::new(theirs), svc)
+                .await;
+        });
+        let exec = OneTask::new();
+        let (send, conn) = crate::h2::client_builder(32 * 1024, exec.clone()).handshake(TokioIo::new(ours)).await?;
+        tokio::spawn(exec.drive(conn));
+        let callers = (0..64u8).map(|c| {
+            let mut send = send.clone();
+            tokio::spawn(async move {
+                for i in 0..100u32 {
+                    // Every tenth body spans a few windows.
+                    let len = if i % 10 == 0 { 40 * 1024 } else { 100 };
+                    let msg = Bytes::from(vec![c.wrapping_add(i as u8); len]);
+                    let req = http::Request::post("http://app/echo")
+                        .body(tonic::body::Body::new(OneChunk(Some(msg.clone()))))
+                        .map_err(|e| e.to_string())?;
+                    let call = async {
+                        send.ready().await?;
+                        let resp = send.send_request(req).await?;
+                        http_body_util::BodyExt::collect(resp.into_body()).await.map(|b| b.to_bytes())
+                    };
+                    let got = tokio::time::timeout(Duration::from_secs(30), call)
+                        .await
+                        .map_err(|_| format!("caller {c}, call {i}: no answer within 30 s"))?
+                        .map_err(|e| format!("caller {c}, call {i}: {e}"))?;
+                    if got != msg {
+                        return Err(format!("caller {c}, call {i}: a wrong body"));
+                    }
+                }
+                Ok::<_, String>(())
+            })
+        });
+        for r in futures_util::future::join_all(callers).await {
+            r??;
+        }
+        Ok(())
+    }
+
+    /// The app's end goes away with calls in flight (a channel that dies):
+    /// every call ends, with an answer or an error, none hangs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn calls_in_flight_when_the_connection_dies_all_end() -> Result<(), TestError> {
+        let (ours, theirs) = tokio::io::duplex(64 * 1024);
+        let answered = Arc::new(AtomicUsize::new(0));
+        let a = answered.clone();
+        let server = tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                let a = a.clone();
+                async move {
+                    // Some answers come at once, later ones never (the app is gone first).
+                    if a.fetch_add(1, Ordering::SeqCst) > 200 {
+                        std::future::pending::<()>().await;
+                    }
+                    Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
+                }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(theirs), svc)
+                .await;
+        });
+        let exec = OneTask::new();
+        let (send, conn) = crate::h2::client_builder(32 * 1024, exec.clone()).handshake(TokioIo::new(ours)).await?;
+        tokio::spawn(exec.drive(conn));
+        let callers: Vec<_> = (0..64u8)
+            .map(|c| {
+                let mut send = send.clone();
+                tokio::spawn(async move {
+                    for i in 0..20u32 {
+                        let msg = Bytes::from(vec![c; 100]);
+                        let req = http::Request::post("http://app/echo")
+                            .body(tonic::body::Body::new(OneChunk(Some(msg))))
+                            .map_err(|e| e.to_string())?;
+                        let call = async {
+                            send.ready().await?;
+                            send.send_request(req).await
+                        };
+                        match tokio::time::timeout(Duration::from_secs(30), call).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(_)) => return Ok(()),
+                            Err(_) => {
+                                return Err(format!("caller {c}, call {i}: neither answer nor error within 30 s"));
+                            }
+                        }
+                    }
+                    Ok::<_, String>(())
+                })
+            })
+            .collect();
+        // Once calls hang at the app, it dies.
+        while answered.load(Ordering::SeqCst) < 230 {
+            tokio::task::yield_now().await;
+        }
+        server.abort();
+        for r in futures_util::future::join_all(callers).await {
+            r??;
+        }
+        Ok(())
+    }
+
     #[tokio::test]
     async fn spawned_futures_run_in_the_driving_task() -> Result<(), String> {
         let exec = OneTask::new();
