@@ -202,7 +202,8 @@ async fn run(args: args::Args) -> anyhow::Result<bool> {
     if !calls.lost_calls.is_empty() {
         println!("LOST calls (sent and ended, seconds since the start; logs in {}):", logs.display());
         for l in &calls.lost_calls {
-            println!("  {:>7.1} .. {:>7.1}  {}: {}", l.sent.as_secs_f64(), l.ended.as_secs_f64(), l.what, l.why);
+            let later = l.later.as_deref().map(|x| format!(" ({x})")).unwrap_or_default();
+            println!("  {:>7.1} .. {:>7.1}  {}: {}{later}", l.sent.as_secs_f64(), l.ended.as_secs_f64(), l.what, l.why);
         }
     }
     if args.attackers {

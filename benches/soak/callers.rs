@@ -20,6 +20,10 @@ use tokio::task::JoinHandle;
 /// A call with no answer after this long is LOST.
 pub const CALL_BOUND: Duration = Duration::from_secs(30);
 
+/// How much longer a LOST call is followed, for the report (past the
+/// sidecar's default call timeout of 60 s).
+const LATE_BOUND: Duration = Duration::from_secs(45);
+
 /// Error statuses that count as a clear failure when their body is Dapr's JSON error.
 const CLEAR_STATUSES: [u16; 4] = [503, 504, 429, 413];
 
@@ -56,6 +60,8 @@ pub struct LostCall {
     pub ended: Duration,
     /// Why it counts as LOST.
     pub why: String,
+    /// For a call with no answer in time: what came of it later.
+    pub later: Option<String>,
 }
 
 /// How many LOST calls are listed one by one (all are counted).
@@ -79,7 +85,7 @@ impl Tally {
     fn lose(&mut self, what: &str, sent: Duration, at: Duration, why: String) {
         self.minute(at).lost += 1;
         if self.lost_calls.len() < LOST_LISTED {
-            self.lost_calls.push(LostCall { what: what.to_string(), sent, ended: at, why: why.clone() });
+            self.lost_calls.push(LostCall { what: what.to_string(), sent, ended: at, why: why.clone(), later: None });
         }
         *self.lost_reasons.entry(why).or_default() += 1;
     }
@@ -165,7 +171,8 @@ impl Callers {
         Progress(self.shared.clone())
     }
 
-    /// Stops the callers, waits for their last calls (each bounded by [`CALL_BOUND`]),
+    /// Stops the callers, waits for their last calls (each bounded by [`CALL_BOUND`], a LOST one
+    /// followed [`LATE_BOUND`] more),
     /// and sorts connection errors: from calls whose life overlapped one of `down` (sidecar
     /// killed .. ready again) they are "sidecar down", elsewhere LOST.
     pub async fn stop(self, down: &[(Duration, Duration)]) -> CallReport {
@@ -217,7 +224,8 @@ impl Progress {
 enum Reply {
     Answer(u16, Bytes),
     ConnError(String),
-    NoAnswer,
+    /// None within [`CALL_BOUND`]; what came later, if anything.
+    NoAnswer(String),
 }
 
 async fn call(shared: &Shared, client: &Client<HttpConnector, Full<Bytes>>, url: &str, token: &str, body: String) {
@@ -228,17 +236,26 @@ async fn call(shared: &Shared, client: &Client<HttpConnector, Full<Bytes>>, url:
         .header("dapr-api-token", token)
         .body(Full::new(Bytes::from(body.clone())))
         .expect("request");
-    let reply = match tokio::time::timeout(CALL_BOUND, async {
+    let exchange = async {
         let resp = client.request(req).await.map_err(|e| chain(&e))?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await.map_err(|e| chain(&e))?.to_bytes();
         Ok::<_, String>((status, body))
-    })
-    .await
-    {
+    };
+    tokio::pin!(exchange);
+    let reply = match tokio::time::timeout(CALL_BOUND, &mut exchange).await {
         Ok(Ok((status, b))) => Reply::Answer(status, b),
         Ok(Err(e)) => Reply::ConnError(e),
-        Err(_) => Reply::NoAnswer,
+        Err(_) => {
+            // LOST already; what came of it later (the sidecar's own call
+            // timeout is 60 s) tells a slow path from a call dropped on the way.
+            let later = match tokio::time::timeout(LATE_BOUND, &mut exchange).await {
+                Ok(Ok((status, _))) => format!("then status {status}"),
+                Ok(Err(e)) => format!("then failed: {e}"),
+                Err(_) => format!("nothing within {:?} more", LATE_BOUND),
+            };
+            Reply::NoAnswer(format!("{later} after {:.1} s", shared.start.elapsed().saturating_sub(sent).as_secs_f64()))
+        }
     };
     let done = shared.start.elapsed();
     let what = format!("{} {body:?}", url.rsplit('/').next().unwrap_or(url));
@@ -257,7 +274,13 @@ async fn call(shared: &Shared, client: &Client<HttpConnector, Full<Bytes>>, url:
             t.lose(&what, sent, done, format!("status {s} ({kind})"));
         }
         Reply::ConnError(e) => t.conn_errors.push(ConnError { call: what, sent, failed_at: done, what: e }),
-        Reply::NoAnswer => t.lose(&what, sent, done, format!("no answer within {CALL_BOUND:?}")),
+        Reply::NoAnswer(later) => {
+            // Counted in the minute it was given up in, as before it was followed.
+            t.lose(&what, sent, sent + CALL_BOUND, format!("no answer within {CALL_BOUND:?}"));
+            if let Some(l) = t.lost_calls.iter_mut().rev().find(|l| l.what == what) {
+                l.later = Some(later);
+            }
+        }
     }
 }
 
@@ -283,6 +306,7 @@ pub fn report_json(r: &CallReport) -> serde_json::Value {
         "lost_reasons": r.lost_reasons,
         "lost_calls": r.lost_calls.iter().map(|l| json!({
             "call": l.what, "sent_s": l.sent.as_secs_f64(), "ended_s": l.ended.as_secs_f64(), "why": l.why,
+            "later": l.later,
         })).collect::<Vec<_>>(),
         "sidecar_down_errors": r.down_reasons,
     })
