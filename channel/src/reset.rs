@@ -11,11 +11,12 @@
 //! as quinn computes it, so the persisted reset key makes them valid.
 //!
 //! The log holds the newest IDs issued to anyone, and strangers can push
-//! the app's out of it: every refused or half-open QUIC handshake costs the
-//! listener an ID (a busy soak run did it within 20 seconds, and its restart
-//! then went unnoticed by the app until its next Ping). So the listener
-//! also keeps, apart from the log, the ID the live app's packets are
-//! addressed to ([`WatchedSocket`]); it goes into every snapshot.
+//! the app's out of it: every QUIC handshake started (refused, retried or
+//! never completed) costs the listener an ID, as does each migration of the
+//! app. In soak runs the app then learnt of a restart only from its own late
+//! Pings. So the listener also keeps, apart from the log, the ID the live
+//! app's packets are addressed to ([`WatchedSocket`]); it goes into every
+//! snapshot.
 
 use std::collections::VecDeque;
 use std::fmt;
