@@ -182,6 +182,14 @@ impl AsyncUdpSocket for WatchedSocket {
     }
 }
 
+/// A CID-generator key derived from the reset key (never the key itself).
+pub(crate) fn cid_key(reset_key: &[u8; 32]) -> u64 {
+    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key), b"dialback cid key");
+    let mut k = [0u8; 8];
+    k.copy_from_slice(&tag.as_ref()[..8]);
+    u64::from_le_bytes(k)
+}
+
 /// quinn's hashed CID generator, keyed from the persisted reset key, that
 /// also records what it issues.
 pub(crate) struct RecordingCids {

@@ -21,7 +21,7 @@ use crate::config::{DialConfig, ListenerConfig};
 use crate::error::{AcceptError, BindError, DialError, quic_io};
 use crate::handshake;
 use crate::io::{CallStream, CloseCode, Connection, Io, Link, PathCounts, StreamFuture};
-use crate::reset::{CidLog, RecordingCids, WatchedSocket, reset_previous};
+use crate::reset::{CidLog, RecordingCids, WatchedSocket, cid_key, reset_previous};
 use crate::{Hello, RefusalReason, Transport, Verdict, coalesce::Coalesced};
 
 /// A live QUIC connection, whether it carries a stream per call, and
@@ -329,14 +329,6 @@ fn dial_error(addr: SocketAddr, e: quinn::ConnectionError) -> DialError {
 /// address with a Retry round trip before it gets a slot.
 const RETRY_ABOVE: f64 = 0.5;
 
-/// A CID-generator key derived from the reset key (never the key itself).
-fn cid_key(reset_key: &[u8; 32]) -> u64 {
-    let tag = ring::hmac::sign(&ring::hmac::Key::new(ring::hmac::HMAC_SHA256, reset_key), b"dialback cid key");
-    let mut k = [0u8; 8];
-    k.copy_from_slice(&tag.as_ref()[..8]);
-    u64::from_le_bytes(k)
-}
-
 /// Binds the sidecar's QUIC endpoint on `addr`, after sending stateless
 /// resets to the apps of a previous run. Returns it and its address.
 pub(crate) fn bind(
@@ -362,25 +354,25 @@ pub(crate) fn bind(
         let log = cids.clone();
         endpoint_config.cid_generator(move || Box::new(RecordingCids::new(cid_key, log.clone())));
     }
-    let socket =
-        crate::config::udp_socket(addr).map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
-    if let Some(key) = &config.reset_key {
-        let (peers, previous) = &config.reset_previous;
-        let sent = reset_previous(&socket, key, peers, previous);
-        config.events.resets_sent(sent);
-        if sent > 0 {
-            info!(sent, peers = peers.len(), "sent stateless resets to the apps of the previous run");
-        }
-    }
-    let runtime = quinn::default_runtime().ok_or_else(|| BindError::Tls("no async runtime for quinn".to_string()))?;
     let bind_err = |source| BindError::Bind { transport: "udp", addr, source };
-    let mut socket: Arc<dyn quinn::AsyncUdpSocket> = runtime.wrap_udp_socket(socket).map_err(bind_err)?;
-    if let Some(key) = &config.reset_key {
-        socket = Arc::new(WatchedSocket::new(socket, cid_key(key), cids.clone()));
-    }
+    let socket = crate::config::udp_socket(addr).map_err(bind_err)?;
+    let runtime = quinn::default_runtime().ok_or_else(|| BindError::Tls("no async runtime for quinn".to_string()))?;
+    let socket: Arc<dyn quinn::AsyncUdpSocket> = match &config.reset_key {
+        None => runtime.wrap_udp_socket(socket).map_err(bind_err)?,
+        Some(key) => {
+            let (peers, previous) = &config.reset_previous;
+            let sent = reset_previous(&socket, key, peers, previous);
+            config.events.resets_sent(sent);
+            if sent > 0 {
+                info!(sent, peers = peers.len(), "sent stateless resets to the apps of the previous run");
+            }
+            let inner = runtime.wrap_udp_socket(socket).map_err(bind_err)?;
+            Arc::new(WatchedSocket::new(inner, cid_key(key), cids.clone()))
+        }
+    };
     let endpoint =
         quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket, runtime).map_err(bind_err)?;
-    let addr = endpoint.local_addr().map_err(|source| BindError::Bind { transport: "udp", addr, source })?;
+    let addr = endpoint.local_addr().map_err(bind_err)?;
     Ok((endpoint, addr))
 }
 
