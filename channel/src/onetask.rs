@@ -252,27 +252,62 @@ mod tests {
         by_stream
     }
 
+    /// Serves HTTP/2 with `svc` on the app's end `io`, as the app does
+    /// (hyper's plain executor), with a stream window of `window`.
+    fn app_end<S>(io: DuplexStream, window: u32, svc: S) -> tokio::task::JoinHandle<()>
+    where
+        S: hyper::service::HttpService<hyper::body::Incoming> + Send + 'static,
+        S::Future: Send + 'static,
+        S::ResBody: Send + 'static,
+        <S::ResBody as http_body::Body>::Data: Send,
+        <S::ResBody as http_body::Body>::Error: Into<TestError>,
+    {
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(window)
+                .serve_connection(TokioIo::new(io), svc)
+                .await;
+        })
+    }
+
+    /// The sidecar's HTTP/2 client on `io` with a connection window of
+    /// `window`, driven by a [`OneTask`] in a task of its own.
+    async fn driven_client<T>(io: T, window: u32) -> Result<SendRequest, TestError>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let exec = OneTask::new();
+        let (send, conn) = crate::h2::client_builder(window, exec.clone()).handshake(TokioIo::new(io)).await?;
+        tokio::spawn(exec.drive(conn));
+        Ok(send)
+    }
+
+    type SendRequest = hyper::client::conn::http2::SendRequest<tonic::body::Body>;
+
+    /// HTTP/2's initial stream window (RFC 9113), hyper's server default.
+    const H2_DEFAULT_WINDOW: u32 = 65_535;
+
+    /// A call carrying `msg` as one chunk.
+    fn call_of(msg: Bytes) -> Result<http::Request<tonic::body::Body>, http::Error> {
+        http::Request::post("http://app/echo").body(tonic::body::Body::new(OneChunk(Some(msg))))
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_request_s_headers_and_body_leave_in_one_write() -> Result<(), TestError> {
         let (ours, theirs) = tokio::io::duplex(1 << 20);
         // The app's end answers every request with an empty 200.
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(|_req| async {
+        app_end(
+            theirs,
+            H2_DEFAULT_WINDOW,
+            hyper::service::service_fn(|_req| async {
                 Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
-            });
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(theirs), svc)
-                .await;
-        });
+            }),
+        );
         let writes = Arc::new(Mutex::new(Vec::new()));
         let io = crate::coalesce::Coalesced::new(Recorded { inner: ours, writes: writes.clone() });
-        let exec = OneTask::new();
-        let (mut send, conn) =
-            crate::h2::client_builder(crate::h2::CONN_WINDOW, exec.clone()).handshake(TokioIo::new(io)).await?;
-        tokio::spawn(exec.drive(conn));
+        let mut send = driven_client(io, crate::h2::CONN_WINDOW).await?;
         for _ in 0..50 {
-            let body = tonic::body::Body::new(OneChunk(Some(Bytes::from_static(b"a call's message"))));
-            let req = http::Request::post("http://app/echo").body(body)?;
+            let req = call_of(Bytes::from_static(b"a call's message"))?;
             send.ready().await?;
             let resp = tokio::time::timeout(Duration::from_secs(10), send.send_request(req))
                 .await
@@ -299,8 +334,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_callers_on_one_connection_all_get_answers() -> Result<(), TestError> {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+        app_end(
+            theirs,
+            16 * 1024,
+            hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
                 use http_body_util::BodyExt;
                 let body = req.into_body().collect().await?.to_bytes();
                 let wait = u64::from(body.first().copied().unwrap_or(0) % 4);
@@ -310,15 +347,9 @@ mod tests {
                     tokio::task::yield_now().await;
                 }
                 Ok::<_, hyper::Error>(http::Response::new(http_body_util::Full::new(body)))
-            });
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .initial_stream_window_size(16 * 1024)
-                .serve_connection(TokioIo::new(theirs), svc)
-                .await;
-        });
-        let exec = OneTask::new();
-        let (send, conn) = crate::h2::client_builder(32 * 1024, exec.clone()).handshake(TokioIo::new(ours)).await?;
-        tokio::spawn(exec.drive(conn));
+            }),
+        );
+        let send = driven_client(ours, 32 * 1024).await?;
         let callers = (0..64u8).map(|c| {
             let mut send = send.clone();
             tokio::spawn(async move {
@@ -326,9 +357,7 @@ mod tests {
                     // Every tenth body spans a few windows.
                     let len = if i % 10 == 0 { 40 * 1024 } else { 100 };
                     let msg = Bytes::from(vec![c.wrapping_add(i as u8); len]);
-                    let req = http::Request::post("http://app/echo")
-                        .body(tonic::body::Body::new(OneChunk(Some(msg.clone()))))
-                        .map_err(|e| e.to_string())?;
+                    let req = call_of(msg.clone()).map_err(|e| e.to_string())?;
                     let call = async {
                         send.ready().await?;
                         let resp = send.send_request(req).await?;
@@ -357,34 +386,35 @@ mod tests {
     async fn calls_in_flight_when_the_connection_dies_all_end() -> Result<(), TestError> {
         let (ours, theirs) = tokio::io::duplex(64 * 1024);
         let answered = Arc::new(AtomicUsize::new(0));
-        let a = answered.clone();
-        let server = tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
-                let a = a.clone();
+        // Told once calls hang at the app.
+        let hanging = Arc::new(tokio::sync::Notify::new());
+        let (a, h) = (answered.clone(), hanging.clone());
+        let server = app_end(
+            theirs,
+            H2_DEFAULT_WINDOW,
+            hyper::service::service_fn(move |_req: http::Request<hyper::body::Incoming>| {
+                let (a, h) = (a.clone(), h.clone());
                 async move {
                     // Some answers come at once, later ones never (the app is gone first).
-                    if a.fetch_add(1, Ordering::SeqCst) > 200 {
+                    let n = a.fetch_add(1, Ordering::SeqCst);
+                    if n == 230 {
+                        h.notify_one();
+                    }
+                    if n > 200 {
                         std::future::pending::<()>().await;
                     }
                     Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::empty()))
                 }
-            });
-            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(theirs), svc)
-                .await;
-        });
-        let exec = OneTask::new();
-        let (send, conn) = crate::h2::client_builder(32 * 1024, exec.clone()).handshake(TokioIo::new(ours)).await?;
-        tokio::spawn(exec.drive(conn));
+            }),
+        );
+        let send = driven_client(ours, 32 * 1024).await?;
         let callers: Vec<_> = (0..64u8)
             .map(|c| {
                 let mut send = send.clone();
                 tokio::spawn(async move {
                     for i in 0..20u32 {
                         let msg = Bytes::from(vec![c; 100]);
-                        let req = http::Request::post("http://app/echo")
-                            .body(tonic::body::Body::new(OneChunk(Some(msg))))
-                            .map_err(|e| e.to_string())?;
+                        let req = call_of(msg).map_err(|e| e.to_string())?;
                         let call = async {
                             send.ready().await?;
                             send.send_request(req).await
@@ -402,9 +432,9 @@ mod tests {
             })
             .collect();
         // Once calls hang at the app, it dies.
-        while answered.load(Ordering::SeqCst) < 230 {
-            tokio::task::yield_now().await;
-        }
+        tokio::time::timeout(Duration::from_secs(30), hanging.notified())
+            .await
+            .map_err(|_| format!("only {} calls reached the app", answered.load(Ordering::SeqCst)))?;
         server.abort();
         for r in futures_util::future::join_all(callers).await {
             r??;
