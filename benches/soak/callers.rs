@@ -82,10 +82,10 @@ impl Tally {
         &mut self.minutes[(at.as_secs() / 60).min(last as u64) as usize]
     }
 
-    fn lose(&mut self, what: &str, sent: Duration, at: Duration, why: String) {
+    fn lose(&mut self, what: String, sent: Duration, at: Duration, why: String, later: Option<String>) {
         self.minute(at).lost += 1;
         if self.lost_calls.len() < LOST_LISTED {
-            self.lost_calls.push(LostCall { what: what.to_string(), sent, ended: at, why: why.clone(), later: None });
+            self.lost_calls.push(LostCall { what, sent, ended: at, why: why.clone(), later });
         }
         *self.lost_reasons.entry(why).or_default() += 1;
     }
@@ -188,7 +188,7 @@ impl Callers {
                 tally.minute(e.failed_at).down += 1;
                 *tally.down_reasons.entry(e.what).or_default() += 1;
             } else {
-                tally.lose(&e.call, e.sent, e.failed_at, format!("connection error to the API: {}", e.what));
+                tally.lose(e.call, e.sent, e.failed_at, format!("connection error to the API: {}", e.what), None);
             }
         }
         let report = CallReport {
@@ -258,28 +258,26 @@ async fn call(shared: &Shared, client: &Client<HttpConnector, Full<Bytes>>, url:
         }
     };
     let done = shared.start.elapsed();
-    let what = format!("{} {body:?}", url.rsplit('/').next().unwrap_or(url));
+    // Which call, for the report of a LOST one.
+    let what = || format!("{} {body:?}", url.rsplit('/').next().unwrap_or(url));
     let mut t = shared.tally.lock().expect("lock");
     match reply {
         Reply::Answer(200, b) if b == body.as_bytes() => {
             t.minute(done).ok += 1;
             shared.last_ok_sent_ms.fetch_max(sent.as_millis() as u64, Relaxed);
         }
-        Reply::Answer(200, _) => t.lose(&what, sent, done, "200 with a wrong body".into()),
+        Reply::Answer(200, _) => t.lose(what(), sent, done, "200 with a wrong body".into(), None),
         Reply::Answer(s, b) if CLEAR_STATUSES.contains(&s) && dapr_error(&b).is_some() => {
             *t.minute(done).clear.entry(s).or_default() += 1;
         }
         Reply::Answer(s, b) => {
             let kind = if dapr_error(&b).is_some() { "Dapr JSON" } else { "no Dapr JSON" };
-            t.lose(&what, sent, done, format!("status {s} ({kind})"));
+            t.lose(what(), sent, done, format!("status {s} ({kind})"), None);
         }
-        Reply::ConnError(e) => t.conn_errors.push(ConnError { call: what, sent, failed_at: done, what: e }),
+        Reply::ConnError(e) => t.conn_errors.push(ConnError { call: what(), sent, failed_at: done, what: e }),
+        // Counted in the minute it was given up in, as before it was followed.
         Reply::NoAnswer(later) => {
-            // Counted in the minute it was given up in, as before it was followed.
-            t.lose(&what, sent, sent + CALL_BOUND, format!("no answer within {CALL_BOUND:?}"));
-            if let Some(l) = t.lost_calls.iter_mut().rev().find(|l| l.what == what) {
-                l.later = Some(later);
-            }
+            t.lose(what(), sent, sent + CALL_BOUND, format!("no answer within {CALL_BOUND:?}"), Some(later))
         }
     }
 }
