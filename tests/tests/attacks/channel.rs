@@ -267,15 +267,22 @@ async fn quic_initials(addr: SocketAddr, n: usize, stop: std::sync::Arc<std::syn
     sent
 }
 
-/// `n` QUIC dials to `addr` from the attacker's address, at once, each by
-/// a client that rejects the sidecar's certificate (each a handshake the
-/// sidecar starts, refuses or retries, and never completes).
-async fn failed_dials(addr: SocketAddr, n: usize) {
-    let mut endpoint = quinn::Endpoint::client(SocketAddr::new(ATTACKER, 0)).unwrap();
+/// A QUIC client on `bind` whose TLS trusts no certificate (pinned to an
+/// all-zero fingerprint): its handshakes never complete.
+fn rejecting_client(bind: SocketAddr) -> quinn::Endpoint {
+    let mut endpoint = quinn::Endpoint::client(bind).unwrap();
     let trust = dialback_certs::ServerTrust::Pinned(dialback_certs::Fingerprint([0; 32]));
     let tls = dialback_certs::client_config(&trust, None).unwrap();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    endpoint
+}
+
+/// `n` QUIC dials to `addr` from the attacker's address, at once, each by
+/// a client that rejects the sidecar's certificate (each a handshake the
+/// sidecar starts, refuses or retries, and never completes).
+async fn failed_dials(addr: SocketAddr, n: usize) {
+    let endpoint = rejecting_client(SocketAddr::new(ATTACKER, 0));
     let dials = (0..n).filter_map(|_| endpoint.connect(addr, "localhost").ok());
     for r in futures_util::future::join_all(dials).await {
         assert!(r.is_err(), "a dial that rejects the sidecar's certificate connected");
@@ -287,12 +294,7 @@ async fn failed_dials(addr: SocketAddr, n: usize) {
 async fn capture_initial() -> Vec<u8> {
     let tap = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let tap_addr = tap.local_addr().unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let tls =
-        dialback_certs::client_config(&dialback_certs::ServerTrust::Pinned(dialback_certs::Fingerprint([0; 32])), None)
-            .unwrap();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let endpoint = rejecting_client("127.0.0.1:0".parse().unwrap());
     let _connecting = endpoint.connect(tap_addr, "localhost").unwrap();
     let mut buf = vec![0u8; 2048];
     let (n, _) = tokio::time::timeout(PATIENCE, tap.recv_from(&mut buf)).await.unwrap().unwrap();
