@@ -51,6 +51,10 @@ impl Event {
 struct Sample {
     /// From the event (or the fault's end) to the first answered call sent after it.
     recovery: Duration,
+    /// Blackholes only: from the fault's end to the first answer of any
+    /// call, those sent during the fault included (the path is back; what
+    /// `recovery` adds to it is the backlog of those calls).
+    first_answer: Option<Duration>,
     /// UDP blocked only: from UDP's return to the channel being on QUIC.
     back_on_quic: Option<Duration>,
     /// Sidecar moved only: from the kill to the app's log line saying it
@@ -173,12 +177,13 @@ async fn run_once(transport: &str, event: Event, rtt: Duration, mobile: bool) ->
     };
     // Let calls sent around the event settle, then count.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    let first_answer = matches!(event, Event::Blackhole(_)).then(|| calls.first_answer_after(t_ref)).flatten();
     let s = calls.stop(PATIENCE).await;
     if let Some(first) = s.failures().first() {
         eprintln!("{transport} {}: {} failed; the first: {:?}", event.name(), s.failures().len(), first.result);
     }
     drop(app);
-    Ok(Sample { recovery, back_on_quic, found, sent: s.sent, failed: s.failures().len(), lost: s.lost() })
+    Ok(Sample { recovery, first_answer, back_on_quic, found, sent: s.sent, failed: s.failures().len(), lost: s.lost() })
 }
 
 /// What the SDK logs when it learns that a new sidecar answers.
@@ -261,11 +266,12 @@ async fn main() -> anyhow::Result<()> {
                 }
                 let rec: Vec<Duration> = samples.iter().map(|s| s.recovery).collect();
                 let back: Vec<Duration> = samples.iter().filter_map(|s| s.back_on_quic).collect();
+                let first: Vec<Duration> = samples.iter().filter_map(|s| s.first_answer).collect();
                 let found: Vec<Duration> = samples.iter().filter_map(|s| s.found).collect();
                 let (sent, failed, lost) =
                     samples.iter().fold((0, 0, 0), |(a, b, c), s| (a + s.sent, b + s.failed, c + s.lost));
                 println!(
-                    "{:<5} {:<16} {:>6} {:>3} {:>10} {:>10} {:>7} {:>7} {:>5}{}{}",
+                    "{:<5} {:<16} {:>6} {:>3} {:>10} {:>10} {:>7} {:>7} {:>5}{}{}{}",
                     transport,
                     event.name(),
                     format!("{}ms", rtt.as_millis()),
@@ -275,6 +281,11 @@ async fn main() -> anyhow::Result<()> {
                     sent,
                     failed,
                     lost,
+                    if first.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  first answer of any call: median {} ms", ms(percentile(&first, 50.0)))
+                    },
                     if back.is_empty() {
                         String::new()
                     } else {
@@ -297,6 +308,7 @@ async fn main() -> anyhow::Result<()> {
                     "recovery_ms": rec.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
                     "median_ms": percentile(&rec, 50.0).map(|d| d.as_secs_f64() * 1000.0),
                     "p95_ms": percentile(&rec, 95.0).map(|d| d.as_secs_f64() * 1000.0),
+                    "first_answer_ms": first.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
                     "back_on_quic_ms": back.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
                     "found_after_kill_ms": found.iter().map(|d| d.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
                     "sent": sent,

@@ -127,6 +127,14 @@ impl CallLoop {
         outcomes.iter().filter(|o| o.result.is_ok() && o.sent >= t_ref).map(|o| o.sent + o.took - t_ref).min()
     }
 
+    /// How long after `t_ref` the first answer of any call arrived, whenever
+    /// it was sent (after a blackhole: when answers flow again, before the
+    /// backlog of calls sent during it has drained); `None` while none has.
+    pub fn first_answer_after(&self, t_ref: Duration) -> Option<Duration> {
+        let outcomes = self.outcomes.lock().expect("lock");
+        outcomes.iter().filter(|o| o.result.is_ok()).filter_map(|o| (o.sent + o.took).checked_sub(t_ref)).min()
+    }
+
     /// Calls answered so far.
     pub fn ok_so_far(&self) -> usize {
         self.outcomes.lock().expect("lock").iter().filter(|o| o.result.is_ok()).count()
