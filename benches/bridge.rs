@@ -1,12 +1,15 @@
 //! Bridge benchmark: what standing between a real daprd and its app costs
 //! (issue 10's bridge mode).
 //!
-//! Three setups run side by side, as real processes, each with its own
+//! Four setups run side by side, as real processes, each with its own
 //! daprd (built by `scripts/daprd.sh`), app and ports, all started up front:
 //! `direct` (daprd's `--app-port` is the classic echo app's listening gRPC
-//! port: the baseline), `quic` and `tcp` (daprd's `--app-port` is
-//! dialbackd's bridge port, and the echo app, with no listening socket,
-//! dialed dialbackd's callback channel over QUIC or TCP+TLS). Each is ready
+//! port: the baseline), `relay` (the same, with a `netsim` process between
+//! them that only copies bytes: what one more process on the path costs by
+//! itself; its figures are in the dialbackd column), `quic` and `tcp`
+//! (daprd's `--app-port` is dialbackd's bridge port, and the echo app, with
+//! no listening socket, dialed dialbackd's callback channel over QUIC or
+//! TCP+TLS). Each is ready
 //! once an invocation through its daprd succeeds on both APIs. Then, for
 //! each invocation API of daprd (HTTP `POST /v1.0/invoke/<app-id>/method/echo`,
 //! gRPC `Dapr/InvokeService`), concurrency (1, 64) and payload (100 B,
@@ -19,7 +22,7 @@
 //! cell); `-- --quick` for a smoke run (one round of 0.3 s a mode: about a
 //! second a cell; fails only when a call fails); `-- --rounds N`,
 //! `-- --seconds S`, `-- --api http,grpc`, `-- --conc 1,64`,
-//! `-- --payload 100,16384` and `-- --modes direct,quic,tcp` to choose.
+//! `-- --payload 100,16384` and `-- --modes direct,relay,quic,tcp` to choose.
 //! Prints one table and writes `target/bench-bridge.json`. `--hold MODE`
 //! sets up and then drives only MODE's first cell until killed, for
 //! attaching a profiler (it prints the pids).
@@ -31,7 +34,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use dialback_benches::drive::{Api, Endpoint, Plan, cells, hold, rss_kib, size};
 use dialback_e2e::dapr::Daprd;
-use dialback_e2e::{App, AppBuilder, PATIENCE, Sidecar, SidecarBuilder};
+use dialback_e2e::{App, AppBuilder, Netsim, PATIENCE, Sidecar, SidecarBuilder};
 use serde_json::json;
 
 /// The processes on a call's path, in the order of the per-process figures.
@@ -43,23 +46,30 @@ struct Setup {
     ep: Arc<Endpoint>,
     daprd: Daprd,
     sidecar: Option<Sidecar>,
+    /// `relay` only: the byte relay between daprd and the app.
+    relay: Option<Netsim>,
     app: App,
 }
 
 impl Setup {
     async fn start(mode: &'static str) -> Setup {
         // An app-id of its own per daprd, so that no name resolution can
-        // mix the three up.
+        // mix them up.
         let app_id = format!("echo-{mode}");
         let ports = Daprd::ports();
-        let (daprd, sidecar, app) = match mode {
-            "direct" => {
+        let (daprd, sidecar, relay, app) = match mode {
+            "direct" | "relay" => {
                 let mut app = AppBuilder::classic().spawn();
-                let port = app.wait_listening().await;
+                let app_port = app.wait_listening().await;
+                let relay = match mode {
+                    "relay" => Some(Netsim::spawn(([127, 0, 0, 1], app_port).into()).await),
+                    _ => None,
+                };
+                let port = relay.as_ref().map_or(app_port, |r| r.addr.port());
                 // The classic echo app serves no AppCallbackHealthCheck, which
                 // daprd's gRPC health probe needs; the bridge answers it itself.
                 let daprd = Daprd::spawn(&app_id, ports, port, "grpc", &[], &["--enable-app-health-check=false"]).await;
-                (daprd, None, app)
+                (daprd, None, relay, app)
             }
             transport => {
                 let up = |p: u16| format!("127.0.0.1:{p}");
@@ -73,13 +83,13 @@ impl Setup {
                 let on = app.wait_connected().await;
                 assert_eq!(on, transport, "the {transport} app connected over {on}");
                 let daprd = Daprd::spawn(&app_id, ports, bridge, "grpc", &[], &[]).await;
-                (daprd, Some(sc), app)
+                (daprd, Some(sc), None, app)
             }
         };
-        let procs =
-            vec![(ROLES[0], daprd.pid()), (ROLES[1], sidecar.as_ref().map_or(0, |s| s.pid())), (ROLES[2], app.pid())];
+        let middle = sidecar.as_ref().map(Sidecar::pid).or(relay.as_ref().map(Netsim::pid)).unwrap_or(0);
+        let procs = vec![(ROLES[0], daprd.pid()), (ROLES[1], middle), (ROLES[2], app.pid())];
         let ep = Endpoint::new(mode, daprd.http, daprd.grpc, &app_id, procs).expect("client");
-        Setup { ep: Arc::new(ep), daprd, sidecar, app }
+        Setup { ep: Arc::new(ep), daprd, sidecar, relay, app }
     }
 
     /// Waits until an invocation through daprd answers on both APIs (daprd
@@ -103,11 +113,12 @@ impl Setup {
         }
     }
 
-    /// The ends of the three processes' logs.
+    /// The ends of the processes' logs.
     fn logs(&self) -> String {
         let sc = self.sidecar.as_ref().map_or_else(|| "(none)".to_string(), |s| s.log_tail());
+        let relay = self.relay.as_ref().map_or_else(|| "(none)".to_string(), |r| r.log_tail());
         format!(
-            "--- daprd log:\n{}\n--- dialbackd log:\n{sc}\n--- app log:\n{}",
+            "--- daprd log:\n{}\n--- dialbackd log:\n{sc}\n--- netsim log:\n{relay}\n--- app log:\n{}",
             self.daprd.log_tail(),
             self.app.log_tail()
         )
@@ -121,10 +132,10 @@ fn plan() -> Plan {
         apis: vec![Api::Http, Api::Grpc],
         conc: vec![1, 64],
         payloads: vec![100, 16 * 1024],
-        modes: vec!["direct", "quic", "tcp"],
+        modes: vec!["direct", "relay", "quic", "tcp"],
         hold: None,
     }
-    .from_args(&["direct", "quic", "tcp"], |a| {
+    .from_args(&["direct", "relay", "quic", "tcp"], |a| {
         a.rounds = 1;
         a.seconds = 0.3;
     })

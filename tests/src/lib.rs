@@ -14,7 +14,9 @@ pub mod sdks;
 
 pub use http::{HttpReply, http_call, metadata};
 pub use load::{CallLoop, Summary};
-pub use proc::{App, AppBuilder, Sidecar, SidecarBuilder, binaries, open_fds, proc_status_kib, tcp_listening_sockets};
+pub use proc::{
+    App, AppBuilder, Netsim, Sidecar, SidecarBuilder, binaries, open_fds, proc_status_kib, tcp_listening_sockets,
+};
 
 use std::future::Future;
 use std::time::Duration;

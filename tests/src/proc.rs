@@ -32,13 +32,7 @@ pub struct Binaries {
 pub fn binaries() -> &'static Binaries {
     static BINS: OnceLock<Binaries> = OnceLock::new();
     BINS.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
-        let release = !cfg!(debug_assertions);
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.current_dir(&root).args([
-            "build",
-            "--quiet",
+        let dir = cargo_build(&[
             "-p",
             "dialback-sidecar",
             "--bin",
@@ -50,29 +44,6 @@ pub fn binaries() -> &'static Binaries {
             "--example",
             "subscriber",
         ]);
-        if release {
-            cmd.arg("--release");
-        }
-        // Cargo sets these for the test or bench binary running this code. Build
-        // scripts that track them (ring's tracks CARGO_MANIFEST_DIR and
-        // CARGO_PKG_*) would rebuild here, and the next plain cargo command
-        // would rebuild them back: minutes of CPU each time.
-        for (k, _) in std::env::vars_os() {
-            let k = k.to_string_lossy();
-            if k.starts_with("CARGO_PKG_")
-                || k.starts_with("CARGO_MANIFEST_")
-                || matches!(
-                    k.as_ref(),
-                    "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
-                )
-            {
-                cmd.env_remove(&*k);
-            }
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "building dialbackd and the echo example failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
-        let dir = target.join(if release { "release" } else { "debug" });
         let dialbackd =
             std::env::var_os("DIALBACK_E2E_DIALBACKD").map(PathBuf::from).unwrap_or_else(|| dir.join("dialbackd"));
         let echo = std::env::var_os("DIALBACK_E2E_ECHO")
@@ -81,6 +52,81 @@ pub fn binaries() -> &'static Binaries {
         let subscriber = dir.join("examples").join("subscriber");
         Binaries { dialbackd, echo, subscriber }
     })
+}
+
+/// Runs `cargo build` of `what` with the profile this crate was built with
+/// (debug for tests, release for benchmarks) and returns the directory the
+/// binaries land in. Cargo does nothing when they are fresh.
+fn cargo_build(what: &[&str]) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+    let release = !cfg!(debug_assertions);
+    let mut cmd = std::process::Command::new(cargo);
+    cmd.current_dir(&root).args(["build", "--quiet"]).args(what);
+    if release {
+        cmd.arg("--release");
+    }
+    // Cargo sets these for the test or bench binary running this code. Build
+    // scripts that track them (ring's tracks CARGO_MANIFEST_DIR and
+    // CARGO_PKG_*) would rebuild here, and the next plain cargo command
+    // would rebuild them back: minutes of CPU each time.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                k.as_ref(),
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
+            )
+        {
+            cmd.env_remove(&*k);
+        }
+    }
+    let status = cmd.status().expect("run cargo build");
+    assert!(status.success(), "cargo build {} failed", what.join(" "));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    target.join(if release { "release" } else { "debug" })
+}
+
+/// A `netsim` relay process forwarding TCP only, with no fault switched on:
+/// a process on the path that only copies bytes, to measure what one more
+/// process costs (the bridge benchmark's `relay` mode). Killed when dropped.
+pub struct Netsim {
+    proc: Proc,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _tmp: tempfile::TempDir,
+}
+
+impl Netsim {
+    /// Builds `netsim` on first use (built apart from [`binaries`], so that
+    /// their features stay what they were), starts it in front of `target`
+    /// and waits for its ready line.
+    pub async fn spawn(target: SocketAddr) -> Netsim {
+        static BIN: OnceLock<PathBuf> = OnceLock::new();
+        let bin = BIN.get_or_init(|| cargo_build(&["-p", "dialback-netsim", "--bin", "netsim"]).join("netsim"));
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut cmd = Command::new(bin);
+        cmd.args(["--target", &target.to_string(), "--no-udp"]);
+        let mut proc = Proc::spawn("netsim", cmd, tmp.path().join("netsim.log"));
+        let line = proc.wait_line("its ready line", PATIENCE, |l| l.starts_with("netsim ready")).await;
+        let addr = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("addr="))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no addr= in netsim's ready line: {line}"));
+        Netsim { proc, addr, _tmp: tmp }
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
+    /// The last 40 lines of its log.
+    pub fn log_tail(&self) -> String {
+        self.proc.log_tail()
+    }
 }
 
 /// A child process whose stdout lines arrive on a channel and whose stderr goes to a log file.
