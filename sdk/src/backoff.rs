@@ -1,5 +1,10 @@
 //! The reconnect policy, pure: first retry at once, then jittered
 //! exponential backoff with a low cap, reset once a channel has been stable.
+//! A channel that ends younger than that also gets its first redial at
+//! once, but only one such between stable channels: an app whose sidecar
+//! restarts soon after the app connected is not held back by the backoff
+//! of its first dial, and a sidecar that drops every channel young still
+//! sees the delays grow.
 
 use std::time::Duration;
 
@@ -13,6 +18,8 @@ pub struct Backoff {
     /// A channel that lived this long resets the sequence.
     pub stable: Duration,
     attempt: u32,
+    /// The one reset a short-lived channel may still get (see the module docs).
+    young_reset: bool,
 }
 
 impl Default for Backoff {
@@ -24,7 +31,7 @@ impl Default for Backoff {
 impl Backoff {
     /// A policy from `base` doubling up to `cap`, reset after `stable`.
     pub fn new(base: Duration, cap: Duration, stable: Duration) -> Backoff {
-        Backoff { base, cap, stable, attempt: 0 }
+        Backoff { base, cap, stable, attempt: 0, young_reset: true }
     }
 
     /// The delay before the next attempt. `jitter` in `[0, 1)` picks a point
@@ -40,10 +47,15 @@ impl Backoff {
         window.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
     }
 
-    /// A channel was up for `lived`; a stable one resets the sequence.
+    /// A channel was up for `lived`; a stable one resets the sequence, and
+    /// so does the first short-lived one since.
     pub fn on_channel_end(&mut self, lived: Duration) {
         if lived >= self.stable {
             self.attempt = 0;
+            self.young_reset = true;
+        } else if self.young_reset {
+            self.attempt = 0;
+            self.young_reset = false;
         }
     }
 
@@ -84,9 +96,29 @@ mod tests {
         for _ in 0..5 {
             b.next_delay(0.3);
         }
-        b.on_channel_end(Duration::from_secs(1));
-        assert!(b.next_delay(0.3) > Duration::ZERO, "a short-lived channel does not reset");
         b.on_channel_end(Duration::from_secs(30));
         assert_eq!(b.next_delay(0.3), Duration::ZERO);
+    }
+
+    #[test]
+    fn one_short_lived_channel_resets_between_stable_ones() {
+        let mut b = Backoff::default();
+        for _ in 0..5 {
+            b.next_delay(0.3);
+        }
+        b.on_channel_end(Duration::from_secs(1));
+        assert_eq!(b.next_delay(0.3), Duration::ZERO, "the first short-lived channel redials at once");
+        b.next_delay(0.3);
+        b.on_channel_end(Duration::from_secs(1));
+        assert!(b.next_delay(0.3) > Duration::ZERO, "a second short-lived one does not reset");
+        for _ in 0..5 {
+            b.next_delay(0.3);
+        }
+        b.on_channel_end(Duration::from_secs(1));
+        assert_eq!(b.next_delay(1.0), Duration::from_secs(1), "nor does a third: the delay has grown to its cap");
+        b.on_channel_end(Duration::from_secs(30));
+        assert_eq!(b.next_delay(0.3), Duration::ZERO);
+        b.on_channel_end(Duration::from_secs(1));
+        assert_eq!(b.next_delay(0.3), Duration::ZERO, "a stable channel gives the short-lived reset back");
     }
 }
