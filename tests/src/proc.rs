@@ -556,6 +556,22 @@ impl App {
         std::fs::read_to_string(&self.proc.log).unwrap_or_default()
     }
 
+    /// Waits until its log says the channel went down more often than
+    /// `before` times (see [`App::downs`]). Unlike the `disconnected` state
+    /// on stdout, which a redial at once can replace before anyone sees it,
+    /// a log line is never skipped.
+    pub async fn wait_down(&self, before: usize) {
+        crate::eventually("the app to see its channel go down", PATIENCE, || async {
+            (self.downs() > before).then_some(())
+        })
+        .await;
+    }
+
+    /// How many times its log says the channel went down so far.
+    pub fn downs(&self) -> usize {
+        self.log().lines().filter(|l| l.contains("callback channel down")).count()
+    }
+
     /// Its log file (stderr); removed with its temp dir when the handle drops.
     pub fn log_path(&self) -> &Path {
         &self.proc.log

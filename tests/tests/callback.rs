@@ -316,9 +316,10 @@ async fn a_restarted_sidecar_resets_the_quic_app_without_waiting_for_it_to_speak
         (text.contains("peer ") && text.contains("cid ")).then_some(())
     })
     .await;
+    let downs = app.downs();
     sc.kill().await;
     let sc2 = sc.restart().await;
-    app.wait_line("echo: disconnected").await;
+    app.wait_down(downs).await;
     assert_eq!(app.wait_connected().await, "quic");
     reachable_over(&sc2, "quic").await;
 }

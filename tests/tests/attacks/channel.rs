@@ -201,9 +201,10 @@ async fn a_handshake_flood_does_not_keep_a_restarted_sidecar_from_resetting_its_
         (now.len() >= 200 && now.intersection(&before).count() <= 1).then_some(())
     })
     .await;
+    let downs = live.app.downs();
     live.sc.kill().await;
     let sc2 = live.sc.restart().await;
-    live.app.wait_line("echo: disconnected").await;
+    live.app.wait_down(downs).await;
     assert_eq!(live.app.wait_connected().await, "quic");
     let r = dialback_e2e::http_call("POST", &format!("{}/v1.0/invoke/echo/method/m", sc2.http_base()), &[], "after")
         .await
