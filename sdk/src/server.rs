@@ -193,7 +193,10 @@ impl Handle {
         self.state.borrow().clone()
     }
 
-    /// A receiver that sees every state change.
+    /// A receiver woken at every state change, which reads the latest state:
+    /// a brief one (`Disconnected` just before a redial that goes out at
+    /// once) can be replaced before it is read. The log's "callback channel
+    /// down" line and the reconnects metric count every outage.
     pub fn watch(&self) -> watch::Receiver<ChannelState> {
         self.state.clone()
     }

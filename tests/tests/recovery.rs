@@ -157,13 +157,14 @@ async fn blackhole(transport: &str) {
     let before = channel(&sc).await;
     let calls = CallLoop::start(sc.http, "echo", "m", Duration::from_millis(20));
     calls.answered(5).await;
+    let downs = app.downs();
     relay.set_blackhole(true);
     // Both sides detect the dead path within their bounds.
     eventually("the sidecar to see the channel down", PATIENCE, || async {
         (channel(&sc).await["state"] == "disconnected").then_some(())
     })
     .await;
-    app.wait_line("echo: disconnected").await;
+    app.wait_down(downs).await;
     relay.set_blackhole(false);
     assert_eq!(app.wait_connected().await, transport);
     new_channel(&sc, &before).await;
