@@ -401,8 +401,12 @@ impl Runner {
             }
             Err(RedialFailed::Alone(e)) => {
                 debug!(error = %e, "direct redial failed; using ConnectAppCallback");
+                // With the API down too nothing was learnt (the sidecar is
+                // most likely restarting): keep the reconnect token for the
+                // next try instead of falling back to a one-time token.
+                let answer = ask.await?;
                 self.cache = None;
-                ask.await?
+                answer
             }
         };
         self.dial_answer(answer, allowed).await
