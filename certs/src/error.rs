@@ -175,6 +175,9 @@ pub enum GenerateError {
         /// What rcgen reported.
         source: rcgen::Error,
     },
+    /// A public key to certify is not a SubjectPublicKeyInfo rcgen can use.
+    #[error("the public key to certify: {0}")]
+    PublicKey(#[source] rcgen::Error),
     /// The generated CA certificate cannot be used as a trust anchor.
     #[error("using the generated CA as a trust anchor: {0}")]
     TrustAnchor(#[source] rustls::Error),

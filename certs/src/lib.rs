@@ -17,6 +17,7 @@
 
 #[cfg(feature = "mint")]
 mod appid;
+mod clientkey;
 mod error;
 mod files;
 mod fingerprint;
@@ -25,11 +26,13 @@ mod identity;
 mod params;
 #[cfg(feature = "mint")]
 mod pki;
+mod tickets;
 mod tls;
 mod verify;
 
 #[cfg(feature = "mint")]
 pub use appid::{app_id_of, spiffe_id};
+pub use clientkey::ClientKey;
 pub use error::{ConfigError, FingerprintError, LoadError, PinMismatchError, SaveError};
 #[cfg(feature = "mint")]
 pub use error::{DevSetError, GenerateError};
@@ -40,7 +43,8 @@ pub use identity::Identity;
 pub use pki::{DevCa, write_dev_set};
 pub use rustls::RootCertStore;
 pub use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-pub use tls::{ServerTrust, client_config, crypto_provider, server_config};
+pub use tickets::{SealedTickets, TICKET_EPOCH_SECS};
+pub use tls::{ServerTrust, client_config, crypto_provider, server_config, with_client_identity};
 pub use verify::PinnedServerVerifier;
 
 /// The ALPN protocol id both ends of a dialback connection negotiate.

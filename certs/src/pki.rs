@@ -97,20 +97,41 @@ impl DevCa {
     /// (Dapr's SPIFFE id shape) and CN = app_id, chain = `[leaf]`; fails if `app_id` is not a
     /// valid SPIFFE path segment (ASCII letters, digits, `.`, `-`, `_`) or signing fails.
     pub fn client_identity(&self, app_id: &str) -> Result<Identity, GenerateError> {
-        appid::validate(app_id)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.distinguished_name.push(DnType::CommonName, app_id);
-        let uri = appid::spiffe_id(app_id);
-        let uri = uri.as_str().try_into().map_err(|_| GenerateError::InvalidAppId {
-            app_id: app_id.to_owned(),
-            reason: "not representable as an IA5 URI",
-        })?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let params = client_params(app_id, CertificateParams::default())?;
         let mut id = self.issue(params, app_id)?;
         id.cert_chain.truncate(1);
         Ok(id)
+    }
+
+    /// A certificate naming `app_id` as [`DevCa::client_identity`]'s do, for the key whose
+    /// public half is `spki_der` (a DER SubjectPublicKeyInfo), valid from `not_before` to
+    /// `not_after` (seconds since the Unix epoch): the short-lived certificate a sidecar issues
+    /// its app for the app's own key. Fails on a bad app id, a public key rcgen cannot read, a
+    /// time it cannot encode, or if signing fails.
+    pub fn client_certificate_for(
+        &self,
+        app_id: &str,
+        spki_der: &[u8],
+        not_before: u64,
+        not_after: u64,
+    ) -> Result<CertificateDer<'static>, GenerateError> {
+        let time = |secs: u64| {
+            i64::try_from(secs)
+                .ok()
+                .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+                .ok_or(GenerateError::InvalidAppId { app_id: app_id.to_owned(), reason: "validity out of range" })
+        };
+        let mut params = CertificateParams::default();
+        params.not_before = time(not_before)?;
+        params.not_after = time(not_after)?;
+        let mut params = client_params(app_id, params)?;
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let key = rcgen::SubjectPublicKeyInfo::from_der(spki_der).map_err(GenerateError::PublicKey)?;
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .map_err(|source| GenerateError::Sign { subject: app_id.to_owned(), source })?;
+        Ok(cert.der().clone())
     }
 
     /// A root store holding this CA; never fails.
@@ -128,6 +149,21 @@ impl DevCa {
             .map_err(|source| GenerateError::Sign { subject: subject.to_owned(), source })?;
         Ok(Identity { cert_chain: vec![cert.der().clone(), self.cert.clone()], key: key_der(&key) })
     }
+}
+
+/// A client certificate's parameters naming `app_id`: CN and a SPIFFE URI SAN, client auth.
+fn client_params(app_id: &str, mut params: CertificateParams) -> Result<CertificateParams, GenerateError> {
+    appid::validate(app_id)?;
+    params.distinguished_name = DistinguishedName::new();
+    params.distinguished_name.push(DnType::CommonName, app_id);
+    let uri = appid::spiffe_id(app_id);
+    let uri = uri.as_str().try_into().map_err(|_| GenerateError::InvalidAppId {
+        app_id: app_id.to_owned(),
+        reason: "not representable as an IA5 URI",
+    })?;
+    params.subject_alt_names = vec![SanType::URI(uri)];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
 }
 
 /// Writes a dev set into `out`: ca.pem, ca-key.pem, server.pem, server-key.pem (names

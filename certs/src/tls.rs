@@ -71,3 +71,37 @@ pub fn client_config(trust: &ServerTrust, client: Option<&Identity>) -> Result<C
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(config)
 }
+
+/// `config` presenting `client` as its certificate: the same trust, ALPN and
+/// kept sessions (a clone shares its session store); fails if the key is
+/// unusable.
+pub fn with_client_identity(config: &ClientConfig, client: &Identity) -> Result<ClientConfig, ConfigError> {
+    let key = config
+        .crypto_provider()
+        .key_provider
+        .load_private_key(client.key.clone_key())
+        .map_err(ConfigError::ClientIdentity)?;
+    let certified = Arc::new(rustls::sign::CertifiedKey::new(client.cert_chain.clone(), key));
+    let mut config = config.clone();
+    config.client_auth_cert_resolver = Arc::new(OneClientCert(certified));
+    Ok(config)
+}
+
+/// Presents one certificate to any server that asks.
+#[derive(Debug)]
+struct OneClientCert(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for OneClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        // Only when the server can check the key's signature.
+        self.0.key.choose_scheme(sigschemes).is_some().then(|| self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}

@@ -148,3 +148,52 @@ fn server_config_rejects_empty_roots() {
     let server = Identity::self_signed(&[]).unwrap();
     assert!(server_config(&server, Some(Arc::new(rustls::RootCertStore::empty()))).is_err());
 }
+
+/// A session resumes across a restarted server that keeps its ticket
+/// secret, and the resumed server knows the client's certificate as soon as
+/// it has read the ClientHello, a flight before the client's Finished: what
+/// lets a sidecar send calls in its first flight (docs/architecture.md).
+#[test]
+fn a_restarted_server_resumes_and_knows_the_client_from_the_client_hello() {
+    let ca = DevCa::generate().unwrap();
+    let server = Identity::self_signed(&local_names()).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    // As an app does: its own key, certified by the sidecar's CA.
+    let key = dialback_certs::ClientKey::generate().unwrap();
+    let cert = ca.client_certificate_for("orders", key.public_key_der(), now - 3600, now + 86_400).unwrap();
+    let client = key.identity(cert.to_vec());
+    let roots = Arc::new(ca.roots());
+    let secret = [9u8; 32];
+    let server_config = |secret: &[u8; 32]| {
+        let mut config = server_config(&server, Some(roots.clone())).unwrap();
+        config.ticketer = Arc::new(dialback_certs::SealedTickets::new(secret));
+        Arc::new(config)
+    };
+    let client = Arc::new(client_config(&ServerTrust::Pinned(server.fingerprint()), Some(&client)).unwrap());
+    let name = ServerName::try_from("localhost").unwrap();
+    let run = |server: Arc<rustls::ServerConfig>| {
+        let mut c = Connection::from(ClientConnection::new(client.clone(), name.clone()).unwrap());
+        let mut s = Connection::from(ServerConnection::new(server).unwrap());
+        // The ClientHello only.
+        assert!(pump(&mut c, &mut s).unwrap());
+        let early = s.peer_certificates().map(|p| app_id_of(&p[0]));
+        for _ in 0..10 {
+            let sent_s = pump(&mut s, &mut c).unwrap();
+            let sent_c = pump(&mut c, &mut s).unwrap();
+            if !sent_c && !sent_s && !c.is_handshaking() && !s.is_handshaking() {
+                return (early, s.handshake_kind(), s.peer_certificates().map(|p| app_id_of(&p[0])));
+            }
+        }
+        panic!("handshake did not finish");
+    };
+    let (early, kind, after) = run(server_config(&secret));
+    assert_eq!((early, kind), (None, Some(rustls::HandshakeKind::Full)), "the first handshake is a full one");
+    assert_eq!(after, Some(Some("orders".into())));
+    // A new server (a restart) with the same secret resumes the session.
+    let (early, kind, _) = run(server_config(&secret));
+    assert_eq!(kind, Some(rustls::HandshakeKind::Resumed));
+    assert_eq!(early, Some(Some("orders".into())), "the resumed session names the app at the ClientHello");
+    // With another secret (the state dir lost) the ticket is not taken.
+    let (early, kind, _) = run(server_config(&[10u8; 32]));
+    assert_eq!((early, kind), (None, Some(rustls::HandshakeKind::Full)));
+}

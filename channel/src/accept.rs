@@ -168,6 +168,8 @@ pub(crate) struct Seen<'a> {
     pub(crate) peer: SocketAddr,
     pub(crate) alpn: Option<&'a [u8]>,
     pub(crate) client_cert: Option<&'a CertificateDer<'static>>,
+    /// The TLS session was resumed (over QUIC: with a client certificate).
+    pub(crate) resumed: bool,
 }
 
 /// An accepted hello: the hello, the channel id given and how it proved itself.
@@ -176,6 +178,7 @@ pub(crate) struct Accepted {
     channel_id: u64,
     credential: CredentialKind,
     api_over_http3: bool,
+    resumed: bool,
 }
 
 impl Accepted {
@@ -216,10 +219,10 @@ where
         Ok((hello, (grant, credential))) => {
             let channel_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let api_over_http3 = hello.api_over_http3 && seen.transport == Transport::Quic && shared.api_over_http3;
-            let verdict = handshake::accepted(channel_id, grant.reconnect_token, api_over_http3);
+            let verdict = handshake::accepted(channel_id, grant, api_over_http3);
             // The verdict write is bounded too: a peer that stops reading cannot pin us.
             match tokio::time::timeout_at(deadline, handshake::write(w, &verdict)).await {
-                Ok(Ok(())) => Ok(Accepted { hello, channel_id, credential, api_over_http3 }),
+                Ok(Ok(())) => Ok(Accepted { hello, channel_id, credential, api_over_http3, resumed: seen.resumed }),
                 Ok(Err(e)) => Err(AcceptError::Frame(FrameError::Io(e))),
                 Err(_) => Err(AcceptError::Timeout(shared.timeouts.handshake)),
             }
@@ -272,8 +275,8 @@ pub(crate) async fn deliver(
     conn: Connection,
     arrived: Instant,
 ) {
-    let Accepted { hello, channel_id, credential, .. } = accepted;
-    shared.events.accepted(transport, credential, arrived.elapsed());
+    let Accepted { hello, channel_id, credential, resumed, .. } = accepted;
+    shared.events.accepted(transport, credential, resumed, arrived.elapsed());
     let info = ChannelInfo {
         app_id: hello.app_id,
         instance: hello.instance,
@@ -285,7 +288,7 @@ pub(crate) async fn deliver(
         max_message_bytes: hello.max_message_bytes,
         beat: crate::Liveness::from_hello(hello.liveness_beat_ms).beat(),
     };
-    info!(app_id = %info.app_id, %transport, %peer, channel_id, "callback channel authenticated");
+    info!(app_id = %info.app_id, %transport, %peer, channel_id, tls_resumed = resumed, "callback channel authenticated");
     if shared.tx.send(Channel { io, info, conn: conn.clone() }).await.is_err() {
         conn.close(CloseCode::ShuttingDown, "sidecar is shutting down");
     }

@@ -45,6 +45,42 @@ impl Refusal {
 pub struct Grant {
     /// A credential for redialing without ConnectAppCallback (empty: none).
     pub reconnect_token: String,
+    /// A client certificate for the app's later dials (none: not issued).
+    pub client_credential: Option<ClientCredential>,
+}
+
+/// A client certificate the sidecar issues its app for the app's own key:
+/// presented in later dials, it rides in the TLS sessions they resume, so
+/// that the sidecar knows the app from its first message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCredential {
+    /// The certificate, DER.
+    pub cert: Vec<u8>,
+    /// When the certificate expires, milliseconds since the Unix epoch.
+    pub expires_unix_ms: u64,
+}
+
+impl ClientCredential {
+    /// The certificate a verdict carries, if any.
+    pub fn from_verdict(v: &crate::Verdict) -> Option<ClientCredential> {
+        (!v.client_certificate.is_empty()).then(|| ClientCredential {
+            cert: v.client_certificate.clone(),
+            expires_unix_ms: v.client_certificate_expires_unix_ms,
+        })
+    }
+
+    /// The certificate a ConnectAppCallback answer carries, if any.
+    pub fn from_answer(a: &dialback_proto::runtime::ConnectAppCallbackResponse) -> Option<ClientCredential> {
+        (!a.client_certificate.is_empty()).then(|| ClientCredential {
+            cert: a.client_certificate.clone(),
+            expires_unix_ms: a.client_certificate_expires_unix_ms,
+        })
+    }
+
+    /// Whether it is still good `margin` from `now` (milliseconds since the Unix epoch).
+    pub fn usable_at(&self, now_unix_ms: u64, margin_ms: u64) -> bool {
+        now_unix_ms.saturating_add(margin_ms) < self.expires_unix_ms
+    }
 }
 
 /// Decides whether a hello's credential proves its app-id.

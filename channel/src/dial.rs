@@ -68,7 +68,13 @@ impl Pending {
             beat: crate::Liveness::from_hello(hello.liveness_beat_ms).beat(),
         };
         debug!(channel_id = info.channel_id, %addr, %transport, "channel up");
-        Ok((Channel { io, info, conn }, Grant { reconnect_token: verdict.reconnect_token }))
+        Ok((
+            Channel { io, info, conn },
+            Grant {
+                client_credential: crate::auth::ClientCredential::from_verdict(&verdict),
+                reconnect_token: verdict.reconnect_token,
+            },
+        ))
     }
 
     /// Abandons the connection before the hello.

@@ -17,8 +17,9 @@ pub trait ListenerEvents: Send + Sync {
     fn refused(&self, _transport: Transport, _reason: Refused) {}
 
     /// A channel was accepted: its hello proved `credential`, `took` after
-    /// the connection arrived (TLS or QUIC handshake, hello and verdict).
-    fn accepted(&self, _transport: Transport, _credential: CredentialKind, _took: Duration) {}
+    /// the connection arrived (TLS or QUIC handshake, hello and verdict);
+    /// `resumed`: its TLS session was a resumed one.
+    fn accepted(&self, _transport: Transport, _credential: CredentialKind, _resumed: bool, _took: Duration) {}
 
     /// Stateless resets sent at bind time to the previous run's apps.
     fn resets_sent(&self, _count: usize) {}

@@ -8,6 +8,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::auth::{ClientCredential, Grant};
 use crate::{Credential, Hello, RefusalReason, Verdict};
 
 /// The handshake version this crate speaks.
@@ -104,29 +105,26 @@ pub fn check_hello(hello: &Hello) -> Result<&Credential, (RefusalReason, String)
     })
 }
 
-/// A verdict that accepts the channel as `channel_id`, with a reconnect
-/// token (may be empty), saying whether the API is served as HTTP/3 on it.
-pub fn accepted(channel_id: u64, reconnect_token: String, api_over_http3: bool) -> Verdict {
+/// A verdict that accepts the channel as `channel_id`, with what the grant
+/// gives (a reconnect token, a client certificate: either may be absent),
+/// saying whether the API is served as HTTP/3 on it.
+pub fn accepted(channel_id: u64, grant: Grant, api_over_http3: bool) -> Verdict {
+    let credential = grant.client_credential.unwrap_or(ClientCredential { cert: vec![], expires_unix_ms: 0 });
     Verdict {
         accepted: true,
         reason: RefusalReason::Unspecified as i32,
         message: String::new(),
         channel_id,
-        reconnect_token,
+        reconnect_token: grant.reconnect_token,
         api_over_http3,
+        client_certificate: credential.cert,
+        client_certificate_expires_unix_ms: credential.expires_unix_ms,
     }
 }
 
 /// A verdict that refuses the channel, saying why.
 pub fn refused(reason: RefusalReason, message: impl Into<String>) -> Verdict {
-    Verdict {
-        accepted: false,
-        reason: reason as i32,
-        message: message.into(),
-        channel_id: 0,
-        reconnect_token: String::new(),
-        api_over_http3: false,
-    }
+    Verdict { accepted: false, reason: reason as i32, message: message.into(), channel_id: 0, ..Verdict::default() }
 }
 
 #[cfg(test)]
@@ -185,7 +183,7 @@ mod tests {
 
     #[test]
     fn verdicts() {
-        let v = accepted(7, "r".into(), false);
+        let v = accepted(7, Grant { reconnect_token: "r".into(), client_credential: None }, false);
         assert!(v.accepted);
         assert_eq!(v.channel_id, 7);
         let v = refused(RefusalReason::BadCredential, "nope");

@@ -28,7 +28,7 @@ mod onetask;
 pub mod reset;
 mod transport;
 
-pub use auth::{Authenticator, Grant, HelloContext, Refusal};
+pub use auth::{Authenticator, ClientCredential, Grant, HelloContext, Refusal};
 pub use config::{DialConfig, KeepAlive, ListenerConfig, Liveness, MAX_IDLE_TIMEOUT, MOBILE_BEAT, Timeouts};
 pub use congestion::Congestion;
 pub use dial::{Dialer, NetworkChange, Pending};

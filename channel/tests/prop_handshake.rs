@@ -49,9 +49,16 @@ fn credential() -> impl Strategy<Value = Option<Credential>> {
 }
 
 fn hello() -> impl Strategy<Value = Hello> {
-    let fields = (any::<u32>(), any::<u32>(), any::<bool>());
+    let fields = (any::<u32>(), any::<u32>(), any::<bool>(), proptest::collection::vec(any::<u8>(), 0..100));
     (prop_oneof![Just(VERSION), any::<u32>()], text(), credential(), text(), any::<bool>(), fields).prop_map(
-        |(version, app_id, credential, instance, standby, (max_message_bytes, liveness_beat_ms, api_over_http3))| {
+        |(
+            version,
+            app_id,
+            credential,
+            instance,
+            standby,
+            (max_message_bytes, liveness_beat_ms, api_over_http3, client_public_key),
+        )| {
             Hello {
                 version,
                 app_id,
@@ -61,6 +68,7 @@ fn hello() -> impl Strategy<Value = Hello> {
                 max_message_bytes,
                 liveness_beat_ms,
                 api_over_http3,
+                client_public_key,
             }
         },
     )
@@ -71,14 +79,19 @@ fn reason() -> impl Strategy<Value = RefusalReason> {
 }
 
 fn verdict() -> impl Strategy<Value = Verdict> {
-    (any::<bool>(), any::<i32>(), text(), any::<u64>(), text(), any::<bool>()).prop_map(
-        |(accepted, reason, message, channel_id, reconnect_token, api_over_http3)| Verdict {
-            accepted,
-            reason,
-            message,
-            channel_id,
-            reconnect_token,
-            api_over_http3,
+    let cert = (proptest::collection::vec(any::<u8>(), 0..100), any::<u64>());
+    (any::<bool>(), any::<i32>(), text(), any::<u64>(), text(), any::<bool>(), cert).prop_map(
+        |(accepted, reason, message, channel_id, reconnect_token, api_over_http3, (client_certificate, expires))| {
+            Verdict {
+                accepted,
+                reason,
+                message,
+                channel_id,
+                reconnect_token,
+                api_over_http3,
+                client_certificate,
+                client_certificate_expires_unix_ms: expires,
+            }
         },
     )
 }
@@ -204,7 +217,8 @@ proptest! {
 
     #[test]
     fn verdict_builders_round_trip(id in any::<u64>(), token in text(), r in reason(), msg in text(), api in any::<bool>()) {
-        let v = handshake::accepted(id, token.clone(), api);
+        let grant = dialback_channel::Grant { reconnect_token: token.clone(), client_credential: None };
+        let v = handshake::accepted(id, grant, api);
         let back = handshake::decode_frame::<Verdict>(&handshake::encode(&v)).unwrap();
         prop_assert!(back.accepted);
         prop_assert_eq!(back.channel_id, id);

@@ -143,8 +143,15 @@ impl SidecarClient {
     /// Always to the API endpoint, never on the channel: the SDK asks when
     /// the channel is down or in doubt (late Pings).
     pub async fn connect_app_callback(&self) -> Result<ConnectAppCallbackResponse, Error> {
+        self.ask_channel(Vec::new()).await
+    }
+
+    /// ConnectAppCallback asking for a client certificate for `public_key`
+    /// (a DER SubjectPublicKeyInfo; empty: none).
+    pub(crate) async fn ask_channel(&self, public_key: Vec<u8>) -> Result<ConnectAppCallbackResponse, Error> {
         let mut c = DaprAppChannelClient::new(self.channel.clone());
-        Ok(c.connect_app_callback(self.request(ConnectAppCallbackRequest {})).await?.into_inner())
+        let request = ConnectAppCallbackRequest { client_public_key: public_key };
+        Ok(c.connect_app_callback(self.request(request)).await?.into_inner())
     }
 
     /// Invokes `method` on app `app_id` through the sidecar. Fails with the

@@ -79,8 +79,11 @@ pub struct ChannelAuth {
     pub api_token_sha: Option<[u8; 32]>,
     /// Outstanding one-time tokens.
     pub tokens: Arc<Mutex<TokenStore>>,
-    /// Whether client certificates are verified (a client CA is configured).
+    /// Whether a client CA is configured (`--callback-client-ca-file`), so
+    /// that a hello may name a client certificate as its credential.
     pub mtls: bool,
+    /// Issues the app the client certificate it presents in later dials.
+    pub issuer: Arc<crate::issued::Issuer>,
     /// The live channel, for standby hellos.
     pub registry: Arc<crate::appchannel::Registry>,
     /// Seals the reconnect tokens handed out and opens those presented.
@@ -115,8 +118,14 @@ impl Authenticator for ChannelAuth {
                 "another instance of this app holds the channel; standing by",
             ));
         }
-        let expires = SystemTime::now() + crate::reconnect::RECONNECT_TTL;
-        Ok(Grant { reconnect_token: self.reconnect.issue(&self.app_id, expires) })
+        let now = SystemTime::now();
+        let expires = now + crate::reconnect::RECONNECT_TTL;
+        // An app that proves itself with a certificate of its own keeps it.
+        let own = matches!(ctx.credential, Credential::ClientCertificate(_));
+        Ok(Grant {
+            reconnect_token: self.reconnect.issue(&self.app_id, expires),
+            client_credential: if own { None } else { self.issuer.credential(&ctx.hello.client_public_key, now) },
+        })
     }
 
     fn discard(&self, hello: &Hello) {

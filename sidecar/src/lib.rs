@@ -15,6 +15,7 @@ mod error;
 mod guarded;
 mod hex;
 mod invoke;
+mod issued;
 mod metrics;
 mod reconnect;
 mod state;
@@ -62,6 +63,9 @@ pub enum StartError {
     /// The client CA (`--callback-client-ca-file`) could not be loaded.
     #[error("callback channel client CA: {0}")]
     ClientCa(dialback_certs::LoadError),
+    /// The CA of the app's client certificates could not be loaded or made.
+    #[error("state dir: the app's client certificate CA: {0}")]
+    AppCa(String),
     /// The TLS configuration could not be built from the identity.
     #[error("callback channel TLS: {0}")]
     Tls(#[from] dialback_certs::ConfigError),
@@ -285,12 +289,23 @@ async fn bind_callback(
         CertSource::Files { cert, key } => Identity::load_pem(cert, key)?,
         CertSource::Generated => Identity::load_or_generate(&state_dir, &names)?,
     };
-    let client_roots = match &config.client_ca {
-        Some(path) => Some(Arc::new(dialback_certs::load_roots(path).map_err(StartError::ClientCa)?)),
-        None => None,
+    // Client certificates are verified against the configured client CA
+    // and the sidecar's own, which issues the app the certificate it
+    // presents in later dials (see `issued`).
+    let issuer = Arc::new(issued::Issuer::load_or_generate(&state_dir, &config.app_id)?);
+    let mut client_roots = issuer.roots();
+    let mtls = match &config.client_ca {
+        Some(path) => {
+            let user = dialback_certs::load_roots(path).map_err(StartError::ClientCa)?;
+            client_roots.roots.extend(user.roots);
+            true
+        }
+        None => false,
     };
-    let mtls = client_roots.is_some();
-    let tls = dialback_certs::server_config(&identity, client_roots)?;
+    let mut tls = dialback_certs::server_config(&identity, Some(Arc::new(client_roots)))?;
+    // Session tickets sealed under a kept key: an app's redial resumes its
+    // session even after a restart, and the session names the app.
+    tls.ticketer = Arc::new(dialback_certs::SealedTickets::new(&statedir::ticket_key(&state_dir)?));
     let reset_key = statedir::reset_key(&state_dir)?;
     let reconnect = reconnect::ReconnectKey::new(&statedir::reconnect_key(&state_dir)?);
     let registry = Arc::new(Registry::default());
@@ -299,6 +314,7 @@ async fn bind_callback(
         api_token_sha,
         tokens,
         mtls,
+        issuer: issuer.clone(),
         registry: registry.clone(),
         reconnect,
     });
@@ -326,6 +342,7 @@ async fn bind_callback(
         fingerprint: identity.fingerprint(),
         server_name: dialback_certs::DEFAULT_SERVER_NAME.to_string(),
         registry,
+        issuer,
     };
     Ok((info, listener))
 }

@@ -27,6 +27,8 @@ pub struct CallbackInfo {
     pub server_name: String,
     /// The registry of the live channel.
     pub registry: Arc<Registry>,
+    /// Issues the app's client certificates (ConnectAppCallback's answer).
+    pub issuer: Arc<crate::issued::Issuer>,
 }
 
 /// Shared sidecar state.

@@ -1,6 +1,7 @@
 //! The state directory: what must survive a restart (the generated
 //! identity, the QUIC stateless-reset key, the reconnect-token key, the
-//! QUIC apps of the last run).
+//! TLS ticket key, the CA of the app's client certificates, the QUIC apps
+//! of the last run).
 //!
 //! The parsers here read files anyone with access to the directory may have
 //! written: they never panic, bound what they read and keep, and treat
@@ -31,6 +32,13 @@ pub fn reset_key(dir: &Path) -> Result<[u8; 32], StartError> {
 /// `crate::reconnect`). Deleting the file revokes them all.
 pub fn reconnect_key(dir: &Path) -> Result<[u8; 32], StartError> {
     secret(dir, "reconnect-key")
+}
+
+/// The secret that seals TLS session tickets, generated once and kept, so
+/// that a restarted sidecar resumes the sessions of its previous life
+/// (`dialback_certs::SealedTickets`). Deleting the file ends them all.
+pub fn ticket_key(dir: &Path) -> Result<[u8; 32], StartError> {
+    secret(dir, "tls-ticket-key")
 }
 
 /// The 32-byte secret in `dir/name`, made (private to the owner) when

@@ -151,6 +151,17 @@ async fn sidecar_restart(transport: &str) {
     // process took the app's direct redial, with no ConnectAppCallback.
     let md = metadata(sc2.http).await.unwrap();
     assert_eq!(md["appChannel"]["credential"], "reconnect-token", "{md}");
+    // Tickets are sealed with a key in the state dir too: the redial resumed
+    // the TLS session of the first run, with the certificate the sidecar
+    // issued the app for its key, so the new process knew the app from its
+    // ClientHello (over QUIC, where that is what the log says).
+    let authenticated = |log: String| {
+        log.lines().filter(|l| l.contains("callback channel authenticated")).map(str::to_string).collect::<Vec<_>>()
+    };
+    let first = authenticated(sc.log());
+    assert!(first.iter().all(|l| l.contains("tls_resumed=false")), "the first dial is a full handshake: {first:?}");
+    let second = authenticated(sc2.log());
+    assert!(second.iter().any(|l| l.contains("tls_resumed=true")), "the redial resumed: {second:?}");
     // Deleting the key revokes every token: the next restart refuses the
     // app's token, and the app falls back to ConnectAppCallback by itself.
     let mut sc2 = sc2;

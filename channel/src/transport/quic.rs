@@ -425,12 +425,33 @@ fn abandoned(e: &quinn::ConnectionError) -> bool {
     }
 }
 
+/// The TLS handshake, and whether the session it resumed names a client
+/// certificate: known once the ClientHello is read, a flight before the
+/// app's Finished (docs/architecture.md, "The credential in TLS").
+async fn handshake_tls(incoming: quinn::Incoming) -> Result<(quinn::Connection, bool), quinn::ConnectionError> {
+    let mut connecting = incoming.accept()?;
+    connecting.handshake_data().await?;
+    // A server's connection is usable from here (0.5-RTT); nothing is sent before the handshake ends.
+    let (conn, done) = match connecting.into_0rtt() {
+        Ok(early) => early,
+        Err(connecting) => return Ok((connecting.await?, false)),
+    };
+    let resumed = conn.peer_identity().is_some();
+    done.await;
+    match conn.close_reason() {
+        Some(e) => Err(e),
+        None => Ok((conn, resumed)),
+    }
+}
+
 async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<(), AcceptError> {
     let arrived = Instant::now();
     let deadline = arrived + shared.timeouts.handshake;
     let limit = shared.timeouts.handshake;
     let peer = incoming.remote_address();
-    let conn = tokio::time::timeout_at(deadline, incoming).await.map_err(|_| AcceptError::Timeout(limit))??;
+    let conn =
+        tokio::time::timeout_at(deadline, handshake_tls(incoming)).await.map_err(|_| AcceptError::Timeout(limit))??;
+    let (conn, resumed) = conn;
     let alpn = alpn(&conn);
     let Ok(accepted) = tokio::time::timeout_at(deadline, conn.accept_bi()).await else {
         conn.close(quinn::VarInt::from_u32(CloseCode::Refused as u32), b"no hello within the handshake timeout");
@@ -439,7 +460,7 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<(), Acc
     let (mut send, mut recv) = accepted?;
     let certs = conn.peer_identity().and_then(|c| c.downcast::<Vec<CertificateDer<'static>>>().ok());
     let client_cert = certs.as_ref().and_then(|c| c.first());
-    let seen = crate::accept::Seen { transport: Transport::Quic, peer, alpn: alpn.as_deref(), client_cert };
+    let seen = crate::accept::Seen { transport: Transport::Quic, peer, alpn: alpn.as_deref(), client_cert, resumed };
     match crate::accept::exchange(&mut recv, &mut send, &seen, deadline, shared).await {
         Ok(accepted) => {
             // Proven: open the window that was kept small for strangers.
@@ -467,31 +488,5 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<(), Acc
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used)]
-mod tests {
-    use super::{abandoned, quic_alpn};
-
-    #[test]
-    fn an_app_dropping_an_attempt_is_abandoned_not_refused() {
-        let closed = |code: u32| {
-            quinn::ConnectionError::ApplicationClosed(quinn::ApplicationClose {
-                error_code: quinn::VarInt::from_u32(code),
-                reason: bytes::Bytes::new(),
-            })
-        };
-        assert!(abandoned(&closed(0)), "quinn's implicit close on drop");
-        assert!(!abandoned(&closed(crate::CloseCode::ShuttingDown as u32)));
-        assert!(!abandoned(&quinn::ConnectionError::TimedOut));
-        assert!(!abandoned(&quinn::ConnectionError::Reset));
-    }
-
-    #[test]
-    fn a_stream_per_call_is_offered_only_next_to_dialback_1() {
-        let one = dialback_certs::ALPN.to_vec();
-        let two = dialback_certs::ALPN_STREAMS.to_vec();
-        assert_eq!(quic_alpn(std::slice::from_ref(&one)), vec![two.clone(), one.clone()]);
-        assert_eq!(quic_alpn(&[two.clone(), one.clone()]), vec![two, one], "not twice");
-        assert!(quic_alpn(&[]).is_empty(), "no ALPN stays none, to be refused");
-        assert_eq!(quic_alpn(&[b"h2".to_vec()]), vec![b"h2".to_vec()]);
-    }
-}
+#[path = "quic_tests.rs"]
+mod tests;

@@ -193,12 +193,14 @@ async fn handshake(
     let (_, session) = tls_stream.get_ref();
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     let client_cert = session.peer_certificates().and_then(|c| c.first()).cloned();
+    let resumed = session.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let (mut r, mut w) = tokio::io::split(&mut tls_stream);
     let seen = crate::accept::Seen {
         transport: Transport::TcpTls,
         peer,
         alpn: alpn.as_deref(),
         client_cert: client_cert.as_ref(),
+        resumed,
     };
     let outcome = crate::accept::exchange(&mut r, &mut w, &seen, deadline, shared).await;
     match outcome {

@@ -25,11 +25,14 @@ use crate::ping::{PingService, PingState};
 use crate::plan::{self, AfterRedial, Remembered};
 
 mod moves;
+mod resume;
 mod session;
+mod wait;
 
 use crate::sidecar::SidecarClient;
 use crate::state::{CallContext, ChannelState, Connected};
 use session::{End, Session, serve_streams};
+use wait::{until_some, until_true};
 
 /// A request from the [`crate::Handle`] to the runner.
 pub(crate) enum Command {
@@ -62,6 +65,8 @@ pub(crate) struct Runner {
     down_since: Option<Instant>,
     /// The kernel's network change announcements (opened in `run`, on the runtime).
     net: NetWatch,
+    /// The TLS client key, its certificate and the sessions to resume.
+    resume: resume::Resume,
 }
 
 /// What the SDK keeps from the last channel to redial the same sidecar
@@ -94,6 +99,7 @@ impl Runner {
     ) -> Runner {
         let options = options.normalized();
         let dialer = Dialer::new(options.local_ip);
+        let resume = resume::Resume::new(matches!(options.credential, CredentialChoice::ClientCertificate(_)));
         Runner {
             sidecar,
             options,
@@ -108,6 +114,7 @@ impl Runner {
             down_since: None,
             fresh: None,
             net: NetWatch::new(false),
+            resume,
         }
     }
 
@@ -291,8 +298,8 @@ impl Runner {
                         // certificate, is how the app learns of it.
                         Verdict::AskSidecar => {
                             if asking.is_none() {
-                                let sidecar = self.sidecar.clone();
-                                asking = Some(Box::pin(async move { sidecar.connect_app_callback().await }));
+                                let (sidecar, key) = (self.sidecar.clone(), self.resume.public_key());
+                                asking = Some(Box::pin(async move { sidecar.ask_channel(key).await }));
                             }
                         }
                         Verdict::MoveSocket { nth } => {
@@ -359,11 +366,11 @@ impl Runner {
         let cached = self.cache.clone();
         let redial = cached.as_ref().and_then(|c| plan::redial(Some(&c.remembered), allowed).map(|r| (c.clone(), r)));
         let Some((c, redial)) = redial else {
-            let answer = self.sidecar.connect_app_callback().await?;
+            let answer = self.sidecar.ask_channel(self.resume.public_key()).await?;
             return self.dial_answer(answer, allowed).await;
         };
-        let sidecar = self.sidecar.clone();
-        let ask = async move { sidecar.connect_app_callback().await };
+        let (sidecar, key) = (self.sidecar.clone(), self.resume.public_key());
+        let ask = async move { sidecar.ask_channel(key).await };
         tokio::pin!(ask);
         let hello = self.hello(&c.app_id, redial.credential);
         let head_start = self.options.tcp_head_start;
@@ -430,6 +437,14 @@ impl Runner {
         fingerprint: Vec<u8>,
         grant: Grant,
     ) {
+        let mut config = config;
+        // A renewed certificate goes into the config of the next redials.
+        if self.resume.learn(grant.client_credential) {
+            match self.resume.apply(&config.tls) {
+                Ok(tls) => config.tls = Arc::new(tls),
+                Err(e) => debug!(error = %e, "could not present the renewed client certificate"),
+            }
+        }
         let remembered = Remembered { offered, reconnect_token: grant.reconnect_token, fingerprint };
         self.cache = Some(Cached { config, app_id, remembered });
     }
@@ -448,6 +463,10 @@ impl Runner {
             _ => None,
         };
         let tls = dialback_certs::client_config(&plan.trust, client_identity).map_err(|e| Error::Tls(e.to_string()))?;
+        // The sidecar's certificate for the app's key, and the sessions kept for it.
+        self.resume.for_sidecar(&answer.cert_sha256);
+        self.resume.learn(dialback_channel::ClientCredential::from_answer(&answer));
+        let tls = self.resume.apply(&tls)?;
         let config = DialConfig {
             addr,
             server_name: plan.server_name,
@@ -463,21 +482,6 @@ impl Runner {
     }
 }
 
-/// Resolves with the future's output once there is one to wait for.
-async fn until_some<T>(f: &mut Option<futures_util::future::BoxFuture<'static, T>>) -> T {
-    match f {
-        Some(f) => f.await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves once `rx` holds true (never, if its sender goes away first).
-async fn until_true(rx: &mut watch::Receiver<bool>) {
-    if rx.wait_for(|v| *v).await.is_err() {
-        std::future::pending::<()>().await;
-    }
-}
-
 impl Runner {
     fn hello(&self, app_id: &str, credential: Credential) -> Hello {
         Hello {
@@ -489,6 +493,7 @@ impl Runner {
             max_message_bytes: u32::try_from(self.options.max_message_size).unwrap_or(u32::MAX),
             liveness_beat_ms: self.options.liveness.to_hello(),
             api_over_http3: self.options.api_over_http3,
+            client_public_key: self.resume.public_key(),
         }
     }
 }

@@ -98,7 +98,7 @@ impl Dapr for DaprApi {
 impl DaprAppChannel for AppChannelApi {
     async fn connect_app_callback(
         &self,
-        _request: Request<ConnectAppCallbackRequest>,
+        request: Request<ConnectAppCallbackRequest>,
     ) -> Result<Response<ConnectAppCallbackResponse>, Status> {
         let s = &self.0;
         let Some(cb) = &s.callback else {
@@ -111,7 +111,9 @@ impl DaprAppChannel for AppChannelApi {
             .lock()
             .map_err(|_| Status::internal("token store unavailable"))?
             .issue(Instant::now(), s.token_ttl);
-        let expires = SystemTime::now() + s.token_ttl;
+        let now = SystemTime::now();
+        let expires = now + s.token_ttl;
+        let cert = cb.issuer.credential(&request.get_ref().client_public_key, now);
         let (address, port) = match &cb.advertise {
             Some(adv) => (adv.to_string(), i32::from(adv.port)),
             None => (String::new(), i32::from(cb.listen.port())),
@@ -125,6 +127,8 @@ impl DaprAppChannel for AppChannelApi {
             address,
             app_id: s.app_id.clone(),
             server_name: cb.server_name.clone(),
+            client_certificate_expires_unix_ms: cert.as_ref().map_or(0, |c| c.expires_unix_ms),
+            client_certificate: cert.map(|c| c.cert).unwrap_or_default(),
         }))
     }
 }

@@ -118,6 +118,7 @@ pub struct Metrics {
     invoke_latency: HistogramVec,
     channels_up: IntGaugeVec,
     opens: IntCounterVec,
+    resumed: IntCounterVec,
     refusals: IntCounterVec,
     handshake: HistogramVec,
     ping_rtt: HistogramVec,
@@ -249,6 +250,12 @@ impl Metrics {
             channels_up: b.gauge(
                 "dialback_channels_up",
                 "App callback channels up (0 or 1), by transport.",
+                &["transport"],
+            )?,
+            resumed: b.counter(
+                "dialback_channel_tls_resumed_total",
+                "Callback channels accepted on a resumed TLS session (over QUIC: one that named the app's \
+                 client certificate from its ClientHello), by transport.",
                 &["transport"],
             )?,
             opens: b.counter(
@@ -390,8 +397,11 @@ impl ListenerEvents for Metrics {
         self.refusals.with_label_values(&[transport.as_str(), reason.as_str()]).inc();
     }
 
-    fn accepted(&self, transport: Transport, credential: CredentialKind, took: Duration) {
+    fn accepted(&self, transport: Transport, credential: CredentialKind, resumed: bool, took: Duration) {
         self.opens.with_label_values(&[transport.as_str(), credential.as_str()]).inc();
+        if resumed {
+            self.resumed.with_label_values(&[transport.as_str()]).inc();
+        }
         self.handshake.with_label_values(&[transport.as_str()]).observe(took.as_secs_f64());
     }
 
