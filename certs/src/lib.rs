@@ -44,7 +44,7 @@ pub use pki::{DevCa, write_dev_set};
 pub use rustls::RootCertStore;
 pub use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 pub use tickets::{SealedTickets, TICKET_EPOCH_SECS};
-pub use tls::{ServerTrust, client_config, crypto_provider, server_config, with_client_identity};
+pub use tls::{ClientCertSlot, ServerTrust, client_config, crypto_provider, server_config};
 pub use verify::PinnedServerVerifier;
 
 /// The ALPN protocol id both ends of a dialback connection negotiate.

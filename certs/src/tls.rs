@@ -72,36 +72,52 @@ pub fn client_config(trust: &ServerTrust, client: Option<&Identity>) -> Result<C
     Ok(config)
 }
 
-/// `config` presenting `client` as its certificate: the same trust, ALPN and
-/// kept sessions (a clone shares its session store); fails if the key is
-/// unusable.
-pub fn with_client_identity(config: &ClientConfig, client: &Identity) -> Result<ClientConfig, ConfigError> {
-    let key = config
-        .crypto_provider()
-        .key_provider
-        .load_private_key(client.key.clone_key())
-        .map_err(ConfigError::ClientIdentity)?;
-    let certified = Arc::new(rustls::sign::CertifiedKey::new(client.cert_chain.clone(), key));
-    let mut config = config.clone();
-    config.client_auth_cert_resolver = Arc::new(OneClientCert(certified));
-    Ok(config)
+/// A client certificate that can be replaced while the config that
+/// presents it stays the same: rustls resumes a session only with the
+/// config objects (verifier, certificate resolver) it was made with, so a
+/// renewed certificate must not mean a new resolver.
+#[derive(Debug, Default)]
+pub struct ClientCertSlot(std::sync::RwLock<Option<Arc<rustls::sign::CertifiedKey>>>);
+
+impl ClientCertSlot {
+    /// `config` presenting what this slot holds (nothing until [`ClientCertSlot::set`]).
+    pub fn install(self: &Arc<Self>, config: &mut ClientConfig) {
+        config.client_auth_cert_resolver = self.clone();
+    }
+
+    /// Presents `client` from now on; fails (keeping what was there) if its key is unusable.
+    pub fn set(&self, client: &Identity) -> Result<(), ConfigError> {
+        let key = crypto_provider()
+            .key_provider
+            .load_private_key(client.key.clone_key())
+            .map_err(ConfigError::ClientIdentity)?;
+        let certified = Arc::new(rustls::sign::CertifiedKey::new(client.cert_chain.clone(), key));
+        if let Ok(mut slot) = self.0.write() {
+            *slot = Some(certified);
+        }
+        Ok(())
+    }
+
+    /// Presents nothing from now on.
+    pub fn clear(&self) {
+        if let Ok(mut slot) = self.0.write() {
+            *slot = None;
+        }
+    }
 }
 
-/// Presents one certificate to any server that asks.
-#[derive(Debug)]
-struct OneClientCert(Arc<rustls::sign::CertifiedKey>);
-
-impl rustls::client::ResolvesClientCert for OneClientCert {
+impl rustls::client::ResolvesClientCert for ClientCertSlot {
     fn resolve(
         &self,
         _root_hint_subjects: &[&[u8]],
         sigschemes: &[rustls::SignatureScheme],
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let held = self.0.read().ok()?.clone()?;
         // Only when the server can check the key's signature.
-        self.0.key.choose_scheme(sigschemes).is_some().then(|| self.0.clone())
+        held.key.choose_scheme(sigschemes).is_some().then_some(held)
     }
 
     fn has_certs(&self) -> bool {
-        true
+        self.0.read().is_ok_and(|s| s.is_some())
     }
 }

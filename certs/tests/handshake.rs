@@ -162,6 +162,8 @@ fn a_restarted_server_resumes_and_knows_the_client_from_the_client_hello() {
     let key = dialback_certs::ClientKey::generate().unwrap();
     let cert = ca.client_certificate_for("orders", key.public_key_der(), now - 3600, now + 86_400).unwrap();
     let client = key.identity(cert.to_vec());
+    let slot = Arc::new(dialback_certs::ClientCertSlot::default());
+    slot.set(&client).unwrap();
     let roots = Arc::new(ca.roots());
     let secret = [9u8; 32];
     let server_config = |secret: &[u8; 32]| {
@@ -169,7 +171,9 @@ fn a_restarted_server_resumes_and_knows_the_client_from_the_client_hello() {
         config.ticketer = Arc::new(dialback_certs::SealedTickets::new(secret));
         Arc::new(config)
     };
-    let client = Arc::new(client_config(&ServerTrust::Pinned(server.fingerprint()), Some(&client)).unwrap());
+    let mut client = client_config(&ServerTrust::Pinned(server.fingerprint()), None).unwrap();
+    slot.install(&mut client);
+    let client = Arc::new(client);
     let name = ServerName::try_from("localhost").unwrap();
     let run = |server: Arc<rustls::ServerConfig>| {
         let mut c = Connection::from(ClientConnection::new(client.clone(), name.clone()).unwrap());
@@ -189,10 +193,20 @@ fn a_restarted_server_resumes_and_knows_the_client_from_the_client_hello() {
     let (early, kind, after) = run(server_config(&secret));
     assert_eq!((early, kind), (None, Some(rustls::HandshakeKind::Full)), "the first handshake is a full one");
     assert_eq!(after, Some(Some("orders".into())));
-    // A new server (a restart) with the same secret resumes the session.
+    // A new server (a restart) with the same secret resumes the session,
+    // and again and again: a resumed session's tickets name the app too.
+    for restart in 0..5 {
+        let (early, kind, _) = run(server_config(&secret));
+        assert_eq!(kind, Some(rustls::HandshakeKind::Resumed), "restart {restart}");
+        assert_eq!(early, Some(Some("orders".into())), "the resumed session names the app at the ClientHello");
+    }
+    // A renewed certificate (as a verdict gives) in the same slot keeps
+    // the sessions: rustls resumes only with the config objects it made
+    // them with.
+    let renewed = ca.client_certificate_for("orders", key.public_key_der(), now - 3600, now + 86_400).unwrap();
+    slot.set(&key.identity(renewed.to_vec())).unwrap();
     let (early, kind, _) = run(server_config(&secret));
-    assert_eq!(kind, Some(rustls::HandshakeKind::Resumed));
-    assert_eq!(early, Some(Some("orders".into())), "the resumed session names the app at the ClientHello");
+    assert_eq!((early, kind), (Some(Some("orders".into())), Some(rustls::HandshakeKind::Resumed)), "renewed");
     // With another secret (the state dir lost) the ticket is not taken.
     let (early, kind, _) = run(server_config(&[10u8; 32]));
     assert_eq!((early, kind), (None, Some(rustls::HandshakeKind::Full)));

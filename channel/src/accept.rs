@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -31,6 +31,7 @@ pub(crate) struct Shared {
     pub(crate) events: Arc<dyn ListenerEvents>,
     pub(crate) timeouts: Timeouts,
     tx: mpsc::Sender<Channel>,
+    early_tx: mpsc::Sender<crate::EarlyChannel>,
     /// Handshake slots, one budget per transport.
     max_handshakes: usize,
     quic_slots: Arc<Semaphore>,
@@ -59,6 +60,7 @@ impl Shared {
         config: &ListenerConfig,
         auth: Arc<dyn Authenticator>,
         tx: mpsc::Sender<Channel>,
+        early_tx: mpsc::Sender<crate::EarlyChannel>,
         stop: CancellationToken,
     ) -> Shared {
         let every = Duration::from_secs(5);
@@ -68,6 +70,7 @@ impl Shared {
             events: config.events.clone(),
             timeouts: config.timeouts,
             tx,
+            early_tx,
             max_handshakes,
             quic_slots: Arc::new(Semaphore::new(max_handshakes)),
             tcp_slots: Arc::new(Semaphore::new(max_handshakes)),
@@ -79,6 +82,21 @@ impl Shared {
             log_full: RateLimited::new(every),
             log_per_ip: RateLimited::new(every),
         }
+    }
+
+    /// Whether `cert`, named by a resumed session, proves the app.
+    pub(crate) fn names_app(&self, cert: &CertificateDer<'static>) -> bool {
+        self.auth.names_app(cert)
+    }
+
+    /// Hands up a connection before its hello, with the channel id its hello
+    /// will get; the sender says how the hello went. `None` when nobody
+    /// takes early channels now (the queue is full or closed).
+    pub(crate) fn offer_early(&self, conn: Connection, peer: SocketAddr) -> Option<(u64, oneshot::Sender<bool>)> {
+        let channel_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, decided) = oneshot::channel();
+        let early = crate::EarlyChannel { conn, channel_id, peer_addr: peer, decided };
+        self.early_tx.try_send(early).ok().map(|()| (channel_id, tx))
     }
 
     fn slots(&self, transport: Transport) -> &Arc<Semaphore> {
@@ -170,6 +188,8 @@ pub(crate) struct Seen<'a> {
     pub(crate) client_cert: Option<&'a CertificateDer<'static>>,
     /// The TLS session was resumed (over QUIC: with a client certificate).
     pub(crate) resumed: bool,
+    /// The channel id given when it was offered early.
+    pub(crate) channel_id: Option<u64>,
 }
 
 /// An accepted hello: the hello, the channel id given and how it proved itself.
@@ -217,7 +237,7 @@ where
     };
     match decided {
         Ok((hello, (grant, credential))) => {
-            let channel_id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let channel_id = seen.channel_id.unwrap_or_else(|| shared.next_id.fetch_add(1, Ordering::Relaxed));
             let api_over_http3 = hello.api_over_http3 && seen.transport == Transport::Quic && shared.api_over_http3;
             let verdict = handshake::accepted(channel_id, grant, api_over_http3);
             // The verdict write is bounded too: a peer that stops reading cannot pin us.

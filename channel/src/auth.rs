@@ -88,6 +88,14 @@ pub trait Authenticator: Send + Sync + 'static {
     /// `Ok` accepts the channel; `Err` refuses it with the given reason.
     fn authenticate(&self, ctx: &HelloContext<'_>) -> Result<Grant, Refusal>;
 
+    /// Whether a client certificate that a resumed TLS session names (a
+    /// certificate this sidecar verified in an earlier full handshake)
+    /// proves the app, so that calls may be sent before its hello (see
+    /// [`crate::EarlyChannel`]). None does by default.
+    fn names_app(&self, _cert: &CertificateDer<'static>) -> bool {
+        false
+    }
+
     /// Called instead of [`Authenticator::authenticate`] for a hello refused
     /// before its credential was looked at (wrong ALPN, version or app-id
     /// shape): spend whatever single-use credential it carries.

@@ -40,6 +40,14 @@ impl Pending {
         self.transport
     }
 
+    /// Where the sidecar may send calls on streams of their own before the
+    /// verdict (a resumed QUIC session with `dialback/2`; see
+    /// [`crate::EarlyChannel`]): serve it before [`Pending::hello`] to
+    /// answer them a round trip sooner. `None` elsewhere.
+    pub fn early_connection(&self) -> Option<Connection> {
+        self.inner.early()
+    }
+
     /// Sends `hello` and reads the verdict, within what is left of the
     /// handshake deadline. Returns the channel and what the sidecar granted
     /// (a reconnect token). Fails when the sidecar refuses or time runs out.

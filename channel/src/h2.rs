@@ -58,7 +58,8 @@ fn ping_timeout(keep_alive: KeepAlive) -> std::time::Duration {
 /// stalls only the call it belongs to.
 #[derive(Clone, Debug)]
 pub struct H2Client {
-    send: hyper::client::conn::http2::SendRequest<Body>,
+    /// The first stream's connection (none on an early channel).
+    send: Option<hyper::client::conn::http2::SendRequest<Body>>,
     streams: Option<std::sync::Arc<crate::callpool::CallPool>>,
 }
 
@@ -82,7 +83,7 @@ pub async fn client(io: Io, keep_alive: Option<KeepAlive>) -> Result<(H2Client, 
             .keep_alive_while_idle(true);
     }
     let (send, conn) = builder.handshake(TokioIo::new(io)).await?;
-    Ok((H2Client { send, streams: None }, Box::pin(exec.drive(conn))))
+    Ok((H2Client { send: Some(send), streams: None }, Box::pin(exec.drive(conn))))
 }
 
 /// The sidecar's HTTP/2 client settings, with a connection window of
@@ -109,6 +110,13 @@ impl H2Client {
         self
     }
 
+    /// A client with every call on a stream of its own of `conn` and no
+    /// first stream: for an early channel (see [`crate::EarlyChannel`]),
+    /// whose first stream the app has not opened yet.
+    pub fn streams_only(conn: &Connection) -> H2Client {
+        H2Client { send: None, streams: Some(std::sync::Arc::new(crate::callpool::CallPool::new(conn.clone()))) }
+    }
+
     /// This client on the channel's first stream only: for the long-lived
     /// Ping stream and the close notice, which must not wait for a stream.
     pub fn first_stream(&self) -> H2Client {
@@ -129,7 +137,13 @@ impl tower::Service<Request<Body>> for H2Client {
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Ready while the channel's first connection is: a stream per call
         // lives and dies with the same QUIC connection.
-        self.send.poll_ready(cx).map_err(Into::into)
+        match &mut self.send {
+            Some(send) => send.poll_ready(cx).map_err(Into::into),
+            // An early channel: each call opens its stream, and fails there
+            // if the connection is gone.
+            None if self.streams.is_some() => Poll::Ready(Ok(())),
+            None => Poll::Ready(Err("the channel has no HTTP/2 connection yet".into())),
+        }
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
@@ -144,7 +158,10 @@ impl tower::Service<Request<Body>> for H2Client {
         if let Some(pool) = &self.streams {
             return Box::pin(pool.clone().call(req));
         }
-        let fut = self.send.send_request(req);
+        let Some(send) = &mut self.send else {
+            return Box::pin(async { Err("the channel has no HTTP/2 connection yet".into()) });
+        };
+        let fut = send.send_request(req);
         Box::pin(async move { Ok(fut.await?.map(Body::new)) })
     }
 }

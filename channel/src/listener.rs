@@ -16,12 +16,13 @@ use crate::config::ListenerConfig;
 use crate::error::BindError;
 use crate::io::Channel;
 use crate::reset::CidLog;
-use crate::transport::{quic, tcp};
+use crate::transport::{quic, quic_accept, tcp};
 
 /// Accepts app channels. Dropping it stops accepting; live channels stay.
 pub struct Listener {
     addr: SocketAddr,
     rx: mpsc::Receiver<Channel>,
+    early: Option<mpsc::Receiver<crate::EarlyChannel>>,
     stop: CancellationToken,
     cids: Arc<CidLog>,
 }
@@ -57,6 +58,14 @@ impl Listener {
     /// The next accepted channel; `None` once the listener is closed.
     pub async fn accept(&mut self) -> Option<Channel> {
         self.rx.recv().await
+    }
+
+    /// The connections offered before their hello (see
+    /// [`crate::EarlyChannel`]), to receive beside [`Listener::accept`];
+    /// `None` after the first call. While nobody takes them, no more than
+    /// a few are offered, and their channels come by `accept` as usual.
+    pub fn early_channels(&mut self) -> Option<mpsc::Receiver<crate::EarlyChannel>> {
+        self.early.take()
     }
 
     /// The QUIC connection IDs issued lately (for [`ListenerConfig::reset_previous`] after a restart),
@@ -113,13 +122,14 @@ async fn bind_sockets(config: &ListenerConfig) -> Result<Bound, BindError> {
 
 fn start(config: ListenerConfig, bound: Bound, auth: Arc<dyn Authenticator>) -> Listener {
     let (tx, rx) = mpsc::channel(16);
+    let (early_tx, early) = mpsc::channel(16);
     let stop = CancellationToken::new();
-    let shared = Arc::new(Shared::new(&config, auth, tx, stop.clone()));
+    let shared = Arc::new(Shared::new(&config, auth, tx, early_tx, stop.clone()));
     if let Some(endpoint) = bound.quic {
-        tokio::spawn(quic::accept_loop(endpoint, shared.clone()));
+        tokio::spawn(quic_accept::accept_loop(endpoint, shared.clone()));
     }
     if let Some(listener) = bound.tcp {
         tokio::spawn(tcp::accept_loop(listener, config.tls, shared));
     }
-    Listener { addr: bound.addr, rx, stop, cids: bound.cids }
+    Listener { addr: bound.addr, rx, early: Some(early), stop, cids: bound.cids }
 }

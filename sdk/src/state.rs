@@ -59,6 +59,7 @@ impl ChannelState {
 pub struct CallContext {
     /// The transport in use.
     pub transport: Transport,
-    /// The channel id.
+    /// The channel id (0 for a call that came before the sidecar's verdict:
+    /// the first calls after a redial that resumed its TLS session).
     pub channel_id: u64,
 }

@@ -131,6 +131,10 @@ impl Authenticator for ChannelAuth {
     fn discard(&self, hello: &Hello) {
         self.spend(hello);
     }
+
+    fn names_app(&self, cert: &dialback_certs::CertificateDer<'static>) -> bool {
+        dialback_certs::app_id_of(cert).is_some_and(|id| id == self.app_id)
+    }
 }
 
 impl ChannelAuth {

@@ -200,6 +200,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         AppMode::Callback => {
             let (info, listener) = bind_callback(&config, api_token_sha, tokens.clone(), metrics.clone()).await?;
             let policy = CallbackPolicy {
+                app_id: config.app_id.clone(),
                 keep_alive: config.timeouts.keep_alive,
                 ping_interval: config.ping_interval,
                 handshake: config.timeouts.handshake,
@@ -309,6 +310,12 @@ async fn bind_callback(
     let reset_key = statedir::reset_key(&state_dir)?;
     let reconnect = reconnect::ReconnectKey::new(&statedir::reconnect_key(&state_dir)?);
     let registry = Arc::new(Registry::default());
+    // Where the previous run last saw its QUIC app: where a resumed redial
+    // may come from early (see `appchannel::driver::early`).
+    let previous = statedir::load_peers(&state_dir);
+    if let Some(peer) = previous.0.first() {
+        registry.seed_peer(*peer);
+    }
     let auth = Arc::new(auth::ChannelAuth {
         app_id: config.app_id.clone(),
         api_token_sha,
@@ -327,7 +334,7 @@ async fn bind_callback(
             reset_key: Some(reset_key),
             max_handshakes: config.limits.callback_max_handshakes,
             max_handshakes_per_ip: config.limits.callback_max_handshakes_per_ip,
-            reset_previous: statedir::load_peers(&state_dir),
+            reset_previous: previous,
             events: metrics,
             congestion: config.congestion,
             api_over_http3: config.api_over_http3,

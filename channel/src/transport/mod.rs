@@ -17,6 +17,7 @@ use crate::io::{Connection, Io};
 use crate::{Hello, Verdict};
 
 pub(crate) mod quic;
+pub(crate) mod quic_accept;
 pub(crate) mod tcp;
 
 /// What a hello over a transport yields: the channel's byte stream, its
@@ -31,6 +32,11 @@ pub(crate) trait Handshake: Send {
     fn hello<'a>(self: Box<Self>, addr: SocketAddr, hello: &'a Hello) -> HelloFuture<'a>;
     /// Drops the connection, telling the peer where the transport can.
     fn abandon(self: Box<Self>);
+    /// The connection for calls the sidecar sends on streams of their own
+    /// before the verdict, where it can (QUIC with `dialback/2`).
+    fn early(&self) -> Option<Connection> {
+        None
+    }
 }
 
 /// The transport under one channel, chosen once when it is dialed.

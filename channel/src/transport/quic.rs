@@ -10,15 +10,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use super::{Handshake, HelloFuture};
-use crate::accept::Shared;
 use crate::config::{DialConfig, ListenerConfig};
-use crate::error::{AcceptError, BindError, DialError, quic_io};
+use crate::error::{BindError, DialError, quic_io};
 use crate::handshake;
 use crate::io::{CallStream, CloseCode, Connection, Io, Link, PathCounts, StreamFuture};
 use crate::reset::{CidLog, RecordingCids, WatchedSocket, cid_key, reset_previous};
@@ -27,7 +26,7 @@ use crate::{Hello, RefusalReason, Transport, Verdict, coalesce::Coalesced};
 /// A live QUIC connection, whether it carries a stream per call, and
 /// whether the app's API calls ride on it as HTTP/3.
 #[derive(Debug)]
-struct QuicLink(quinn::Connection, bool, bool);
+pub(super) struct QuicLink(quinn::Connection, bool, bool);
 
 impl Link for QuicLink {
     fn transport(&self) -> Transport {
@@ -104,14 +103,14 @@ impl Link for QuicLink {
 }
 
 /// The ALPN id `conn` negotiated, if any.
-fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
+pub(super) fn alpn(conn: &quinn::Connection) -> Option<Vec<u8>> {
     conn.handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
         .and_then(|d| d.protocol)
 }
 
 /// Whether `conn` negotiated `dialback/2` (a stream per call).
-fn negotiated_streams(conn: &quinn::Connection) -> bool {
+pub(super) fn negotiated_streams(conn: &quinn::Connection) -> bool {
     alpn(conn).is_some_and(|p| p == dialback_certs::ALPN_STREAMS)
 }
 
@@ -128,7 +127,7 @@ fn quic_alpn(tls: &[Vec<u8>]) -> Vec<Vec<u8>> {
 
 /// The channel's byte stream and connection handle over `conn`'s stream
 /// pair; `api`: the verdict said the app's API calls ride on it as HTTP/3.
-fn channel_parts(
+pub(super) fn channel_parts(
     conn: quinn::Connection,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
@@ -138,6 +137,13 @@ fn channel_parts(
     let streams = negotiated_streams(&conn);
     let connection = Connection::new(Arc::new(QuicLink(conn, streams, api)), gone.clone());
     (Io::new(Box::new(Coalesced::new(tokio::io::join(recv, send))), gone), connection)
+}
+
+/// A handle on `conn` for calls on streams of their own only, before its
+/// first stream is up (0.5-RTT on the sidecar, before the verdict on the
+/// app): see [`crate::EarlyChannel`].
+pub(super) fn early_connection(conn: &quinn::Connection) -> Connection {
+    Connection::new(Arc::new(QuicLink(conn.clone(), true, false)), CancellationToken::new())
 }
 
 // ---- The app's side ----
@@ -308,6 +314,10 @@ impl Handshake for PendingQuic {
     fn abandon(self: Box<Self>) {
         self.0.close(quinn::VarInt::from_u32(CloseCode::Done as u32), b"not needed");
     }
+
+    fn early(&self) -> Option<Connection> {
+        negotiated_streams(&self.0).then(|| early_connection(&self.0))
+    }
 }
 
 /// Sorts a QUIC connection error into "TLS said no" and "could not connect".
@@ -327,7 +337,7 @@ fn dial_error(addr: SocketAddr, e: quinn::ConnectionError) -> DialError {
 
 /// Above this share of QUIC slots in use, a QUIC client must prove its
 /// address with a Retry round trip before it gets a slot.
-const RETRY_ABOVE: f64 = 0.5;
+pub(super) const RETRY_ABOVE: f64 = 0.5;
 
 /// Binds the sidecar's QUIC endpoint on `addr`, after sending stateless
 /// resets to the apps of a previous run. Returns it and its address.
@@ -374,117 +384,6 @@ pub(crate) fn bind(
         quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket, runtime).map_err(bind_err)?;
     let addr = endpoint.local_addr().map_err(bind_err)?;
     Ok((endpoint, addr))
-}
-
-/// Accepts QUIC connections until the listener stops, each handshake in a
-/// task of its own, within the QUIC budget and the per-source bound.
-pub(crate) async fn accept_loop(endpoint: quinn::Endpoint, shared: Arc<Shared>) {
-    loop {
-        let incoming = tokio::select! {
-            i = endpoint.accept() => match i { Some(i) => i, None => return },
-            () = shared.stop.cancelled() => return,
-        };
-        let peer = incoming.remote_address();
-        // Under load, make the client prove its address first (a Retry round
-        // trip): spoofed or bare Initials then cost no slot.
-        let load = shared.load(Transport::Quic);
-        if load >= RETRY_ABOVE && !incoming.remote_address_validated() && incoming.may_retry() {
-            if let Err(e) = incoming.retry() {
-                debug!(%peer, error = %e, "QUIC Retry failed");
-            }
-            continue;
-        }
-        let Some(admitted) = shared.admit(peer, Transport::Quic) else {
-            incoming.refuse();
-            continue;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            match handshake(incoming, &shared).await {
-                Ok(()) => {}
-                // An app's dial that lost its own race (see `race`): not a refusal.
-                Err(AcceptError::Quic(e)) if abandoned(&e) => {
-                    shared.events.refused(Transport::Quic, crate::events::Refused::Abandoned);
-                    debug!(%peer, "a QUIC connection was given up by its app before its hello");
-                }
-                Err(e) => shared.log_refused(peer, Transport::Quic, &e),
-            }
-            drop(admitted);
-        });
-    }
-}
-
-/// Whether the peer closed the connection with code 0 (dropped it) before
-/// its hello: what an app does with the attempts that lost a dial's race.
-fn abandoned(e: &quinn::ConnectionError) -> bool {
-    match e {
-        quinn::ConnectionError::ApplicationClosed(c) => c.error_code.into_inner() == CloseCode::Done as u64,
-        // Closed before 1-RTT keys: sent as a transport close, APPLICATION_ERROR.
-        quinn::ConnectionError::ConnectionClosed(c) => c.error_code == quinn::TransportErrorCode::APPLICATION_ERROR,
-        _ => false,
-    }
-}
-
-/// The TLS handshake, and whether the session it resumed names a client
-/// certificate: known once the ClientHello is read, a flight before the
-/// app's Finished (docs/architecture.md, "The credential in TLS").
-async fn handshake_tls(incoming: quinn::Incoming) -> Result<(quinn::Connection, bool), quinn::ConnectionError> {
-    let mut connecting = incoming.accept()?;
-    connecting.handshake_data().await?;
-    // A server's connection is usable from here (0.5-RTT); nothing is sent before the handshake ends.
-    let (conn, done) = match connecting.into_0rtt() {
-        Ok(early) => early,
-        Err(connecting) => return Ok((connecting.await?, false)),
-    };
-    let resumed = conn.peer_identity().is_some();
-    done.await;
-    match conn.close_reason() {
-        Some(e) => Err(e),
-        None => Ok((conn, resumed)),
-    }
-}
-
-async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<(), AcceptError> {
-    let arrived = Instant::now();
-    let deadline = arrived + shared.timeouts.handshake;
-    let limit = shared.timeouts.handshake;
-    let peer = incoming.remote_address();
-    let conn =
-        tokio::time::timeout_at(deadline, handshake_tls(incoming)).await.map_err(|_| AcceptError::Timeout(limit))??;
-    let (conn, resumed) = conn;
-    let alpn = alpn(&conn);
-    let Ok(accepted) = tokio::time::timeout_at(deadline, conn.accept_bi()).await else {
-        conn.close(quinn::VarInt::from_u32(CloseCode::Refused as u32), b"no hello within the handshake timeout");
-        return Err(AcceptError::Timeout(limit));
-    };
-    let (mut send, mut recv) = accepted?;
-    let certs = conn.peer_identity().and_then(|c| c.downcast::<Vec<CertificateDer<'static>>>().ok());
-    let client_cert = certs.as_ref().and_then(|c| c.first());
-    let seen = crate::accept::Seen { transport: Transport::Quic, peer, alpn: alpn.as_deref(), client_cert, resumed };
-    match crate::accept::exchange(&mut recv, &mut send, &seen, deadline, shared).await {
-        Ok(accepted) => {
-            // Proven: open the window that was kept small for strangers.
-            conn.set_receive_window(quinn::VarInt::from_u32(crate::config::CONN_RECEIVE_WINDOW));
-            let api = accepted.api_over_http3();
-            if api {
-                // The app's HTTP/3 request streams next to the hello's, and
-                // its control and QPACK streams.
-                conn.set_max_concurrent_bi_streams(quinn::VarInt::from_u32(crate::http3::API_STREAMS + 1));
-                conn.set_max_concurrent_uni_streams(quinn::VarInt::from_u32(crate::http3::UNI_STREAMS));
-            }
-            let (io, connection) = channel_parts(conn, send, recv, api);
-            crate::accept::deliver(shared, accepted, Transport::Quic, peer, io, connection, arrived).await;
-            Ok(())
-        }
-        Err(e) => {
-            // Let the verdict reach the app before the connection closes.
-            let _ = send.finish();
-            let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;
-            let reason = e.to_string();
-            conn.close(quinn::VarInt::from_u32(CloseCode::Refused as u32), reason.as_bytes());
-            Err(e)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Unit tests of the QUIC transport's pure helpers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use super::{abandoned, quic_alpn};
+use super::quic_alpn;
+use crate::transport::quic_accept::abandoned;
 
 #[test]
 fn an_app_dropping_an_attempt_is_abandoned_not_refused() {

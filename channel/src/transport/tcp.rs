@@ -201,6 +201,7 @@ async fn handshake(
         alpn: alpn.as_deref(),
         client_cert: client_cert.as_ref(),
         resumed,
+        channel_id: None,
     };
     let outcome = crate::accept::exchange(&mut r, &mut w, &seen, deadline, shared).await;
     match outcome {

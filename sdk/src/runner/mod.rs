@@ -11,7 +11,6 @@ use std::time::Instant;
 use dialback_channel::h2;
 use dialback_channel::{Channel, CloseCode, CloseNotice, Credential, DialConfig, Dialer, Grant, Hello, Transports};
 use dialback_proto::runtime::ConnectAppCallbackResponse;
-use dialback_proto::runtime::dapr_app_channel_callback_server::DaprAppChannelCallbackServer;
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -21,7 +20,7 @@ use crate::error::Error;
 use crate::health::{Health, Verdict};
 use crate::netwatch::NetWatch;
 use crate::options::{ChannelOptions, CredentialChoice};
-use crate::ping::{PingService, PingState};
+use crate::ping::PingState;
 use crate::plan::{self, AfterRedial, Remembered};
 
 mod moves;
@@ -30,7 +29,7 @@ mod session;
 mod wait;
 
 use crate::sidecar::SidecarClient;
-use crate::state::{CallContext, ChannelState, Connected};
+use crate::state::{ChannelState, Connected};
 use session::{End, Session, serve_streams};
 use wait::{until_some, until_true};
 
@@ -67,6 +66,8 @@ pub(crate) struct Runner {
     net: NetWatch,
     /// The TLS client key, its certificate and the sessions to resume.
     resume: resume::Resume,
+    /// Serving the calls sent before the verdict, for the next session.
+    early: Option<session::Early>,
 }
 
 /// What the SDK keeps from the last channel to redial the same sidecar
@@ -115,6 +116,7 @@ impl Runner {
             fresh: None,
             net: NetWatch::new(false),
             resume,
+            early: None,
         }
     }
 
@@ -201,21 +203,20 @@ impl Runner {
     /// Serves `channel` in the background and reports it connected.
     fn start_session(&mut self, channel: Channel) -> Session {
         let Channel { io, info, conn } = channel;
-        let ping = Arc::new(PingState::new());
-        let ping_svc = DaprAppChannelCallbackServer::new(PingService(ping.clone()));
-        let routes = match &self.routes {
-            Some(r) => r.clone().add_service(ping_svc),
-            None => tonic::service::Routes::new(ping_svc),
+        // The calls sent before the verdict were served on this connection already.
+        let early = self.early.take();
+        let (ping, id) = match &early {
+            Some(e) => (e.ping.clone(), e.channel_id.clone()),
+            None => (Arc::new(PingState::new()), Arc::default()),
         };
-        let ctx = CallContext { transport: info.transport, channel_id: info.channel_id };
-        let layer = tower::util::MapRequestLayer::new(move |mut req: http::Request<h2::Incoming>| {
-            req.extensions_mut().insert(ctx.clone());
-            req
-        });
-        let svc = tower::Layer::layer(&layer, routes);
+        id.store(info.channel_id, std::sync::atomic::Ordering::Relaxed);
+        let svc = session::service(self.routes.clone(), info.transport, &ping, id);
         let keep_alive = self.options.timeouts.keep_alive;
         let pings = self.options.h2_pings();
-        let streams = conn.has_streams().then(|| tokio::spawn(serve_streams(conn.clone(), svc.clone())));
+        let streams = match early {
+            Some(e) => e.into_task(),
+            None => conn.has_streams().then(|| tokio::spawn(serve_streams(conn.clone(), svc.clone()))),
+        };
         if conn.api_over_http3() {
             tokio::spawn(self.sidecar.route().start(conn.clone()));
         }
@@ -354,6 +355,7 @@ impl Runner {
     /// ConnectAppCallback in parallel, and falls back to the answer when the
     /// direct dial is refused (e.g. the sidecar restarted) or fails.
     async fn connect(&mut self, allowed: Transports) -> Result<Channel, Error> {
+        self.resume.refresh();
         // A new sidecar answered while pings were late: dial it, not the old one.
         if let Some(answer) = self.fresh.take() {
             self.cache = None;
@@ -374,11 +376,14 @@ impl Runner {
         tokio::pin!(ask);
         let hello = self.hello(&c.app_id, redial.credential);
         let head_start = self.options.tcp_head_start;
+        let routes = self.routes.clone();
         let outcome = {
             let direct = async {
                 crate::metrics::dialing(redial.transports);
                 let pending = self.dialer.connect_any(redial.transports, head_start, &c.config).await?;
-                Ok::<_, Error>(pending.hello(&hello).await?)
+                let early = session::Early::start(&pending, routes);
+                let (ch, grant) = pending.hello(&hello).await?;
+                Ok::<_, Error>((ch, grant, early))
             };
             tokio::pin!(direct);
             tokio::select! {
@@ -391,7 +396,8 @@ impl Runner {
             }
         };
         let answer = match outcome {
-            Ok((ch, grant)) => {
+            Ok((ch, grant, early)) => {
+                self.early = early;
                 self.remember(c.config, c.app_id, c.remembered.offered, c.remembered.fingerprint, grant);
                 return Ok(ch);
             }
@@ -419,16 +425,6 @@ impl Runner {
         self.dial_answer(answer, allowed).await
     }
 
-    /// Whether `answer` comes from another sidecar than the channel's: its
-    /// certificate differs from the one remembered.
-    fn is_new_sidecar(&self, answer: &ConnectAppCallbackResponse) -> bool {
-        self.cache.as_ref().is_some_and(|c| {
-            !c.remembered.fingerprint.is_empty()
-                && !answer.cert_sha256.is_empty()
-                && c.remembered.fingerprint != answer.cert_sha256
-        })
-    }
-
     fn remember(
         &mut self,
         config: DialConfig,
@@ -437,14 +433,8 @@ impl Runner {
         fingerprint: Vec<u8>,
         grant: Grant,
     ) {
-        let mut config = config;
-        // A renewed certificate goes into the config of the next redials.
-        if self.resume.learn(grant.client_credential) {
-            match self.resume.apply(&config.tls) {
-                Ok(tls) => config.tls = Arc::new(tls),
-                Err(e) => debug!(error = %e, "could not present the renewed client certificate"),
-            }
-        }
+        // A renewed certificate, presented from the next dial.
+        self.resume.learn(grant.client_credential);
         let remembered = Remembered { offered, reconnect_token: grant.reconnect_token, fingerprint };
         self.cache = Some(Cached { config, app_id, remembered });
     }
@@ -462,21 +452,24 @@ impl Runner {
             CredentialChoice::ClientCertificate(id) => Some(id),
             _ => None,
         };
-        let tls = dialback_certs::client_config(&plan.trust, client_identity).map_err(|e| Error::Tls(e.to_string()))?;
-        // The sidecar's certificate for the app's key, and the sessions kept for it.
-        self.resume.for_sidecar(&answer.cert_sha256);
+        // The config kept for this sidecar (its sessions resume only with
+        // it), presenting the certificate the sidecar issued for the app's key.
+        let tls = self.resume.config(&answer.cert_sha256, &plan.server_name, || {
+            dialback_certs::client_config(&plan.trust, client_identity).map_err(|e| Error::Tls(e.to_string()))
+        })?;
         self.resume.learn(dialback_channel::ClientCredential::from_answer(&answer));
-        let tls = self.resume.apply(&tls)?;
         let config = DialConfig {
             addr,
             server_name: plan.server_name,
-            tls: Arc::new(tls),
+            tls,
             timeouts: self.options.timeouts,
             congestion: self.options.congestion,
         };
         crate::metrics::dialing(plan.transports);
         let pending = self.dialer.connect_any(plan.transports, self.options.tcp_head_start, &config).await?;
+        let early = session::Early::start(&pending, self.routes.clone());
         let (ch, grant) = pending.hello(&self.hello(&plan.app_id, plan.credential)).await?;
+        self.early = early;
         self.remember(config, plan.app_id, plan.offered, answer.cert_sha256, grant);
         Ok(ch)
     }

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use dialback_channel::{CloseCode, NetworkChange};
+use dialback_proto::runtime::ConnectAppCallbackResponse;
 use tracing::{debug, info, warn};
 
 use super::Runner;
@@ -14,6 +15,16 @@ use crate::error::Error;
 use crate::netwatch::{self, Move};
 
 impl Runner {
+    /// Whether `answer` comes from another sidecar than the channel's: its
+    /// certificate differs from the one remembered.
+    pub(super) fn is_new_sidecar(&self, answer: &ConnectAppCallbackResponse) -> bool {
+        self.cache.as_ref().is_some_and(|c| {
+            !c.remembered.fingerprint.is_empty()
+                && !answer.cert_sha256.is_empty()
+                && c.remembered.fingerprint != answer.cert_sha256
+        })
+    }
+
     /// The kernel announced a network change: move the channel if the
     /// address it uses went away or is no longer the way to the sidecar.
     pub(super) async fn on_network_change(&mut self, current: &mut Session) {

@@ -3,13 +3,16 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use dialback_channel::{Connection, Transport};
+use dialback_channel::{Connection, Transport, h2};
+use dialback_proto::runtime::dapr_app_channel_callback_server::DaprAppChannelCallbackServer;
 use tokio::task::JoinHandle;
 
 use crate::health::Health;
-use crate::ping::PingState;
+use crate::ping::{PingService, PingState};
+use crate::state::CallContext;
 
 /// How the connected phase ended.
 pub(super) enum End {
@@ -74,5 +77,65 @@ where
                 tracing::debug!(error = %e, "a call's own HTTP/2 connection ended with an error");
             }
         });
+    }
+}
+
+/// The app's services on a channel: `routes` and the Ping service (on
+/// `ping`), each request told its [`CallContext`] (the channel id read
+/// from `channel_id` when the request comes: 0 before the verdict).
+pub(super) fn service(
+    routes: Option<tonic::service::Routes>,
+    transport: Transport,
+    ping: &Arc<PingState>,
+    channel_id: Arc<AtomicU64>,
+) -> tower::util::MapRequest<
+    tonic::service::Routes,
+    impl FnMut(http::Request<h2::Incoming>) -> http::Request<h2::Incoming> + Clone + Send + 'static,
+> {
+    let ping_svc = DaprAppChannelCallbackServer::new(PingService(ping.clone()));
+    let routes = match routes {
+        Some(r) => r.add_service(ping_svc),
+        None => tonic::service::Routes::new(ping_svc),
+    };
+    let layer = tower::util::MapRequestLayer::new(move |mut req: http::Request<h2::Incoming>| {
+        let ctx = CallContext { transport, channel_id: channel_id.load(Ordering::Relaxed) };
+        req.extensions_mut().insert(ctx);
+        req
+    });
+    tower::Layer::layer(&layer, routes)
+}
+
+/// The calls a sidecar sends before its verdict, served from the end of
+/// the TLS handshake (a resumed QUIC session: see
+/// `dialback_channel::EarlyChannel`); the session that follows takes them
+/// over. Dropped before that (the hello failed), it stops serving.
+pub(super) struct Early {
+    pub(super) ping: Arc<PingState>,
+    pub(super) channel_id: Arc<AtomicU64>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Early {
+    /// Serves the sidecar's streams on `pending`'s connection, where it
+    /// may send calls before the verdict; `None` where it may not.
+    pub(super) fn start(pending: &dialback_channel::Pending, routes: Option<tonic::service::Routes>) -> Option<Early> {
+        let conn = pending.early_connection()?;
+        let ping = Arc::new(PingState::new());
+        let channel_id = Arc::new(AtomicU64::new(0));
+        let svc = service(routes, pending.transport(), &ping, channel_id.clone());
+        Some(Early { ping, channel_id, task: Some(tokio::spawn(serve_streams(conn, svc))) })
+    }
+
+    /// The serving task, for the session to keep.
+    pub(super) fn into_task(mut self) -> Option<JoinHandle<()>> {
+        self.task.take()
+    }
+}
+
+impl Drop for Early {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
     }
 }

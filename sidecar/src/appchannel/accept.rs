@@ -21,9 +21,14 @@ pub async fn accept_loop(
     persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut saved = String::new();
     let mut changes = registry.subscribe();
+    let mut early = listener.early_channels();
     loop {
         let ch = tokio::select! {
             ch = listener.accept() => match ch { Some(ch) => ch, None => return },
+            Some(e) = next_early(&mut early) => {
+                tokio::spawn(driver::early(e, policy.app_id.clone(), registry.clone()));
+                continue;
+            }
             () = stop.cancelled() => { listener.close(); return; }
             // Record a new channel at once (a restart may follow right away),
             // and the connection IDs it is issued as they change.
@@ -37,6 +42,16 @@ pub async fn accept_loop(
             }
         };
         tokio::spawn(driver::run(ch, registry.clone(), policy.clone()));
+    }
+}
+
+/// The next early channel, if any come (pending forever otherwise).
+async fn next_early(
+    rx: &mut Option<tokio::sync::mpsc::Receiver<dialback_channel::EarlyChannel>>,
+) -> Option<dialback_channel::EarlyChannel> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

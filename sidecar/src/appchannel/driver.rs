@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dialback_channel::notice::{CLOSE_NOTICE_KEY, PING_INTERVAL_KEY, PROBE_KEY};
-use dialback_channel::{Channel, ChannelInfo, CloseCode, CloseNotice, Connection, KeepAlive, h2};
+use dialback_channel::{Channel, ChannelInfo, CloseCode, CloseNotice, Connection, EarlyChannel, KeepAlive, h2};
 use dialback_proto::runtime::dapr_app_channel_callback_client::DaprAppChannelCallbackClient;
 use futures_util::FutureExt;
 use futures_util::future::Fuse;
@@ -30,6 +30,8 @@ use crate::metrics::Metrics;
 /// What a channel's driver needs to know.
 #[derive(Clone, Debug)]
 pub struct CallbackPolicy {
+    /// The app this sidecar serves.
+    pub app_id: String,
     /// HTTP/2 keepalive and the Ping deadline.
     pub keep_alive: KeepAlive,
     /// Ping interval.
@@ -95,6 +97,44 @@ pub(crate) async fn run(ch: Channel, registry: Arc<Registry>, policy: CallbackPo
     live.set_end(end);
 }
 
+/// An early channel (see [`EarlyChannel`]): when no channel is up it
+/// takes the calls that wait, each on a stream of its own, from the
+/// sidecar's first flight, until its hello decides. Accepted, the hello's
+/// channel takes its place (same id, in [`drive`]); refused, or its
+/// connection gone first, it is removed, and the calls sent on it fail as
+/// calls on a broken channel do.
+pub(crate) async fn early(e: EarlyChannel, app_id: String, registry: Arc<Registry>) {
+    let info = e.info(app_id);
+    let EarlyChannel { conn, channel_id, peer_addr, decided } = e;
+    let live = Arc::new(Live::new(info, conn.clone(), h2::H2Client::streams_only(&conn)));
+    // Only from where the app was last seen: a ClientHello replayed from
+    // elsewhere gets no calls before its hello, which it cannot send. And a
+    // live channel is displaced only by a hello that proves itself (the probe).
+    if registry.last_peer() != Some(peer_addr) || !registry.install_early(live.clone()) {
+        debug!(channel_id, peer = %peer_addr, last = ?registry.last_peer(), "an early channel waits for its hello");
+        return;
+    }
+    info!(channel_id, peer = %peer_addr, "app channel up early: its resumed TLS session names the app; calls go out before its hello");
+    let accepted = tokio::select! {
+        d = decided => d.unwrap_or(false),
+        _ = conn.closed() => false,
+    };
+    if !accepted {
+        let reason = format!("channel {channel_id} from {peer_addr} failed before its hello was accepted");
+        if registry.remove_live(&live, &reason) {
+            info!(channel_id, %reason, "early app channel removed");
+        }
+        live.set_end(ChannelEnd::Unproven(reason));
+        return;
+    }
+    // Its hello's channel takes its place, under the same id, and records
+    // the end; should that channel fail before it is installed, this one
+    // is taken out when the connection closes.
+    conn.closed().await;
+    registry.remove_live(&live, &format!("channel {channel_id} from {peer_addr} closed before it was installed"));
+    live.set_end(ChannelEnd::ConnectionClosed);
+}
+
 /// Serves the API as HTTP/3 on `conn` until it ends, once the API ports are up.
 async fn serve_api(conn: Connection, mut api: watch::Receiver<Option<crate::api::ChannelApi>>) {
     let svc = tokio::select! {
@@ -116,7 +156,8 @@ async fn drive(live: &Arc<Live>, registry: &Registry, policy: &CallbackPolicy, h
     // (HTTP/2 served, a Ping answered) before it may displace anything: a
     // dial that authenticates and then dies must never take the healthy
     // app's place.
-    if registry.install_if_free(live.clone()).is_err() {
+    // Its early self (offered before the hello, same id) is replaced at once.
+    if !registry.replace_early(live.clone()) && registry.install_if_free(live.clone()).is_err() {
         let proven = tokio::select! {
             r = probe(live, policy.keep_alive.idle_timeout) => r.map_err(ChannelEnd::Unproven),
             end = h2.ended() => Err(end),

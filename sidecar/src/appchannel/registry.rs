@@ -153,11 +153,19 @@ pub struct Registry {
     current: watch::Sender<Option<Arc<Live>>>,
     accepted: AtomicU64,
     last_down: Mutex<Option<Down>>,
+    /// Where the last channel came from (or the previous run's, from the
+    /// state dir): the one address an early channel is taken from.
+    last_peer: Mutex<Option<std::net::SocketAddr>>,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry { current: watch::Sender::new(None), accepted: AtomicU64::new(0), last_down: Mutex::new(None) }
+        Registry {
+            current: watch::Sender::new(None),
+            accepted: AtomicU64::new(0),
+            last_down: Mutex::new(None),
+            last_peer: Mutex::new(None),
+        }
     }
 }
 
@@ -165,26 +173,69 @@ impl Registry {
     /// Makes `live` the channel; returns the one it replaces.
     pub fn install(&self, live: Arc<Live>) -> Option<Arc<Live>> {
         self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.seed_peer(live.info.peer_addr);
         self.current.send_replace(Some(live))
     }
 
     /// Makes `live` the channel only when none is up (a standby hello);
     /// `Err` when another channel holds the slot.
     pub fn install_if_free(&self, live: Arc<Live>) -> Result<Option<Arc<Live>>, ()> {
-        let mut taken = false;
+        let peer = live.info.peer_addr;
+        if !self.put_if_free(live) {
+            return Err(());
+        }
+        self.accepted.fetch_add(1, Ordering::Relaxed);
+        self.seed_peer(peer);
+        Ok(None)
+    }
+
+    /// Makes `early`, a channel offered before its hello, the channel when
+    /// none is up; false otherwise. Not counted as a reconnect: its hello's
+    /// channel takes its place ([`Registry::replace_early`]).
+    pub fn install_early(&self, early: Arc<Live>) -> bool {
+        self.put_if_free(early)
+    }
+
+    /// Puts `live` in the place of the early channel of the same id, if
+    /// that is still the current one.
+    pub fn replace_early(&self, live: Arc<Live>) -> bool {
+        let id = live.info.channel_id;
+        let replaced = self.current.send_if_modified(|cur| {
+            if cur.as_ref().is_some_and(|l| l.info.channel_id == id) {
+                *cur = Some(live.clone());
+                true
+            } else {
+                false
+            }
+        });
+        if replaced {
+            self.accepted.fetch_add(1, Ordering::Relaxed);
+            self.seed_peer(live.info.peer_addr);
+        }
+        replaced
+    }
+
+    /// Notes `peer` as where the app was last seen (at start: where the
+    /// previous run last saw it).
+    pub fn seed_peer(&self, peer: std::net::SocketAddr) {
+        if let Ok(mut p) = self.last_peer.lock() {
+            *p = Some(peer);
+        }
+    }
+
+    /// Where the app was last seen.
+    pub fn last_peer(&self) -> Option<std::net::SocketAddr> {
+        self.last_peer.lock().ok().and_then(|p| *p)
+    }
+
+    fn put_if_free(&self, live: Arc<Live>) -> bool {
         self.current.send_if_modified(|cur| {
             if cur.as_ref().is_some_and(|l| !l.conn.is_closed()) {
-                taken = true;
                 return false;
             }
             *cur = Some(live.clone());
             true
-        });
-        if taken {
-            return Err(());
-        }
-        self.accepted.fetch_add(1, Ordering::Relaxed);
-        Ok(None)
+        })
     }
 
     /// Whether a channel is up.
@@ -207,6 +258,23 @@ impl Registry {
     pub fn remove_if(&self, channel_id: u64, reason: &str) -> bool {
         let removed = self.current.send_if_modified(|cur| {
             if cur.as_ref().is_some_and(|l| l.info.channel_id == channel_id) {
+                *cur = None;
+                true
+            } else {
+                false
+            }
+        });
+        if removed && let Ok(mut d) = self.last_down.lock() {
+            *d = Some(Down { at: SystemTime::now(), reason: reason.to_string() });
+        }
+        removed
+    }
+
+    /// Removes `live` if it is still the current channel (this very one,
+    /// not another under its id).
+    pub fn remove_live(&self, live: &Arc<Live>, reason: &str) -> bool {
+        let removed = self.current.send_if_modified(|cur| {
+            if cur.as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
                 *cur = None;
                 true
             } else {
