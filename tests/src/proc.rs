@@ -300,7 +300,7 @@ impl SidecarBuilder {
             .args(&self.args)
             .env_remove("DAPR_API_TOKEN")
             .env_remove("APP_API_TOKEN")
-            .env("RUST_LOG", "info,dialback_channel=debug,dialback_sidecar=debug")
+            .env("RUST_LOG", "info,dialback_channel=debug")
             .env("NO_COLOR", "1");
         for (k, v) in &self.env {
             cmd.env(k, v);

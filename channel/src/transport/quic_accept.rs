@@ -85,7 +85,6 @@ async fn handshake_tls(incoming: quinn::Incoming, shared: &Shared) -> Result<Tls
     };
     let certs = conn.peer_identity().and_then(|c| c.downcast::<Vec<CertificateDer<'static>>>().ok());
     let resumed = certs.is_some();
-    debug!(%peer, resumed, streams = negotiated_streams(&conn), "QUIC ClientHello read");
     let early = match certs.as_ref().and_then(|c| c.first()) {
         Some(cert) if negotiated_streams(&conn) && shared.names_app(cert) => {
             shared.offer_early(early_connection(&conn), peer)
