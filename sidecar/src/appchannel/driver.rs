@@ -106,7 +106,7 @@ pub(crate) async fn run(ch: Channel, registry: Arc<Registry>, policy: CallbackPo
 pub(crate) async fn early(e: EarlyChannel, app_id: String, registry: Arc<Registry>) {
     let info = e.info(app_id);
     let EarlyChannel { conn, channel_id, peer_addr, decided } = e;
-    let live = Arc::new(Live::new(info, conn.clone(), h2::H2Client::streams_only(&conn)));
+    let live = Arc::new(Live::new_early(info, conn.clone(), h2::H2Client::streams_only(&conn)));
     // Only from where the app was last seen: a ClientHello replayed from
     // elsewhere gets no calls before its hello, which it cannot send. And a
     // live channel is displaced only by a hello that proves itself (the probe).

@@ -36,6 +36,10 @@ pub struct Live {
     pub client: H2Client,
     /// When it was installed (wall clock, for metadata).
     pub since: SystemTime,
+    /// A provisional channel, offered before its hello (see
+    /// `driver::early`): calls may use it, but what belongs to an app's
+    /// channel for good (the bridge's subscriptions) waits for its hello's.
+    pub early: bool,
     rtt_us: AtomicU64,
     inflight: AtomicUsize,
     idle: Notify,
@@ -51,12 +55,18 @@ impl Live {
             conn,
             client,
             since: SystemTime::now(),
+            early: false,
             rtt_us: AtomicU64::new(u64::MAX),
             inflight: AtomicUsize::new(0),
             idle: Notify::new(),
             retire: watch::Sender::new(None),
             end: watch::Sender::new(None),
         }
+    }
+
+    /// A provisional channel (see [`Live::early`]).
+    pub fn new_early(info: ChannelInfo, conn: Connection, client: H2Client) -> Live {
+        Live { early: true, ..Live::new(info, conn, client) }
     }
 
     /// Asks the driver to retire the channel (the first order counts).

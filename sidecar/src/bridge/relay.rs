@@ -79,7 +79,9 @@ impl Relay {
         // The channel whose subscriptions are held; dropping its set closes them.
         let mut held: Option<(Arc<Live>, JoinSet<()>)> = None;
         loop {
-            let current = channels.borrow_and_update().clone();
+            // A provisional channel's subscriptions would be closed and
+            // opened again a round trip later: wait for its hello's.
+            let current = channels.borrow_and_update().clone().filter(|l| !l.early);
             let same = match (&held, &current) {
                 (Some((h, _)), Some(c)) => Arc::ptr_eq(h, c),
                 (None, None) => true,
