@@ -207,6 +207,13 @@ async fn drive(live: &Arc<Live>, registry: &Registry, policy: &CallbackPolicy, h
         let wake = retiring.as_ref().and_then(Retirement::poll_timeout).map(Instant::from_std);
         tokio::select! {
             reason = &mut pinging => {
+                // When the app broke HTTP/2, the Ping stream may fail before
+                // the connection's task has ended: that says better why.
+                if reason.contains("protocol error")
+                    && let Some(end @ ChannelEnd::ProtocolError(_)) = h2.settle().await
+                {
+                    return end;
+                }
                 warn!(channel_id = id, %reason, "closing the app channel");
                 return ChannelEnd::PingFailed(reason);
             }
