@@ -63,18 +63,17 @@ pub struct ClientCredential {
 impl ClientCredential {
     /// The certificate a verdict carries, if any.
     pub fn from_verdict(v: &crate::Verdict) -> Option<ClientCredential> {
-        (!v.client_certificate.is_empty()).then(|| ClientCredential {
-            cert: v.client_certificate.clone(),
-            expires_unix_ms: v.client_certificate_expires_unix_ms,
-        })
+        Self::carried(&v.client_certificate, v.client_certificate_expires_unix_ms)
     }
 
     /// The certificate a ConnectAppCallback answer carries, if any.
     pub fn from_answer(a: &dialback_proto::runtime::ConnectAppCallbackResponse) -> Option<ClientCredential> {
-        (!a.client_certificate.is_empty()).then(|| ClientCredential {
-            cert: a.client_certificate.clone(),
-            expires_unix_ms: a.client_certificate_expires_unix_ms,
-        })
+        Self::carried(&a.client_certificate, a.client_certificate_expires_unix_ms)
+    }
+
+    /// A message's certificate field and its expiry; none when the field is empty.
+    fn carried(cert: &[u8], expires_unix_ms: u64) -> Option<ClientCredential> {
+        (!cert.is_empty()).then(|| ClientCredential { cert: cert.to_vec(), expires_unix_ms })
     }
 
     /// Whether it is still good `margin` from `now` (milliseconds since the Unix epoch).

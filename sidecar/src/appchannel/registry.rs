@@ -210,17 +210,11 @@ impl Registry {
     /// that is still the current one.
     pub fn replace_early(&self, live: Arc<Live>) -> bool {
         let id = live.info.channel_id;
-        let replaced = self.current.send_if_modified(|cur| {
-            if cur.as_ref().is_some_and(|l| l.info.channel_id == id) {
-                *cur = Some(live.clone());
-                true
-            } else {
-                false
-            }
-        });
+        let peer = live.info.peer_addr;
+        let replaced = self.swap_if(|l| l.info.channel_id == id, Some(live));
         if replaced {
             self.accepted.fetch_add(1, Ordering::Relaxed);
-            self.seed_peer(live.info.peer_addr);
+            self.seed_peer(peer);
         }
         replaced
     }
@@ -266,35 +260,35 @@ impl Registry {
 
     /// Removes the channel `channel_id` if it is still the current one.
     pub fn remove_if(&self, channel_id: u64, reason: &str) -> bool {
-        let removed = self.current.send_if_modified(|cur| {
-            if cur.as_ref().is_some_and(|l| l.info.channel_id == channel_id) {
-                *cur = None;
-                true
-            } else {
-                false
-            }
-        });
+        self.remove_where(|l| l.info.channel_id == channel_id, reason)
+    }
+
+    /// Removes `live` if it is still the current channel (this very one,
+    /// not another under its id).
+    pub fn remove_live(&self, live: &Arc<Live>, reason: &str) -> bool {
+        self.remove_where(|l| std::ptr::eq(l, Arc::as_ptr(live)), reason)
+    }
+
+    /// Removes the current channel if it `matches`, noting `reason` as the
+    /// outage's.
+    fn remove_where(&self, matches: impl Fn(&Live) -> bool, reason: &str) -> bool {
+        let removed = self.swap_if(matches, None);
         if removed && let Ok(mut d) = self.last_down.lock() {
             *d = Some(Down { at: SystemTime::now(), reason: reason.to_string() });
         }
         removed
     }
 
-    /// Removes `live` if it is still the current channel (this very one,
-    /// not another under its id).
-    pub fn remove_live(&self, live: &Arc<Live>, reason: &str) -> bool {
-        let removed = self.current.send_if_modified(|cur| {
-            if cur.as_ref().is_some_and(|l| Arc::ptr_eq(l, live)) {
-                *cur = None;
+    /// Puts `new` in the current channel's place if that one `matches`.
+    fn swap_if(&self, matches: impl Fn(&Live) -> bool, new: Option<Arc<Live>>) -> bool {
+        self.current.send_if_modified(|cur| {
+            if cur.as_deref().is_some_and(&matches) {
+                *cur = new;
                 true
             } else {
                 false
             }
-        });
-        if removed && let Ok(mut d) = self.last_down.lock() {
-            *d = Some(Down { at: SystemTime::now(), reason: reason.to_string() });
-        }
-        removed
+        })
     }
 
     /// Takes the current channel out (shutdown).
