@@ -224,8 +224,9 @@ pub struct ListenerConfig {
     /// Handshakes allowed in flight at once from one IP address.
     pub max_handshakes_per_ip: usize,
     /// Addresses of the apps of a previous run of this sidecar, and the QUIC
-    /// connection IDs it had issued: each gets a stateless reset before the
-    /// listener starts, so those apps learn of the restart at once (needs `reset_key`).
+    /// connection IDs it had issued: each gets a stateless reset when the
+    /// caller sends them ([`crate::Listener::previous_run`]), so those apps
+    /// learn of the restart at once (needs `reset_key`).
     pub reset_previous: (Vec<SocketAddr>, Vec<Vec<u8>>),
     /// Told of refusals, accepted handshakes and resets (metrics).
     pub events: Arc<dyn crate::ListenerEvents>,

@@ -15,7 +15,7 @@ use crate::auth::Authenticator;
 use crate::config::ListenerConfig;
 use crate::error::BindError;
 use crate::io::Channel;
-use crate::reset::CidLog;
+use crate::reset::{CidLog, PreviousRun};
 use crate::transport::{quic, quic_accept, tcp};
 
 /// Accepts app channels. Dropping it stops accepting; live channels stay.
@@ -25,6 +25,7 @@ pub struct Listener {
     early: Option<mpsc::Receiver<crate::EarlyChannel>>,
     stop: CancellationToken,
     cids: Arc<CidLog>,
+    previous: Option<PreviousRun>,
 }
 
 impl Listener {
@@ -68,6 +69,15 @@ impl Listener {
         self.early.take()
     }
 
+    /// The stateless resets for the apps of a previous run
+    /// ([`ListenerConfig::reset_previous`]), not yet sent: send them
+    /// ([`PreviousRun::reset`]) once whatever those apps ask on their way
+    /// back (the sidecar's API) is up. `None` after the first call, or when
+    /// there is nobody to reset.
+    pub fn previous_run(&mut self) -> Option<PreviousRun> {
+        self.previous.take()
+    }
+
     /// The QUIC connection IDs issued lately (for [`ListenerConfig::reset_previous`] after a restart),
     /// oldest first; the last is the one the app at [`Listener::watch_peer`] sends to, once seen.
     pub fn recent_cids(&self) -> Vec<Vec<u8>> {
@@ -95,6 +105,7 @@ impl Drop for Listener {
 
 struct Bound {
     cids: Arc<CidLog>,
+    previous: Option<PreviousRun>,
     addr: SocketAddr,
     quic: Option<quinn::Endpoint>,
     tcp: Option<tokio::net::TcpListener>,
@@ -103,12 +114,12 @@ struct Bound {
 async fn bind_sockets(config: &ListenerConfig) -> Result<Bound, BindError> {
     let mut addr = config.addr;
     let cids = Arc::new(CidLog::default());
-    let quic = if config.transports.quic {
-        let (endpoint, bound) = quic::bind(config, addr, &cids)?;
+    let (quic, previous) = if config.transports.quic {
+        let (endpoint, bound, previous) = quic::bind(config, addr, &cids)?;
         addr = bound;
-        Some(endpoint)
+        (Some(endpoint), previous)
     } else {
-        None
+        (None, None)
     };
     let tcp = if config.transports.tcp {
         let (listener, bound) = tcp::bind(addr).await?;
@@ -117,7 +128,7 @@ async fn bind_sockets(config: &ListenerConfig) -> Result<Bound, BindError> {
     } else {
         None
     };
-    Ok(Bound { cids, addr, quic, tcp })
+    Ok(Bound { cids, previous, addr, quic, tcp })
 }
 
 fn start(config: ListenerConfig, bound: Bound, auth: Arc<dyn Authenticator>) -> Listener {
@@ -131,5 +142,5 @@ fn start(config: ListenerConfig, bound: Bound, auth: Arc<dyn Authenticator>) -> 
     if let Some(listener) = bound.tcp {
         tokio::spawn(tcp::accept_loop(listener, config.tls, shared));
     }
-    Listener { addr: bound.addr, rx, early: Some(early), stop, cids: bound.cids }
+    Listener { addr: bound.addr, rx, early: Some(early), stop, cids: bound.cids, previous: bound.previous }
 }

@@ -6,7 +6,8 @@
 //! listener therefore records the connection IDs it hands out
 //! ([`CidLog`]); the sidecar persists them with its apps' addresses, and a
 //! restarted listener sends each of those addresses a stateless reset for
-//! each recorded ID (RFC 9000 §10.3) before it starts. The reset token is
+//! each recorded ID (RFC 9000 §10.3) once its owner is ready for their
+//! redials ([`PreviousRun`]). The reset token is
 //! HMAC-SHA256(reset key, connection ID), truncated to 16 bytes, exactly
 //! as quinn computes it, so the persisted reset key makes them valid.
 //!
@@ -235,24 +236,66 @@ pub fn stateless_reset(reset_key: &[u8; 32], cid: &[u8]) -> Vec<u8> {
     packet
 }
 
-/// Sends a stateless reset for every ID in `cids` to every address in
-/// `peers`, from the listener's own socket (so it comes from the address
-/// the apps talk to). Best effort: send errors are ignored.
-pub(crate) fn reset_previous(
-    socket: &UdpSocket,
-    reset_key: &[u8; 32],
-    peers: &[SocketAddr],
-    cids: &[Vec<u8>],
-) -> usize {
-    let mut sent = 0;
-    for peer in peers.iter().take(MAX_RESET_PEERS) {
-        for cid in cids.iter().rev().take(CID_LOG_LEN) {
-            if socket.send_to(&stateless_reset(reset_key, cid), peer).is_ok() {
-                sent += 1;
+/// The stateless resets for the apps of a previous run, held back until
+/// the caller is ready for their redials (see [`crate::Listener::previous_run`]).
+///
+/// An app that gets its reset before the sidecar's API is bound finds
+/// ConnectAppCallback refused, takes the sidecar for down and drops the
+/// direct redial that was already talking to the new process.
+pub struct PreviousRun {
+    socket: UdpSocket,
+    reset_key: [u8; 32],
+    peers: Vec<SocketAddr>,
+    cids: Vec<Vec<u8>>,
+    events: Arc<dyn crate::ListenerEvents>,
+}
+
+impl fmt::Debug for PreviousRun {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PreviousRun").field("peers", &self.peers).field("cids", &self.cids.len()).finish()
+    }
+}
+
+impl PreviousRun {
+    /// Holds the resets for `peers` and `cids`, to send later from a clone
+    /// of the listener's `socket` (so they come from the address the apps
+    /// talk to). `None` when there is nobody to reset.
+    pub(crate) fn new(
+        socket: &UdpSocket,
+        reset_key: [u8; 32],
+        (peers, cids): &(Vec<SocketAddr>, Vec<Vec<u8>>),
+        events: Arc<dyn crate::ListenerEvents>,
+    ) -> io::Result<Option<PreviousRun>> {
+        if peers.is_empty() || cids.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(PreviousRun {
+            socket: socket.try_clone()?,
+            reset_key,
+            peers: peers.clone(),
+            cids: cids.clone(),
+            events,
+        }))
+    }
+
+    /// Sends a stateless reset for every recorded ID to every recorded
+    /// address (at most [`MAX_RESET_PEERS`] of them). Best effort: send
+    /// errors are ignored. Returns how many went out.
+    pub fn reset(self) -> usize {
+        let mut sent = 0;
+        for peer in self.peers.iter().take(MAX_RESET_PEERS) {
+            for cid in self.cids.iter().rev().take(CID_LOG_LEN) {
+                if self.socket.send_to(&stateless_reset(&self.reset_key, cid), peer).is_ok() {
+                    sent += 1;
+                }
             }
         }
+        self.events.resets_sent(sent);
+        if sent > 0 {
+            tracing::info!(sent, peers = self.peers.len(), "sent stateless resets to the apps of the previous run");
+        }
+        sent
     }
-    sent
 }
 
 #[cfg(test)]

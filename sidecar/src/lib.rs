@@ -185,6 +185,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     // (a channel may come up before they are).
     let (channel_api, api_for_channels) = tokio::sync::watch::channel(None);
 
+    // The resets for the apps of the previous run go out once the API is
+    // bound: an app that hears of the restart asks it at once.
+    let mut previous_run = None;
     let (app, callback) = match &config.mode {
         AppMode::None => (AppChannel::None, None),
         AppMode::Classic { address } => {
@@ -198,7 +201,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             (AppChannel::Classic(ep.connect_lazy()), None)
         }
         AppMode::Callback => {
-            let (info, listener) = bind_callback(&config, api_token_sha, tokens.clone(), metrics.clone()).await?;
+            let (info, mut listener) = bind_callback(&config, api_token_sha, tokens.clone(), metrics.clone()).await?;
+            previous_run = listener.previous_run();
             let policy = CallbackPolicy {
                 app_id: config.app_id.clone(),
                 keep_alive: config.timeouts.keep_alive,
@@ -255,6 +259,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let grace_deadline = Arc::new(OnceLock::new());
     let apis = api::start(&config, state.clone(), api_token_sha, &stop, &grace_deadline).await?;
+    if let Some(previous) = previous_run {
+        previous.reset();
+    }
     channel_api.send_replace(Some(apis.channel));
     tasks.extend(apis.tasks);
     let bridge = apis.bridge;

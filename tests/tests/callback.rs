@@ -352,6 +352,35 @@ async fn a_restarted_sidecar_resets_the_quic_app_without_waiting_for_it_to_speak
     reachable_over(&sc2, "quic").await;
 }
 
+/// A restarted sidecar's stateless resets go out only once its APIs
+/// answer: an app that hears of the restart asks ConnectAppCallback at
+/// once, and a refusal there would make it drop the direct redial that
+/// was already reaching the new process. The "app" here is a bare UDP
+/// socket named in the state dir's peers file; the moment its reset
+/// arrives, both API ports must accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_sidecar_resets_its_apps_only_once_its_api_answers() {
+    let mut sc = SidecarBuilder::callback("echo").args(["--callback-transport", "quic"]).spawn().await;
+    sc.kill().await;
+    let app = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let peers = format!("peer {}\ncid 0102030405060708\n", app.local_addr().unwrap());
+    std::fs::write(sc.state_dir.join("quic-peers"), peers).unwrap();
+    let (http, grpc) = (sc.http, sc.grpc);
+    let heard = tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        let n = tokio::time::timeout(PATIENCE, app.recv(&mut buf))
+            .await
+            .expect("no stateless reset from the restarted sidecar")
+            .unwrap();
+        let api = |port| tokio::net::TcpStream::connect(("127.0.0.1", port));
+        (n, api(http).await.map(|_| ()), api(grpc).await.map(|_| ()))
+    });
+    let _sc2 = sc.restart().await;
+    let (n, http, grpc) = heard.await.unwrap();
+    assert!(n >= 21, "a stateless reset is at least 21 bytes, got {n}");
+    assert!(http.is_ok() && grpc.is_ok(), "the APIs when the reset arrived: HTTP {http:?}, gRPC {grpc:?}");
+}
+
 /// W3C Trace Context: a caller's `traceparent` reaches the app's handler as
 /// a child of the caller's span (the channel hop's), `tracestate` as it
 /// was, and the caller gets the hop's `traceparent` back.

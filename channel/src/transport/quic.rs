@@ -13,14 +13,14 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::{Handshake, HelloFuture};
 use crate::config::{DialConfig, ListenerConfig};
 use crate::error::{BindError, DialError, quic_io};
 use crate::handshake;
 use crate::io::{CallStream, CloseCode, Connection, Io, Link, PathCounts, StreamFuture};
-use crate::reset::{CidLog, RecordingCids, WatchedSocket, cid_key, reset_previous};
+use crate::reset::{CidLog, PreviousRun, RecordingCids, WatchedSocket, cid_key};
 use crate::{Hello, RefusalReason, Transport, Verdict, coalesce::Coalesced};
 
 /// A live QUIC connection, whether it carries a stream per call, and
@@ -339,13 +339,14 @@ fn dial_error(addr: SocketAddr, e: quinn::ConnectionError) -> DialError {
 /// address with a Retry round trip before it gets a slot.
 pub(super) const RETRY_ABOVE: f64 = 0.5;
 
-/// Binds the sidecar's QUIC endpoint on `addr`, after sending stateless
-/// resets to the apps of a previous run. Returns it and its address.
+/// Binds the sidecar's QUIC endpoint on `addr`. Returns it, its address,
+/// and the stateless resets for the apps of a previous run, to send when
+/// the caller is ready.
 pub(crate) fn bind(
     config: &ListenerConfig,
     addr: SocketAddr,
     cids: &Arc<CidLog>,
-) -> Result<(quinn::Endpoint, SocketAddr), BindError> {
+) -> Result<(quinn::Endpoint, SocketAddr, Option<PreviousRun>), BindError> {
     let mut tls = (*config.tls).clone();
     tls.alpn_protocols = quic_alpn(&tls.alpn_protocols);
     let crypto =
@@ -367,23 +368,19 @@ pub(crate) fn bind(
     let bind_err = |source| BindError::Bind { transport: "udp", addr, source };
     let socket = crate::config::udp_socket(addr).map_err(bind_err)?;
     let runtime = quinn::default_runtime().ok_or_else(|| BindError::Tls("no async runtime for quinn".to_string()))?;
-    let socket: Arc<dyn quinn::AsyncUdpSocket> = match &config.reset_key {
-        None => runtime.wrap_udp_socket(socket).map_err(bind_err)?,
+    let (socket, previous): (Arc<dyn quinn::AsyncUdpSocket>, _) = match &config.reset_key {
+        None => (runtime.wrap_udp_socket(socket).map_err(bind_err)?, None),
         Some(key) => {
-            let (peers, previous) = &config.reset_previous;
-            let sent = reset_previous(&socket, key, peers, previous);
-            config.events.resets_sent(sent);
-            if sent > 0 {
-                info!(sent, peers = peers.len(), "sent stateless resets to the apps of the previous run");
-            }
+            let previous =
+                PreviousRun::new(&socket, *key, &config.reset_previous, config.events.clone()).map_err(bind_err)?;
             let inner = runtime.wrap_udp_socket(socket).map_err(bind_err)?;
-            Arc::new(WatchedSocket::new(inner, cid_key(key), cids.clone()))
+            (Arc::new(WatchedSocket::new(inner, cid_key(key), cids.clone())), previous)
         }
     };
     let endpoint =
         quinn::Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket, runtime).map_err(bind_err)?;
     let addr = endpoint.local_addr().map_err(bind_err)?;
-    Ok((endpoint, addr))
+    Ok((endpoint, addr, previous))
 }
 
 #[cfg(test)]
