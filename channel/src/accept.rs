@@ -90,12 +90,18 @@ impl Shared {
     }
 
     /// Hands up a connection before its hello, with the channel id its hello
-    /// will get; the sender says how the hello went. `None` when nobody
-    /// takes early channels now (the queue is full or closed).
-    pub(crate) fn offer_early(&self, conn: Connection, peer: SocketAddr) -> Option<(u64, oneshot::Sender<bool>)> {
+    /// will get and whether its session names the app; the sender says how
+    /// the hello went. `None` when nobody takes early channels now (the
+    /// queue is full or closed).
+    pub(crate) fn offer_early(
+        &self,
+        conn: Connection,
+        peer: SocketAddr,
+        names_app: bool,
+    ) -> Option<(u64, oneshot::Sender<bool>)> {
         let channel_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, decided) = oneshot::channel();
-        let early = crate::EarlyChannel { conn, channel_id, peer_addr: peer, decided };
+        let early = crate::EarlyChannel { conn, channel_id, peer_addr: peer, names_app, decided };
         self.early_tx.try_send(early).ok().map(|()| (channel_id, tx))
     }
 

@@ -1,8 +1,11 @@
-//! Early channels: a QUIC connection whose resumed TLS session names the
-//! app, handed up as soon as its ClientHello is read, a flight before the
-//! app's hello, so that the sidecar can send the calls that wait for the app
-//! in its first flight (0.5-RTT data; docs/architecture.md, "The credential
-//! in TLS").
+//! Early channels: a QUIC connection handed up as soon as its ClientHello
+//! is read, a flight before the app's hello. When its resumed TLS session
+//! names the app, the sidecar can send the calls that wait for the app in
+//! its first flight (0.5-RTT data; docs/architecture.md, "The credential in
+//! TLS"); when it does not (a full handshake: a new app process, or a
+//! stranger), the sidecar may only probe it, so that its hello's channel,
+//! if it must prove itself before displacing a live one, has done so by
+//! the time its hello arrives.
 //!
 //! Only a stream per call (`dialback/2`) can carry them: the channel's first
 //! stream is the app's to open. The hello still follows and decides; until
@@ -24,6 +27,10 @@ pub struct EarlyChannel {
     pub channel_id: u64,
     /// Where it comes from.
     pub peer_addr: SocketAddr,
+    /// Whether its resumed TLS session's certificate names the app: only
+    /// then may calls go on it before its hello. Otherwise nobody is known
+    /// yet, and only a probe may.
+    pub names_app: bool,
     /// Resolves `Ok(true)` once its hello is accepted (the channel is then
     /// handed up by [`crate::Listener::accept`] as usual), `Ok(false)` or an
     /// error when it is refused or the connection fails first.

@@ -213,6 +213,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 state_dir: config.state_dir.clone(),
                 metrics: metrics.clone(),
                 api: api_for_channels,
+                probes: Default::default(),
             };
             tasks.push(tokio::spawn(appchannel::accept_loop(listener, info.registry.clone(), policy, stop.clone())));
             (AppChannel::Callback(info.registry.clone()), Some(info))

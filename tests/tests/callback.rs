@@ -123,6 +123,17 @@ async fn app_restart(transport: &str) {
     reachable_over(&sc, transport).await;
     let md = metadata(sc.http).await.unwrap();
     assert!(md["appChannel"]["reconnects"].as_u64().unwrap() >= 1, "{md}");
+    // The killed app's QUIC connection still looked live, so the new one
+    // proved itself first: over QUIC by a probe in the sidecar's first
+    // flight, answered with the app's hello.
+    let log = sc.log();
+    let replaced: Vec<&str> = log.lines().filter(|l| l.contains("a new channel replaces the old one")).collect();
+    if transport == "quic" {
+        assert!(
+            replaced.iter().any(|l| l.contains(r#"probed="before its hello""#)),
+            "the new channel answered the probe sent before its hello: {replaced:?}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -65,15 +65,16 @@ pub(super) fn abandoned(e: &quinn::ConnectionError) -> bool {
 }
 
 /// What the TLS handshake gave: the connection, whether its session was
-/// resumed with a client certificate, and, when that certificate names
-/// the app and the connection has streams per call, the channel id it was
-/// offered early under and the way to say how its hello went.
+/// resumed with a client certificate, and, when the connection has streams
+/// per call, the channel id it was offered early under and the way to say
+/// how its hello went.
 type Tls = (quinn::Connection, bool, Option<(u64, tokio::sync::oneshot::Sender<bool>)>);
 
-/// The TLS handshake. A resumed session's client certificate is known
-/// once the ClientHello is read, a flight before the app's Finished: then
-/// the connection is offered early (docs/architecture.md, "The credential
-/// in TLS"), and calls may go out in the sidecar's first flight.
+/// The TLS handshake. Once the ClientHello is read, a flight before the
+/// app's Finished, the connection is offered early: with a resumed
+/// session whose client certificate names the app, calls may go out in the
+/// sidecar's first flight (docs/architecture.md, "The credential in
+/// TLS"); otherwise a probe may.
 async fn handshake_tls(incoming: quinn::Incoming, shared: &Shared) -> Result<Tls, quinn::ConnectionError> {
     let peer = incoming.remote_address();
     let mut connecting = incoming.accept()?;
@@ -85,12 +86,13 @@ async fn handshake_tls(incoming: quinn::Incoming, shared: &Shared) -> Result<Tls
     };
     let certs = conn.peer_identity().and_then(|c| c.downcast::<Vec<CertificateDer<'static>>>().ok());
     let resumed = certs.is_some();
-    let early = match certs.as_ref().and_then(|c| c.first()) {
-        Some(cert) if negotiated_streams(&conn) && shared.names_app(cert) => {
-            shared.offer_early(early_connection(&conn), peer)
-        }
-        _ => None,
-    };
+    // Offered early with streams per call: to take the waiting calls when
+    // the session names the app, else to be probed (see `EarlyChannel`).
+    let early = negotiated_streams(&conn).then(|| {
+        let names_app = certs.as_ref().and_then(|c| c.first()).is_some_and(|cert| shared.names_app(cert));
+        shared.offer_early(early_connection(&conn), peer, names_app)
+    });
+    let early = early.flatten();
     done.await;
     match conn.close_reason() {
         Some(e) => Err(e),

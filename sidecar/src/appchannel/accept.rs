@@ -8,6 +8,7 @@ use dialback_channel::Listener;
 use tokio_util::sync::CancellationToken;
 
 use super::driver::{self, CallbackPolicy};
+use super::probe;
 use super::registry::Registry;
 
 /// Accepts channels until `stop`, installing each in `registry`.
@@ -26,7 +27,12 @@ pub async fn accept_loop(
         let ch = tokio::select! {
             ch = listener.accept() => match ch { Some(ch) => ch, None => return },
             Some(e) = next_early(&mut early) => {
-                tokio::spawn(driver::early(e, policy.app_id.clone(), registry.clone()));
+                if e.names_app {
+                    tokio::spawn(driver::early(e, policy.app_id.clone(), registry.clone()));
+                } else {
+                    let deadline = policy.keep_alive.idle_timeout;
+                    tokio::spawn(probe::early(e, registry.clone(), policy.probes.clone(), deadline));
+                }
                 continue;
             }
             () = stop.cancelled() => { listener.close(); return; }

@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dialback_channel::notice::{CLOSE_NOTICE_KEY, PING_INTERVAL_KEY, PROBE_KEY};
+use dialback_channel::notice::{CLOSE_NOTICE_KEY, PING_INTERVAL_KEY};
 use dialback_channel::{Channel, ChannelInfo, CloseCode, CloseNotice, Connection, EarlyChannel, KeepAlive, h2};
 use dialback_proto::runtime::dapr_app_channel_callback_client::DaprAppChannelCallbackClient;
 use futures_util::FutureExt;
@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::end::ChannelEnd;
+use super::probe::{Proof, prove};
 use super::registry::{Live, Registry, Retire};
 use super::retire::{Outcome, Retirement};
 use crate::metrics::Metrics;
@@ -50,11 +51,14 @@ pub struct CallbackPolicy {
     /// What the API ports serve, once they are bound: served as HTTP/3 on
     /// the channels that carry the app's own API calls.
     pub api: watch::Receiver<Option<crate::api::ChannelApi>>,
+    /// The probes sent before their channel's hello (see `probe::early`).
+    pub probes: std::sync::Arc<super::probe::EarlyProbes>,
 }
 
 /// Drives `ch` until it ends: the task the accept loop spawns per channel.
 pub(crate) async fn run(ch: Channel, registry: Arc<Registry>, policy: CallbackPolicy) {
     let Channel { io, info, conn } = ch;
+    let early_probe = policy.probes.take(info.channel_id);
     // The mobile profile has no HTTP/2 PINGs: the app's beat is the one keepalive.
     let pings = info.beat.is_none().then_some(policy.keep_alive);
     let started = tokio::time::timeout(policy.handshake, h2::client(io, pings)).await;
@@ -78,7 +82,7 @@ pub(crate) async fn run(ch: Channel, registry: Arc<Registry>, policy: CallbackPo
     // The HTTP/2 connection runs in a task of its own: it must go on while
     // calls drain. Its end is one of the driver's events.
     let mut h2 = H2 { task: tokio::spawn(h2_conn).fuse(), ended: None };
-    let end = drive(&live, &registry, &policy, &mut h2).await;
+    let end = drive(&live, &registry, &policy, &mut h2, early_probe).await;
     let id = live.info.channel_id;
     match &end {
         ChannelEnd::Unproven(reason) => not_installed(&registry, &live.info, &live.conn, reason),
@@ -105,7 +109,7 @@ pub(crate) async fn run(ch: Channel, registry: Arc<Registry>, policy: CallbackPo
 /// calls on a broken channel do.
 pub(crate) async fn early(e: EarlyChannel, app_id: String, registry: Arc<Registry>) {
     let info = e.info(app_id);
-    let EarlyChannel { conn, channel_id, peer_addr, decided } = e;
+    let EarlyChannel { conn, channel_id, peer_addr, decided, .. } = e;
     let live = Arc::new(Live::new_early(info, conn.clone(), h2::H2Client::streams_only(&conn)));
     // Only from where the app was last seen: a ClientHello replayed from
     // elsewhere gets no calls before its hello, which it cannot send. And a
@@ -148,30 +152,41 @@ async fn serve_api(conn: Connection, mut api: watch::Receiver<Option<crate::api:
 }
 
 /// The channel's life after its HTTP/2 handshake.
-async fn drive(live: &Arc<Live>, registry: &Registry, policy: &CallbackPolicy, h2: &mut H2) -> ChannelEnd {
+async fn drive(
+    live: &Arc<Live>,
+    registry: &Registry,
+    policy: &CallbackPolicy,
+    h2: &mut H2,
+    early_probe: Option<watch::Receiver<Option<Proof>>>,
+) -> ChannelEnd {
     let id = live.info.channel_id;
     // With no channel up there is nothing to displace: this one takes the
     // waiting calls at once, and its first Ping proves it (a redial after a
     // sidecar restart saves the probe's round trip). Otherwise prove it live
     // (HTTP/2 served, a Ping answered) before it may displace anything: a
     // dial that authenticates and then dies must never take the healthy
-    // app's place.
+    // app's place. Over QUIC that probe went out before the hello, and is
+    // most often answered by now (`probe.rs`).
     // Its early self (offered before the hello, same id) is replaced at once.
     if !registry.replace_early(live.clone()) && registry.install_if_free(live.clone()).is_err() {
+        let proof = prove(early_probe, live.client.first_stream(), policy.keep_alive.idle_timeout);
         let proven = tokio::select! {
-            r = probe(live, policy.keep_alive.idle_timeout) => r.map_err(ChannelEnd::Unproven),
+            (r, when) = proof => r.map(|rtt| { live.set_rtt(rtt); when }).map_err(ChannelEnd::Unproven),
             end = h2.ended() => Err(end),
             c = live.conn.closed() => Err(closed_end(c)),
         };
-        if let Err(seen) = proven {
-            let end = ChannelEnd::explain(seen, h2.settle().await);
-            return ChannelEnd::Unproven(end.reason());
-        }
+        let probed = match proven {
+            Ok(when) => when,
+            Err(seen) => {
+                let end = ChannelEnd::explain(seen, h2.settle().await);
+                return ChannelEnd::Unproven(end.reason());
+            }
+        };
         let installed =
             if live.info.standby { registry.install_if_free(live.clone()) } else { Ok(registry.install(live.clone())) };
         match installed {
             Ok(Some(old)) => {
-                info!(old = old.info.channel_id, new = id, "a new channel replaces the old one");
+                info!(old = old.info.channel_id, new = id, probed, "a new channel replaces the old one");
                 old.retire(CloseCode::Replaced, policy.drain);
             }
             Ok(None) => {}
@@ -359,32 +374,6 @@ async fn notify_close(client: h2::H2Client, why: CloseNotice) -> bool {
     let mut req = tonic::Request::new(futures_util::stream::empty());
     req.metadata_mut().insert(CLOSE_NOTICE_KEY, tonic::metadata::MetadataValue::from_static(why.as_str()));
     client.ping(req).await.is_ok()
-}
-
-/// Proves a new channel live before it is installed: a Ping call marked as
-/// a probe (`dialback-probe`), one Empty sent and one answered within
-/// `deadline`. Fails with the reason when the app does not answer.
-async fn probe(live: &Live, deadline: Duration) -> Result<(), String> {
-    let mut client = DaprAppChannelCallbackClient::new(live.client.first_stream());
-    let mut req = tonic::Request::new(futures_util::stream::iter([()]));
-    req.metadata_mut().insert(PROBE_KEY, tonic::metadata::MetadataValue::from_static("1"));
-    let sent = std::time::Instant::now();
-    let answered = async {
-        let mut inbound = client.ping(req).await.map_err(|s| format!("Ping refused by the app: {}", s.message()))?;
-        match inbound.get_mut().message().await {
-            Ok(Some(())) => Ok(()),
-            Ok(None) => Err("the app ended the Ping probe without answering".to_string()),
-            Err(s) => Err(format!("Ping probe failed: {}", s.message())),
-        }
-    };
-    match tokio::time::timeout(deadline, answered).await {
-        Ok(Ok(())) => {
-            live.set_rtt(sent.elapsed());
-            Ok(())
-        }
-        Ok(Err(e)) => Err(e),
-        Err(_) => Err(format!("no Ping answer within {deadline:?}")),
-    }
 }
 
 /// The liveness stream: one Empty per `interval`, each answered within

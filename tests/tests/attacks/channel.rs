@@ -54,6 +54,41 @@ async fn a_dial_that_dies_after_its_hello_never_displaces_the_app_tcp() {
     a_dial_that_dies_after_its_hello_never_displaces_the_app(Transport::TcpTls).await;
 }
 
+/// While an app is live, the sidecar sends every QUIC connection that
+/// speaks `dialback/2` a Ping probe in its first flight, before anyone is
+/// known (a new app process answers it with its hello and displaces its
+/// dead predecessor a round trip sooner). A stranger gets that probe and
+/// nothing else: it reads it, says a hello with a made-up token, is
+/// refused, and neither the app nor its callers notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_probed_before_its_hello_gains_nothing() {
+    use tokio::io::AsyncReadExt;
+    let live = Live::start(SidecarBuilder::callback("echo"), "quic", &[]).await;
+    let calls = live.steady_caller();
+    for round in 0..3 {
+        let quic = dialback_channel::Transports { quic: true, tcp: false };
+        let pending = dialback_channel::Dialer::new(Some(LOOPBACK))
+            .connect_any(quic, Duration::ZERO, &crate::kit::dial_config(&live.sc))
+            .await
+            .unwrap();
+        let early = pending.early_connection().expect("dialback/2 negotiated");
+        let mut probe = tokio::time::timeout(PATIENCE, early.accept_stream())
+            .await
+            .unwrap_or_else(|_| panic!("round {round}: no probe before the hello"))
+            .expect("the connection is up");
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(PATIENCE, probe.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "round {round}: the probe stream carried nothing");
+        let bogus = hello(Credential::OneTimeToken("made-up".into()), false);
+        match pending.hello(&bogus).await {
+            Err(DialError::Refused { .. }) => {}
+            other => panic!("round {round}: a made-up token was not refused: {:?}", other.map(|_| ())),
+        }
+    }
+    live.assert_untouched("strangers probed before their hello").await;
+    assert_caller_undisturbed(calls, "strangers probed before their hello").await;
+}
+
 /// Finding 2, second half: a replaced app does not stop forever. While the
 /// instance that replaced it lives, it stands by without taking the channel
 /// back (two real replicas do not fight); when that one dies, it comes back.
