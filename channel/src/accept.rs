@@ -313,6 +313,7 @@ pub(crate) async fn deliver(
         standby: hello.standby,
         max_message_bytes: hello.max_message_bytes,
         beat: crate::Liveness::from_hello(hello.liveness_beat_ms).beat(),
+        serves_early_streams: hello.serves_early_streams,
     };
     info!(app_id = %info.app_id, %transport, %peer, channel_id, tls_resumed = resumed, "callback channel authenticated");
     if shared.tx.send(Channel { io, info, conn: conn.clone() }).await.is_err() {

@@ -74,6 +74,7 @@ impl Pending {
             standby: hello.standby,
             max_message_bytes: hello.max_message_bytes,
             beat: crate::Liveness::from_hello(hello.liveness_beat_ms).beat(),
+            serves_early_streams: hello.serves_early_streams,
         };
         debug!(channel_id = info.channel_id, %addr, %transport, "channel up");
         Ok((

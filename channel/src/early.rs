@@ -52,6 +52,7 @@ impl EarlyChannel {
             standby: false,
             max_message_bytes: 0,
             beat: None,
+            serves_early_streams: true,
         }
     }
 }

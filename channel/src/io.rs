@@ -68,6 +68,9 @@ pub struct ChannelInfo {
     /// The mobile liveness profile's beat, when the app asked for it (see
     /// [`crate::Liveness`]); `None`: the default profile.
     pub beat: Option<std::time::Duration>,
+    /// The hello said the app serves the sidecar's streams before its
+    /// verdict, so a probe sent before the hello is answered.
+    pub serves_early_streams: bool,
 }
 
 /// A connection's packet counts so far (QUIC).

@@ -49,7 +49,8 @@ fn credential() -> impl Strategy<Value = Option<Credential>> {
 }
 
 fn hello() -> impl Strategy<Value = Hello> {
-    let fields = (any::<u32>(), any::<u32>(), any::<bool>(), proptest::collection::vec(any::<u8>(), 0..100));
+    let fields =
+        (any::<u32>(), any::<u32>(), any::<bool>(), proptest::collection::vec(any::<u8>(), 0..100), any::<bool>());
     (prop_oneof![Just(VERSION), any::<u32>()], text(), credential(), text(), any::<bool>(), fields).prop_map(
         |(
             version,
@@ -57,7 +58,7 @@ fn hello() -> impl Strategy<Value = Hello> {
             credential,
             instance,
             standby,
-            (max_message_bytes, liveness_beat_ms, api_over_http3, client_public_key),
+            (max_message_bytes, liveness_beat_ms, api_over_http3, client_public_key, serves_early_streams),
         )| {
             Hello {
                 version,
@@ -69,6 +70,7 @@ fn hello() -> impl Strategy<Value = Hello> {
                 liveness_beat_ms,
                 api_over_http3,
                 client_public_key,
+                serves_early_streams,
             }
         },
     )

@@ -80,12 +80,18 @@ async fn handshake_tls(incoming: quinn::Incoming, shared: &Shared) -> Result<Tls
     let mut connecting = incoming.accept()?;
     connecting.handshake_data().await?;
     // A server's connection is usable from here, for 0.5-RTT data.
-    let (conn, done) = match connecting.into_0rtt() {
+    let (conn, mut done) = match connecting.into_0rtt() {
         Ok(early) => early,
         Err(connecting) => return Ok((connecting.await?, false, None)),
     };
     let certs = conn.peer_identity().and_then(|c| c.downcast::<Vec<CertificateDer<'static>>>().ok());
-    let resumed = certs.is_some();
+    // A client certificate known before the handshake's end came with the
+    // ClientHello: the session was resumed. Known only once it has ended (a
+    // busy task looked late), it may be a full handshake's: not counted as
+    // resumed (quinn does not say how a handshake went), though it names
+    // the app all the same, having been verified.
+    let ended = futures_util::FutureExt::now_or_never(&mut done).is_some();
+    let resumed = certs.is_some() && !ended;
     // Offered early with streams per call: to take the waiting calls when
     // the session names the app, else to be probed (see `EarlyChannel`).
     let early = negotiated_streams(&conn).then(|| {
@@ -93,7 +99,9 @@ async fn handshake_tls(incoming: quinn::Incoming, shared: &Shared) -> Result<Tls
         shared.offer_early(early_connection(&conn), peer, names_app)
     });
     let early = early.flatten();
-    done.await;
+    if !ended {
+        done.await;
+    }
     match conn.close_reason() {
         Some(e) => Err(e),
         None => Ok((conn, resumed, early)),
@@ -144,6 +152,11 @@ async fn handshake(incoming: quinn::Incoming, shared: &Shared) -> Result<(), Acc
             Ok(())
         }
         Err(e) => {
+            // Refused: an early channel of this connection is taken out now,
+            // not once the verdict below has reached the app.
+            if let Some(decided) = decided {
+                let _ = decided.send(false);
+            }
             // Let the verdict reach the app before the connection closes.
             let _ = send.finish();
             let _ = tokio::time::timeout(Duration::from_secs(1), send.stopped()).await;

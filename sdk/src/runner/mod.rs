@@ -487,6 +487,8 @@ impl Runner {
             liveness_beat_ms: self.options.liveness.to_hello(),
             api_over_http3: self.options.api_over_http3,
             client_public_key: self.resume.public_key(),
+            // `session::Early` serves them wherever the connection has them.
+            serves_early_streams: true,
         }
     }
 }

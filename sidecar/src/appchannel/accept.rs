@@ -25,16 +25,20 @@ pub async fn accept_loop(
     let mut early = listener.early_channels();
     loop {
         let ch = tokio::select! {
-            ch = listener.accept() => match ch { Some(ch) => ch, None => return },
+            // A connection is offered early before its channel is accepted:
+            // taken first, its probe is on record before the channel's driver
+            // looks for it.
+            biased;
             Some(e) = next_early(&mut early) => {
-                if e.names_app {
-                    tokio::spawn(driver::early(e, policy.app_id.clone(), registry.clone()));
-                } else {
-                    let deadline = policy.keep_alive.idle_timeout;
-                    tokio::spawn(probe::early(e, registry.clone(), policy.probes.clone(), deadline));
+                // Calls go on it before its hello only where its session names
+                // the app and nothing is live; otherwise it may be probed.
+                let e = if e.names_app { driver::try_early(e, policy.app_id.clone(), &registry).err() } else { Some(e) };
+                if let Some(e) = e {
+                    probe::start_early(e, &registry, &policy.probes, policy.keep_alive.idle_timeout);
                 }
                 continue;
             }
+            ch = listener.accept() => match ch { Some(ch) => ch, None => return },
             () = stop.cancelled() => { listener.close(); return; }
             // Record a new channel at once (a restart may follow right away),
             // and the connection IDs it is issued as they change.

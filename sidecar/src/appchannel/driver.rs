@@ -101,23 +101,35 @@ pub(crate) async fn run(ch: Channel, registry: Arc<Registry>, policy: CallbackPo
     live.set_end(end);
 }
 
-/// An early channel (see [`EarlyChannel`]): when no channel is up it
-/// takes the calls that wait, each on a stream of its own, from the
-/// sidecar's first flight, until its hello decides. Accepted, the hello's
-/// channel takes its place (same id, in [`drive`]); refused, or its
-/// connection gone first, it is removed, and the calls sent on it fail as
-/// calls on a broken channel do.
-pub(crate) async fn early(e: EarlyChannel, app_id: String, registry: Arc<Registry>) {
+/// An early channel (see [`EarlyChannel`]) whose session names the app:
+/// when no channel is up it takes the calls that wait, each on a stream of
+/// its own, from the sidecar's first flight, until its hello decides.
+/// Accepted, the hello's channel takes its place (same id, in [`drive`]);
+/// refused, or its connection gone first, it is removed, and the calls sent
+/// on it fail as calls on a broken channel do. Installed at once (so that
+/// its hello's driver finds it); not installed, it is handed back.
+pub(crate) fn try_early(mut e: EarlyChannel, app_id: String, registry: &Arc<Registry>) -> Result<(), EarlyChannel> {
+    // A hello already decided (the loop got here late): its channel, if
+    // accepted, comes by itself; a refused one must take no calls.
+    if !matches!(e.decided.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Empty)) {
+        return Err(e);
+    }
     let info = e.info(app_id);
-    let EarlyChannel { conn, channel_id, peer_addr, decided, .. } = e;
-    let live = Arc::new(Live::new_early(info, conn.clone(), h2::H2Client::streams_only(&conn)));
+    let live = Arc::new(Live::new_early(info, e.conn.clone(), h2::H2Client::streams_only(&e.conn)));
     // Only from where the app was last seen: a ClientHello replayed from
     // elsewhere gets no calls before its hello, which it cannot send. And a
     // live channel is displaced only by a hello that proves itself (the probe).
-    if registry.last_peer() != Some(peer_addr) || !registry.install_early(live.clone()) {
-        debug!(channel_id, peer = %peer_addr, last = ?registry.last_peer(), "an early channel waits for its hello");
-        return;
+    if registry.last_peer() != Some(e.peer_addr) || !registry.install_early(live.clone()) {
+        debug!(channel_id = e.channel_id, peer = %e.peer_addr, last = ?registry.last_peer(), "an early channel waits for its hello");
+        return Err(e);
     }
+    tokio::spawn(early(e, live, registry.clone()));
+    Ok(())
+}
+
+/// An installed early channel's life, until its hello decides.
+async fn early(e: EarlyChannel, live: Arc<Live>, registry: Arc<Registry>) {
+    let EarlyChannel { conn, channel_id, peer_addr, decided, .. } = e;
     info!(channel_id, peer = %peer_addr, "app channel up early: its resumed TLS session names the app; calls go out before its hello");
     let accepted = tokio::select! {
         d = decided => d.unwrap_or(false),
@@ -169,7 +181,8 @@ async fn drive(
     // most often answered by now (`probe.rs`).
     // Its early self (offered before the hello, same id) is replaced at once.
     if !registry.replace_early(live.clone()) && registry.install_if_free(live.clone()).is_err() {
-        let proof = prove(early_probe, live.client.first_stream(), policy.keep_alive.idle_timeout);
+        let served = live.info.serves_early_streams;
+        let proof = prove(early_probe, served, live.client.first_stream(), policy.keep_alive.idle_timeout);
         let proven = tokio::select! {
             (r, when) = proof => r.map(|rtt| { live.set_rtt(rtt); when }).map_err(ChannelEnd::Unproven),
             end = h2.ended() => Err(end),

@@ -72,9 +72,10 @@ impl EarlyProbes {
 
 /// A QUIC connection offered before its hello that does not name the app
 /// (a full handshake): while a channel is live, its hello's channel will
-/// have to prove itself, so the probe goes now, in the first flight.
-/// Nothing else is sent on it before its hello.
-pub(super) async fn early(e: EarlyChannel, registry: Arc<Registry>, probes: Arc<EarlyProbes>, deadline: Duration) {
+/// have to prove itself, so the probe goes now, in the first flight, and
+/// is put on record at once (before the channel can be accepted). Nothing
+/// else is sent on it before its hello.
+pub(super) fn start_early(e: EarlyChannel, registry: &Registry, probes: &Arc<EarlyProbes>, deadline: Duration) {
     // With no channel live the hello's channel is installed without a probe.
     if registry.current().is_none_or(|l| l.conn.is_closed()) {
         return;
@@ -82,47 +83,39 @@ pub(super) async fn early(e: EarlyChannel, registry: Arc<Registry>, probes: Arc<
     let EarlyChannel { conn, channel_id, peer_addr, .. } = e;
     let (tx, rx) = watch::channel(None);
     probes.put(channel_id, rx);
-    let proof = tokio::select! {
-        p = probe(h2::H2Client::streams_only(&conn), deadline) => p,
-        _ = conn.closed() => Err("the connection closed before the Ping probe was answered".to_string()),
-    };
-    debug!(channel_id, peer = %peer_addr, ?proof, "Ping probe sent before the hello");
-    tx.send_replace(Some(proof));
-    // Kept for the hello's driver to take while the connection lives.
-    conn.closed().await;
-    probes.forget(channel_id);
+    let probes = probes.clone();
+    tokio::spawn(async move {
+        let proof = tokio::select! {
+            p = probe(h2::H2Client::streams_only(&conn), deadline) => p,
+            _ = conn.closed() => Err("the connection closed before the Ping probe was answered".to_string()),
+        };
+        debug!(channel_id, peer = %peer_addr, ?proof, "Ping probe sent before the hello");
+        tx.send_replace(Some(proof));
+        // Kept for the hello's driver to take while the connection lives.
+        conn.closed().await;
+        probes.forget(channel_id);
+    });
 }
 
 /// Proves the channel on `client` live: by the probe sent before its hello
-/// (`early`) when that answered, else by one sent now. Both race when the
-/// early one is still out (an older app answers it only after its verdict).
-/// Says which answered first: "before its hello" or "after its hello".
+/// (`early`) when its hello said the app serves such streams (`served`),
+/// waiting for that one's outcome; else, or when it failed, by one sent
+/// now. Says which answered: "before its hello" or "after its hello".
 pub(super) async fn prove(
     early: Option<watch::Receiver<Option<Proof>>>,
+    served: bool,
     client: h2::H2Client,
     deadline: Duration,
 ) -> (Proof, &'static str) {
-    const BEFORE: &str = "before its hello";
-    const AFTER: &str = "after its hello";
-    let Some(mut early) = early else { return (probe(client, deadline).await, AFTER) };
-    let answered = match early.borrow().as_ref() {
-        Some(Ok(rtt)) => Some(*rtt),
-        _ => None,
-    };
-    if let Some(rtt) = answered {
-        return (Ok(rtt), BEFORE);
-    }
-    let now = probe(client, deadline);
-    let answered = async {
-        // Pending for good once the early probe failed or was dropped: then
-        // the one sent now decides.
-        match early.wait_for(|p| matches!(p, Some(Ok(_)))).await.map(|p| p.clone()) {
-            Ok(Some(proof)) => proof,
-            _ => std::future::pending().await,
+    if let Some(mut early) = early.filter(|_| served) {
+        // The early probe always ends (answered, failed, or its connection
+        // gone) within its own deadline.
+        let outcome = early.wait_for(Option::is_some).await.ok().and_then(|p| p.clone());
+        match outcome {
+            Some(Ok(rtt)) => return (Ok(rtt), "before its hello"),
+            Some(Err(e)) => debug!(error = %e, "the probe sent before the hello failed; probing again"),
+            None => {}
         }
-    };
-    tokio::select! {
-        p = answered => (p, BEFORE),
-        p = now => (p, AFTER),
     }
+    (probe(client, deadline).await, "after its hello")
 }
