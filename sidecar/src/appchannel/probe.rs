@@ -2,7 +2,7 @@
 //! call marked as a probe, answered within a deadline.
 //!
 //! Over QUIC the probe goes out in the sidecar's first flight, as soon as
-//! the app's ClientHello is read ([`early`]): the app answers it with its
+//! the app's ClientHello is read ([`start_early`]): the app answers it with its
 //! Finished and its hello, so that a new app process (whose fresh TLS
 //! handshake names nobody until its hello) displaces its dead predecessor a
 //! round trip sooner. The proof is the same: the connection answered a Ping
