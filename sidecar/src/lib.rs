@@ -319,7 +319,7 @@ async fn bind_callback(
     let reconnect = reconnect::ReconnectKey::new(&statedir::reconnect_key(&state_dir)?);
     let registry = Arc::new(Registry::default());
     // Where the previous run last saw its QUIC app: where a resumed redial
-    // may come from early (see `appchannel::driver::early`).
+    // may come from early (see `appchannel::driver::try_early`).
     let previous = statedir::load_peers(&state_dir);
     if let Some(peer) = previous.0.first() {
         registry.seed_peer(*peer);

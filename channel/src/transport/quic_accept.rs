@@ -94,11 +94,12 @@ async fn handshake_tls(incoming: quinn::Incoming, shared: &Shared) -> Result<Tls
     let resumed = certs.is_some() && !ended;
     // Offered early with streams per call: to take the waiting calls when
     // the session names the app, else to be probed (see `EarlyChannel`).
-    let early = negotiated_streams(&conn).then(|| {
+    let early = if negotiated_streams(&conn) {
         let names_app = certs.as_ref().and_then(|c| c.first()).is_some_and(|cert| shared.names_app(cert));
         shared.offer_early(early_connection(&conn), peer, names_app)
-    });
-    let early = early.flatten();
+    } else {
+        None
+    };
     if !ended {
         done.await;
     }

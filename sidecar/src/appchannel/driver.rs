@@ -51,7 +51,7 @@ pub struct CallbackPolicy {
     /// What the API ports serve, once they are bound: served as HTTP/3 on
     /// the channels that carry the app's own API calls.
     pub api: watch::Receiver<Option<crate::api::ChannelApi>>,
-    /// The probes sent before their channel's hello (see `probe::early`).
+    /// The probes sent before their channel's hello (see `probe::start_early`).
     pub probes: std::sync::Arc<super::probe::EarlyProbes>,
 }
 
@@ -114,14 +114,19 @@ pub(crate) fn try_early(mut e: EarlyChannel, app_id: String, registry: &Arc<Regi
     if !matches!(e.decided.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Empty)) {
         return Err(e);
     }
-    let info = e.info(app_id);
-    let live = Arc::new(Live::new_early(info, e.conn.clone(), h2::H2Client::streams_only(&e.conn)));
     // Only from where the app was last seen: a ClientHello replayed from
     // elsewhere gets no calls before its hello, which it cannot send. And a
     // live channel is displaced only by a hello that proves itself (the probe).
-    if registry.last_peer() != Some(e.peer_addr) || !registry.install_early(live.clone()) {
+    let waits = |e: EarlyChannel| {
         debug!(channel_id = e.channel_id, peer = %e.peer_addr, last = ?registry.last_peer(), "an early channel waits for its hello");
-        return Err(e);
+        Err(e)
+    };
+    if registry.last_peer() != Some(e.peer_addr) {
+        return waits(e);
+    }
+    let live = Arc::new(Live::new_early(e.info(app_id), e.conn.clone(), h2::H2Client::streams_only(&e.conn)));
+    if !registry.install_early(live.clone()) {
+        return waits(e);
     }
     tokio::spawn(early(e, live, registry.clone()));
     Ok(())

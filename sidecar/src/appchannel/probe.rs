@@ -77,7 +77,7 @@ impl EarlyProbes {
 /// else is sent on it before its hello.
 pub(super) fn start_early(e: EarlyChannel, registry: &Registry, probes: &Arc<EarlyProbes>, deadline: Duration) {
     // With no channel live the hello's channel is installed without a probe.
-    if registry.current().is_none_or(|l| l.conn.is_closed()) {
+    if !registry.is_taken() {
         return;
     }
     let EarlyChannel { conn, channel_id, peer_addr, .. } = e;

@@ -37,7 +37,7 @@ pub struct Live {
     /// When it was installed (wall clock, for metadata).
     pub since: SystemTime,
     /// A provisional channel, offered before its hello (see
-    /// `driver::early`): calls may use it, but what belongs to an app's
+    /// `driver::try_early`): calls may use it, but what belongs to an app's
     /// channel for good (the bridge's subscriptions) waits for its hello's.
     pub early: bool,
     rtt_us: AtomicU64,
