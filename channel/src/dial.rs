@@ -108,12 +108,23 @@ pub enum NetworkChange {
 pub struct Dialer {
     local_ip: Option<IpAddr>,
     quic: quic::ClientEndpoint,
+    /// Whether a pending QUIC dial races fresh attempts (see [`Dialer::set_quic_racing`]).
+    racing: bool,
 }
 
 impl Dialer {
     /// A dialer whose sockets bind `local_ip` (any address when `None`) and an ephemeral port.
     pub fn new(local_ip: Option<IpAddr>) -> Dialer {
-        Dialer { local_ip, quic: quic::ClientEndpoint::default() }
+        Dialer { local_ip, quic: quic::ClientEndpoint::default(), racing: true }
+    }
+
+    /// Whether a QUIC dial whose handshake is pending starts a fresh attempt
+    /// every 250 ms (on, the default: back within a round trip or two of a
+    /// dead path's return) or waits for its one attempt's Initial to be
+    /// resent on QUIC's own backed-off timer (off: a few packets a dial, for
+    /// an app on a battery whose path has been dead for a while).
+    pub fn set_quic_racing(&mut self, on: bool) {
+        self.racing = on;
     }
 
     /// The local IP dials and migrations bind, when the app chose one
@@ -191,9 +202,10 @@ impl Dialer {
             Transport::Quic => Some(self.quic.get(ip)?),
             Transport::TcpTls => None,
         };
+        let racing = self.racing;
         Ok(async move {
             match endpoint {
-                Some(endpoint) => quic::connect(&endpoint, config, &server_name).await,
+                Some(endpoint) => quic::connect(&endpoint, config, &server_name, racing).await,
                 None => tcp::connect(ip, config, server_name).await,
             }
         })

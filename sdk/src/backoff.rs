@@ -38,12 +38,18 @@ impl Backoff {
     /// in the upper half of the window ("equal jitter"), so retries of many
     /// apps spread out but never collapse to zero.
     pub fn next_delay(&mut self, jitter: f64) -> Duration {
+        self.next_delay_up_to(jitter, self.cap)
+    }
+
+    /// [`Backoff::next_delay`] with another cap (the mobile profile's beat,
+    /// once an outage has lasted one).
+    pub fn next_delay_up_to(&mut self, jitter: f64, cap: Duration) -> Duration {
         let n = self.attempt;
         self.attempt = self.attempt.saturating_add(1);
         if n == 0 {
             return Duration::ZERO;
         }
-        let window = self.base.saturating_mul(1u32 << (n - 1).min(20)).min(self.cap);
+        let window = self.base.saturating_mul(1u32 << (n - 1).min(20)).min(cap);
         window.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
     }
 

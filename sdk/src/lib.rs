@@ -22,6 +22,7 @@ mod health;
 pub mod metrics;
 mod netwatch;
 mod options;
+mod pace;
 mod ping;
 mod plan;
 mod runner;

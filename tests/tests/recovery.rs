@@ -424,3 +424,34 @@ async fn a_sidecar_that_comes_back_elsewhere_is_found_by_its_api() {
     assert_eq!(r.status, 200, "calls reach the app through the new sidecar");
     assert!(before["certSha256"] != channel(&moved).await["certSha256"]);
 }
+
+/// The mobile profile on a path that stays dead: after a beat of dialing
+/// hard (over QUIC, a fresh attempt every 250 ms while a handshake is
+/// pending), the app eases off: one attempt a dial, whose Initial QUIC
+/// itself resends, and dials up to a beat apart. A few packets a dial where
+/// racing sent dozens. It still comes back by itself when the path does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mobile_app_on_a_dead_path_eases_off_and_still_comes_back() {
+    let (relay, sc) = behind_relay(&[]).await;
+    let mut app = AppBuilder::echo(sc.grpc).transport("quic").args(["--mobile-beat-ms", "500"]).spawn();
+    app.wait_connected().await;
+    relay.set_blackhole(true);
+    eventually("the app to ease off", PATIENCE, || async { app.log().contains("easing off").then_some(()) }).await;
+    // Whole dials from here on, each ended by the handshake timeout; the
+    // relay drops all the app sends (the sidecar's side went quiet with
+    // the old connection, several beats ago).
+    let failed = || app.log().matches("callback channel not up").count();
+    let raced = || app.log().matches("racing a fresh attempt").count();
+    let (dials, dropped, races) = (failed(), relay.stats().udp_dropped, raced());
+    eventually("two more dials to fail", PATIENCE, || async { (failed() >= dials + 2).then_some(()) }).await;
+    let (dials, dropped) = (failed() - dials, relay.stats().udp_dropped - dropped);
+    eprintln!("mobile profile, dead path, eased off: {dropped} datagrams in {dials} dials");
+    assert_eq!(raced(), races, "no fresh attempt once eased off: {}", app.log_tail());
+    // One Initial a dial, and QUIC's own resends of it (up to two at each
+    // probe timeout, 1 s and 3 s into the 5 s handshake timeout).
+    assert!(dropped <= 5 * dials as u64 + 2, "{dropped} datagrams in {dials} dials: {}", app.log_tail());
+    relay.set_blackhole(false);
+    assert_eq!(app.wait_connected().await, "quic", "back by itself: {}", app.log_tail());
+    let r = http_call("POST", &format!("{}/v1.0/invoke/echo/method/m", sc.http_base()), &[], "back").await.unwrap();
+    assert_eq!((r.status, r.text()), (200, "back".to_string()));
+}

@@ -191,11 +191,13 @@ impl ClientEndpoint {
     }
 }
 
-/// Connects and finishes TLS, without the hello.
+/// Connects and finishes TLS, without the hello; with `racing`, a fresh
+/// attempt starts every [`RACE_EVERY`] while the handshake is pending.
 pub(crate) async fn connect(
     endpoint: &quinn::Endpoint,
     config: &DialConfig,
     server_name: &ServerName<'static>,
+    racing: bool,
 ) -> Result<Box<dyn Handshake>, DialError> {
     let addr = config.addr;
     let mut tls = (*config.tls).clone();
@@ -213,7 +215,9 @@ pub(crate) async fn connect(
             .connect_with(client.clone(), addr, &name)
             .map_err(|e| DialError::Connect { addr, source: std::io::Error::other(e) })
     };
-    let conn = race(start()?, start).await.map_err(|e| dial_error(addr, e))?;
+    let first = start()?;
+    let conn = if racing { race(first, start).await } else { first.await };
+    let conn = conn.map_err(|e| dial_error(addr, e))?;
     Ok(Box::new(PendingQuic(conn)))
 }
 

@@ -20,6 +20,7 @@ use crate::error::Error;
 use crate::health::{Health, Verdict};
 use crate::netwatch::NetWatch;
 use crate::options::{ChannelOptions, CredentialChoice};
+use crate::pace::Pace;
 use crate::ping::PingState;
 use crate::plan::{self, AfterRedial, Remembered};
 
@@ -62,6 +63,8 @@ pub(crate) struct Runner {
     fresh: Option<ConnectAppCallbackResponse>,
     /// When the last channel in service was lost, until the next is.
     down_since: Option<Instant>,
+    /// How hard to dial while there is no channel.
+    pace: Pace,
     /// The kernel's network change announcements (opened in `run`, on the runtime).
     net: NetWatch,
     /// The TLS client key, its certificate and the sessions to resume.
@@ -100,6 +103,7 @@ impl Runner {
     ) -> Runner {
         let options = options.normalized();
         let dialer = Dialer::new(options.local_ip);
+        let pace = Pace::new(options.liveness);
         let resume = resume::Resume::new(matches!(options.credential, CredentialChoice::ClientCertificate(_)));
         Runner {
             sidecar,
@@ -113,6 +117,7 @@ impl Runner {
             cache: None,
             standby: false,
             down_since: None,
+            pace,
             fresh: None,
             net: NetWatch::new(false),
             resume,
@@ -129,7 +134,7 @@ impl Runner {
                 let jitter = rand::rng().random::<f64>() * 0.5;
                 self.options.standby_probe_interval.mul_f64(1.0 + jitter)
             } else {
-                backoff.next_delay(rand::rng().random::<f64>())
+                self.pace.next_delay(&mut backoff, rand::rng().random::<f64>(), Instant::now())
             };
             if !delay.is_zero() {
                 tokio::select! {
@@ -139,6 +144,7 @@ impl Runner {
                     // A new address or route may be the way back: try it now.
                     () = self.net.changed(), if !self.standby => {
                         debug!("the network changed while reconnecting; dialing now");
+                        self.pace.reset();
                     }
                 }
             }
@@ -147,7 +153,9 @@ impl Runner {
             }
             if !self.standby {
                 self.state.send_replace(ChannelState::Connecting { attempt: backoff.attempts() });
+                self.pace.dialing(Instant::now());
             }
+            self.dialer.set_quic_racing(!self.pace.eased(Instant::now()));
             let transports = self.options.transports;
             let stop = self.stop.clone();
             let channel = tokio::select! {
@@ -192,12 +200,6 @@ impl Runner {
         }
         crate::metrics::out_of_service();
         self.state.send_replace(ChannelState::Stopped);
-    }
-
-    fn refuse(&self, cmd: Option<Command>) {
-        if let Some(Command::Rebind(_, reply)) = cmd {
-            let _ = reply.send(Err(Error::NotConnected));
-        }
     }
 
     /// Serves `channel` in the background and reports it connected.
@@ -248,6 +250,7 @@ impl Runner {
 
     fn publish(&mut self, s: &Session) {
         crate::metrics::in_service(self.down_since.take().map(|t| t.elapsed()));
+        self.pace.reset();
         self.state.send_replace(ChannelState::Connected(Connected {
             transport: s.transport,
             channel_id: s.channel_id,

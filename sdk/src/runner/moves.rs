@@ -15,6 +15,13 @@ use crate::error::Error;
 use crate::netwatch::{self, Move};
 
 impl Runner {
+    /// A move asked for while no channel is up fails: there is nothing to move.
+    pub(super) fn refuse(&self, cmd: Option<super::Command>) {
+        if let Some(super::Command::Rebind(_, reply)) = cmd {
+            let _ = reply.send(Err(Error::NotConnected));
+        }
+    }
+
     /// Whether `answer` comes from another sidecar than the channel's: its
     /// certificate differs from the one remembered.
     pub(super) fn is_new_sidecar(&self, answer: &ConnectAppCallbackResponse) -> bool {
