@@ -224,7 +224,8 @@ impl Handle {
     /// optionally with the new local IP. On QUIC the connection migrates to
     /// a new socket, without a new handshake; on TCP a new channel is made
     /// from the new address and the old one drained (make-before-break).
-    /// Fails when no channel is up or the new socket or channel fails.
+    /// Fails when no channel is up (the SDK then redials at once, and in the
+    /// mobile profile tries hard again) or the new socket or channel fails.
     pub async fn rebind(&self, local_ip: Option<IpAddr>) -> Result<(), Error> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.commands.send(Command::Rebind(local_ip, tx)).map_err(|_| Error::Stopped)?;

@@ -15,10 +15,13 @@ use crate::error::Error;
 use crate::netwatch::{self, Move};
 
 impl Runner {
-    /// A move asked for while no channel is up fails: there is nothing to move.
-    pub(super) fn refuse(&self, cmd: Option<super::Command>) {
+    /// A move asked for while no channel is up fails, as there is nothing
+    /// to move; but the network changed, so the next dial (at once) tries
+    /// hard again, as after a change the kernel announces.
+    pub(super) fn refuse(&mut self, cmd: Option<super::Command>) {
         if let Some(super::Command::Rebind(_, reply)) = cmd {
             let _ = reply.send(Err(Error::NotConnected));
+            self.pace.reset();
         }
     }
 
