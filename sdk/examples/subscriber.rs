@@ -14,6 +14,9 @@
 //!  {"kind":"binding","name":"cron","data":"..."}]
 //! ```
 //!
+//! An event that came with a `dapr-api-token` (daprd's `APP_API_TOKEN`)
+//! also carries it, as `"token"`.
+//!
 //! `--protocol grpc` (default) serves Dapr's `AppCallback` for daprd's
 //! `--app-protocol grpc`; `--protocol http` serves the same as an axum
 //! `Router` for daprd's `--app-protocol http` (`/dapr/subscribe`, a route
@@ -110,21 +113,27 @@ impl Recorder {
         (*n <= self.args.retry_first, *n)
     }
 
-    /// Records a topic event that was accepted.
-    fn topic(&self, mut record: Value, attempts: u32) {
+    /// Records a topic event that was accepted, with the `dapr-api-token`
+    /// it came with (daprd's `APP_API_TOKEN`), if any.
+    fn topic(&self, mut record: Value, attempts: u32, token: Option<&str>) {
         let topic = record["topic"].as_str().unwrap_or_default().to_string();
         let id = record["id"].as_str().unwrap_or_default().to_string();
         record["kind"] = json!("topic");
         record["attempts"] = json!(attempts);
+        if let Some(t) = token {
+            record["token"] = json!(t);
+        }
         self.events.lock().unwrap_or_else(|e| e.into_inner()).push(record);
         println!("subscriber: topic {topic} id={id}");
     }
 
-    /// Records an input-binding event.
-    fn binding(&self, name: &str, data: &[u8]) {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).push(json!({
-            "kind": "binding", "name": name, "data": data_value("", data),
-        }));
+    /// Records an input-binding event, with its token as for [`Recorder::topic`].
+    fn binding(&self, name: &str, data: &[u8], token: Option<&str>) {
+        let mut record = json!({ "kind": "binding", "name": name, "data": data_value("", data) });
+        if let Some(t) = token {
+            record["token"] = json!(t);
+        }
+        self.events.lock().unwrap_or_else(|e| e.into_inner()).push(record);
         if self.bindings_seen.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string()) {
             println!("subscriber: binding {name}");
         }
@@ -206,6 +215,7 @@ impl AppCallback for Recorder {
         &self,
         req: tonic::Request<TopicEventRequest>,
     ) -> Result<tonic::Response<TopicEventResponse>, tonic::Status> {
+        let token = api_token(req.metadata().get("dapr-api-token").map(|v| v.as_bytes()));
         let ev = req.into_inner();
         let (retry, attempts) = self.retry(&ev.id);
         if retry {
@@ -218,6 +228,7 @@ impl AppCallback for Recorder {
                 "path": ev.path, "data": data_value(&ev.data_content_type, &ev.data),
             }),
             attempts,
+            token.as_deref(),
         );
         Ok(tonic::Response::new(TopicEventResponse { status: TopicEventResponseStatus::Success as i32 }))
     }
@@ -233,10 +244,16 @@ impl AppCallback for Recorder {
         &self,
         req: tonic::Request<BindingEventRequest>,
     ) -> Result<tonic::Response<BindingEventResponse>, tonic::Status> {
+        let token = api_token(req.metadata().get("dapr-api-token").map(|v| v.as_bytes()));
         let ev = req.into_inner();
-        self.binding(&ev.name, &ev.data);
+        self.binding(&ev.name, &ev.data, token.as_deref());
         Ok(tonic::Response::new(BindingEventResponse::default()))
     }
+}
+
+/// The `dapr-api-token` a delivery came with, as text.
+fn api_token(value: Option<&[u8]>) -> Option<String> {
+    value.map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 /// The same app for daprd's `--app-protocol http`.
@@ -260,6 +277,7 @@ async fn subscribe_list(State(rec): State<Recorder>) -> Json<Value> {
 async fn http_topic_event(
     State(rec): State<Recorder>,
     Path(_topic): Path<String>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
     let Ok(mut ce) = serde_json::from_slice::<Value>(&body) else {
@@ -276,7 +294,7 @@ async fn http_topic_event(
         "source": ce["source"].take(), "type": ce["type"].take(), "specversion": ce["specversion"].take(),
         "datacontenttype": ce["datacontenttype"].take(), "data": ce["data"].take(),
     });
-    rec.topic(record, attempts);
+    rec.topic(record, attempts, api_token(headers.get("dapr-api-token").map(|v| v.as_bytes())).as_deref());
     Json(json!({"status": "SUCCESS"})).into_response()
 }
 
@@ -306,7 +324,7 @@ async fn http_binding_or_echo(
     let name = uri.path().trim_start_matches('/');
     if name == rec.args.binding {
         if method == axum::http::Method::POST {
-            rec.binding(name, &body);
+            rec.binding(name, &body, api_token(headers.get("dapr-api-token").map(|v| v.as_bytes())).as_deref());
         }
         return StatusCode::OK.into_response();
     }

@@ -220,13 +220,36 @@ async fn the_bridge_port_refuses_strangers_and_garbage() {
         .spawn()
         .await;
     let bridge = sc.bridge.unwrap();
-    let daprd = Daprd::builder(SUB_APP, ports, bridge.port()).env("APP_API_TOKEN", TOKEN).spawn().await;
+    let daprd = Daprd::builder(SUB_APP, ports, bridge.port())
+        .resource("pubsub.yaml", PUBSUB)
+        .resource("cron.yaml", CRON)
+        .env("APP_API_TOKEN", TOKEN)
+        .spawn()
+        .await;
     let mut app = AppBuilder::subscriber(sc.grpc).transport("quic").spawn();
     app.wait_connected().await;
 
-    // daprd's calls carry the token, and it reaches the app as daprd sent it.
+    // daprd's calls carry the token, and it reaches the app as daprd sent it:
+    // an invocation and a binding event across the bridge, and a topic
+    // event, which dialbackd's relay delivers (its streaming subscription
+    // gets no token from daprd, so the relay adds the one daprd would send).
     let seen = inspect_through_daprd_http(&daprd, &[("content-type", "text/plain")]).await;
     assert_eq!(seen["headers"]["dapr-api-token"], TOKEN, "{seen}");
+    let find = |pred: fn(&serde_json::Value) -> bool| {
+        let sc = &sc;
+        move || async move { app_events(sc).await.into_iter().find(pred) }
+    };
+    let cron = eventually("a cron binding event", PATIENCE, find(|e| e["kind"] == "binding")).await;
+    assert_eq!(cron["token"], TOKEN, "the binding event came with the token: {cron}");
+    eventually("daprd to hold the app's subscription", PATIENCE, || async {
+        daprd.subscribed_topics().await.contains(&"pubsub/orders".to_string()).then_some(())
+    })
+    .await;
+    let url = format!("{}/v1.0/publish/pubsub/orders", sc.http_base());
+    let r = http_call("POST", &url, &[("content-type", "application/json")], r#"{"order":9}"#).await.unwrap();
+    assert_eq!(r.status, 204, "publish: {}", r.text());
+    let ev = eventually("the order to reach the app", PATIENCE, find(|e| e["kind"] == "topic")).await;
+    assert_eq!(ev["token"], TOKEN, "the topic event came with the token: {ev}");
 
     // A stranger on the bridge port: HTTP, and gRPC straight to OnTopicEvent.
     let base = format!("http://{bridge}");
