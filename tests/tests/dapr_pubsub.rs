@@ -110,9 +110,10 @@ async fn wait_cron(sc: &Sidecar, what: &str) {
 
 /// daprd first, then the app, dialbackd last; then the app comes back with
 /// another topic: daprd delivers what the app declares now. The cron
-/// binding reaches the app in that start order, and again once it is back
-/// (daprd keeps a gRPC app's first `ListInputBindings` answer, so a
-/// binding the restarted app adds is not asked for: docs/dapr.md).
+/// binding reaches the app in that start order, and again once it is back.
+/// daprd keeps a gRPC app's first `ListInputBindings` answer (docs/dapr.md):
+/// the restarted app, which declares `queue` instead, still gets `cron`'s
+/// events and would get none of `queue`'s, and dialbackd says so, naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_follow_the_app_whatever_the_start_order() {
     let ports = Daprd::ports();
@@ -130,9 +131,15 @@ async fn subscriptions_follow_the_app_whatever_the_start_order() {
 
     // The app restarts subscribed to another topic.
     app.kill().await;
-    let mut app = AppBuilder::subscriber(sc_grpc).transport("quic").args(["--topic", "invoices"]).spawn();
+    let mut app =
+        AppBuilder::subscriber(sc_grpc).transport("quic").args(["--topic", "invoices", "--binding", "queue"]).spawn();
     app.wait_connected().await;
     wait_subscribed(&daprd, "invoices").await;
+    eventually("dialbackd to name the binding daprd was not told of", PATIENCE, || async {
+        let log = sc.log();
+        log.lines().any(|l| l.contains("daprd was not told of") && l.contains(r#"["queue"]"#)).then_some(())
+    })
+    .await;
     let topics = daprd.subscribed_topics().await;
     assert!(!topics.contains(&"pubsub/orders".to_string()), "the old topic is gone: {topics:?}");
     publish(&sc, "invoices", r#"{"invoice":2}"#).await;

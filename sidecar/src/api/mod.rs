@@ -133,8 +133,10 @@ pub(crate) async fn start(
         // With daprd's gRPC API at hand, the app's subscriptions are held
         // as streaming subscriptions that follow its channel.
         let relaying = state.upstream_grpc.is_some();
+        let told = Arc::new(crate::bridge::bindings::Told::default());
         if let Some(upstream) = state.upstream_grpc.clone() {
             let relay = crate::bridge::relay::Relay {
+                told: told.clone(),
                 registry: cb.registry.clone(),
                 upstream,
                 protocol: settings.protocol,
@@ -148,6 +150,7 @@ pub(crate) async fn start(
             state.wait_timeout,
             settings,
             relaying,
+            told,
             state.metrics.clone(),
         );
         let serving = serve::serve(l, bridge, serve_limits, "bridge", stop.clone(), grace.clone());

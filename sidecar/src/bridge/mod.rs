@@ -25,6 +25,11 @@
 //!   reach the app.
 //! - dialbackd's own control stream with the app (`DaprAppChannelCallback`,
 //!   the Ping and close notices) is never carried: PERMISSION_DENIED.
+//!
+//! One answer is read on its way back, unchanged: the app's answer to
+//! daprd's `ListInputBindings`, which daprd keeps for its whole run, so
+//! that a later channel whose app declares another binding is warned about
+//! ([`bindings`]).
 
 use std::convert::Infallible;
 
@@ -45,6 +50,7 @@ use crate::appchannel::Registry;
 use crate::config::{BridgeProtocol, BridgeSettings};
 use crate::error::error_body;
 
+pub mod bindings;
 pub mod cloudevent;
 pub mod relay;
 
@@ -78,6 +84,8 @@ pub struct Bridge {
     token_sha: Option<[u8; 32]>,
     /// Whether [`relay`] holds the app's subscriptions (daprd is told none).
     relaying: bool,
+    /// What daprd was told of the app's input bindings (see [`bindings`]).
+    told: Arc<bindings::Told>,
     /// Where calls waiting for the channel are counted.
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -85,12 +93,14 @@ pub struct Bridge {
 impl Bridge {
     /// Carries requests to the app channel in `registry`, waiting up to
     /// `wait` for one while none is up; `relaying` when [`relay`] holds the
-    /// app's subscriptions; waits are counted in `metrics`.
+    /// app's subscriptions; the app's answer to daprd's `ListInputBindings`
+    /// is noted in `told`; waits are counted in `metrics`.
     pub fn new(
         registry: Arc<Registry>,
         wait: Duration,
         settings: &BridgeSettings,
         relaying: bool,
+        told: Arc<bindings::Told>,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Bridge {
         Bridge {
@@ -100,6 +110,7 @@ impl Bridge {
             health_path: settings.health_path.as_str().into(),
             token_sha: settings.app_token.as_deref().map(|t| crate::auth::sha256_bytes(t.as_bytes())),
             relaying,
+            told,
             metrics,
         }
     }
@@ -177,16 +188,19 @@ impl tower::Service<Request<Incoming>> for Bridge {
             return Box::pin(async move { Ok(resp) });
         }
         let (registry, wait, metrics) = (self.registry.clone(), self.wait, self.metrics.clone());
-        Box::pin(async move { Ok(forward(&registry, wait, grpc, req, &metrics).await) })
+        let watch = (grpc && req.uri().path() == LIST_BINDINGS_PATH).then(|| self.told.clone());
+        Box::pin(async move { Ok(forward(&registry, wait, grpc, req, watch, &metrics).await) })
     }
 }
 
-/// Carries one request over the app channel and its answer back.
+/// Carries one request over the app channel and its answer back; with
+/// `watch`, the answer (to `ListInputBindings`) is noted there on the way.
 async fn forward(
     registry: &Registry,
     wait: Duration,
     grpc: bool,
     req: Request<Incoming>,
+    watch: Option<Arc<bindings::Told>>,
     metrics: &crate::metrics::Metrics,
 ) -> Response<Body> {
     let Some(live) = metrics.waiting_for_channel(registry.wait(wait)).await else {
@@ -200,7 +214,10 @@ async fn forward(
     match live.client.clone().oneshot(req).await {
         // Counted as a call in flight on its channel until the answer is
         // done, so a retiring channel drains it.
-        Ok(resp) => resp.map(|body| Body::new(crate::guarded::Guarded::new(body, guard))),
+        Ok(resp) => resp.map(|body| match watch {
+            Some(told) => Body::new(crate::guarded::Guarded::new(bindings::Watched::new(body, told), guard)),
+            None => Body::new(crate::guarded::Guarded::new(body, guard)),
+        }),
         Err(e) => unavailable(grpc, &format!("the app channel failed during the call: {e}")),
     }
 }

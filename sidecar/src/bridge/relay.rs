@@ -52,6 +52,9 @@ pub const MAX_SUBSCRIPTIONS: usize = 256;
 /// The largest `/dapr/subscribe` answer read from an HTTP app.
 const MAX_SUBSCRIBE_BODY: usize = 1024 * 1024;
 
+/// Bindings named at most in the warning about those daprd was not told of.
+const MAX_NAMED: usize = 16;
+
 /// Between tries to open a stream or to ask the app, growing to [`MAX_PAUSE`].
 const FIRST_PAUSE: Duration = Duration::from_millis(100);
 const MAX_PAUSE: Duration = Duration::from_secs(5);
@@ -69,6 +72,8 @@ pub struct Relay {
     pub app_token: Option<http::HeaderValue>,
     /// Bound on one event's delivery to the app.
     pub call_timeout: Duration,
+    /// What daprd was told of the app's input bindings.
+    pub told: Arc<super::bindings::Told>,
 }
 
 impl Relay {
@@ -104,6 +109,9 @@ impl Relay {
 
     /// Asks the app on `live` for its subscriptions and holds them.
     async fn hold_all(self, live: Arc<Live>) {
+        if self.protocol == BridgeProtocol::Grpc {
+            self.check_bindings(&live).await;
+        }
         let mut pause = FIRST_PAUSE;
         let mut subs = loop {
             match self.list(&live).await {
@@ -139,6 +147,31 @@ impl Relay {
             held.spawn(self.clone().hold(live.clone(), sub));
         }
         while held.join_next().await.is_some() {}
+    }
+
+    /// Warns when the app on `live` declares an input binding daprd was
+    /// not told of: daprd asks a gRPC app once per run, so it would never
+    /// deliver that binding's events (docs/dapr.md).
+    async fn check_bindings(&self, live: &Arc<Live>) {
+        let asked = {
+            let _call = live.begin_call();
+            let mut client = AppCallbackClient::new(live.client.clone());
+            tokio::time::timeout(self.call_timeout, client.list_input_bindings(())).await
+        };
+        let Ok(Ok(answer)) = asked else { return };
+        let mut missing = self.told.missing(&answer.into_inner().bindings);
+        if !missing.is_empty() {
+            // A hostile app's list could be megabytes: name a few.
+            let count = missing.len();
+            missing.truncate(MAX_NAMED);
+            warn!(
+                channel_id = live.info.channel_id,
+                count,
+                bindings = ?missing,
+                "the app declares input bindings daprd was not told of, so daprd will not deliver their events: \
+                 daprd asks a gRPC app once per run (restart daprd, or give the binding component `direction: input`)"
+            );
+        }
     }
 
     /// The app's subscriptions, asked over its channel.

@@ -1,0 +1,147 @@
+//! What daprd was told of a gRPC app's input bindings, and a warning when
+//! the app declares one it was not told of.
+//!
+//! daprd asks a gRPC app `ListInputBindings` once per run and keeps the
+//! answer (docs/dapr.md): an app that comes back declaring another binding
+//! would never get its events, and nothing would say why. The bridge does
+//! not answer for the app (the question crosses as it is), but it keeps a
+//! copy of the answer on the way back ([`Watched`]); the relay asks each
+//! new channel's app the same question and warns when it declares a
+//! binding daprd was not told of, naming the ways out.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use prost::Message;
+
+/// The largest answer copied: a longer one is passed on and not kept.
+const MAX_ANSWER: usize = 64 * 1024;
+
+/// The bindings daprd was last told of, shared by the bridge and the relay.
+#[derive(Debug, Default)]
+pub struct Told(Mutex<Option<BTreeSet<String>>>);
+
+impl Told {
+    /// Records the answer daprd got; a later one means daprd asked again,
+    /// which it does only after a restart, so the newest counts.
+    pub fn record(&self, names: impl IntoIterator<Item = String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(names.into_iter().collect());
+    }
+
+    /// Of the bindings `app` declares, those daprd was not told of: empty
+    /// while daprd has not asked yet.
+    pub fn missing(&self, app: &[String]) -> Vec<String> {
+        match &*self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(told) => app.iter().filter(|b| !told.contains(*b)).cloned().collect(),
+            None => Vec::new(),
+        }
+    }
+}
+
+/// The body of the app's answer to daprd's `ListInputBindings`, passed on
+/// unchanged; at its end, the message it carried is recorded in [`Told`].
+pub struct Watched<B> {
+    inner: B,
+    seen: BytesMut,
+    told: Arc<Told>,
+}
+
+impl<B> Watched<B> {
+    /// Watches `inner` for `told`.
+    pub fn new(inner: B, told: Arc<Told>) -> Watched<B> {
+        Watched { inner, seen: BytesMut::new(), told }
+    }
+}
+
+impl<B> Body for Watched<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &frame {
+            if let Some(d) = f.data_ref()
+                && this.seen.len() + d.len() <= MAX_ANSWER
+            {
+                this.seen.extend_from_slice(d);
+            }
+            // The trailers end a gRPC answer, and its status says whether it counts.
+            if let Some(t) = f.trailers_ref()
+                && t.get("grpc-status").is_some_and(|s| s == "0")
+                && let Some(names) = decode(&this.seen)
+            {
+                this.told.record(names);
+            }
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The binding names in one gRPC-framed `ListInputBindingsResponse`
+/// (uncompressed, as the SDK's server sends it); `None` when it is not one.
+fn decode(framed: &[u8]) -> Option<Vec<String>> {
+    let mut b = framed;
+    if b.len() < 5 || b[0] != 0 {
+        return None;
+    }
+    b.advance(1);
+    let len = usize::try_from(b.get_u32()).ok()?;
+    let msg = b.get(..len)?;
+    dialback_proto::runtime::ListInputBindingsResponse::decode(msg).ok().map(|r| r.bindings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(names: &[&str]) -> Vec<u8> {
+        let msg = dialback_proto::runtime::ListInputBindingsResponse {
+            bindings: names.iter().map(|s| s.to_string()).collect(),
+        }
+        .encode_to_vec();
+        let mut out = vec![0];
+        out.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        out.extend_from_slice(&msg);
+        out
+    }
+
+    #[test]
+    fn nothing_is_missing_before_daprd_asks() {
+        assert!(Told::default().missing(&["cron".into()]).is_empty());
+    }
+
+    #[test]
+    fn a_binding_daprd_was_not_told_of_is_named() {
+        let told = Told::default();
+        told.record(decode(&framed(&["cron"])).unwrap_or_default());
+        assert!(told.missing(&["cron".into()]).is_empty());
+        assert_eq!(told.missing(&["cron".into(), "queue".into()]), vec!["queue".to_string()]);
+    }
+
+    #[test]
+    fn only_a_whole_uncompressed_message_is_read() {
+        assert_eq!(decode(&framed(&["a", "b"])), Some(vec!["a".to_string(), "b".to_string()]));
+        let mut compressed = framed(&["a"]);
+        compressed[0] = 1;
+        assert_eq!(decode(&compressed), None);
+        let whole = framed(&["a"]);
+        assert_eq!(decode(&whole[..whole.len() - 1]), None);
+        assert_eq!(decode(&[]), None);
+    }
+}
