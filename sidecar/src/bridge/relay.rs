@@ -107,11 +107,20 @@ impl Relay {
         }
     }
 
-    /// Asks the app on `live` for its subscriptions and holds them.
+    /// Asks the app on `live` for its subscriptions and holds them; beside
+    /// that, for a gRPC app, checks its input bindings against daprd's.
     async fn hold_all(self, live: Arc<Live>) {
-        if self.protocol == BridgeProtocol::Grpc {
-            self.check_bindings(&live).await;
-        }
+        let check = self.clone();
+        let bindings = async {
+            if check.protocol == BridgeProtocol::Grpc {
+                check.check_bindings(&live).await;
+            }
+        };
+        tokio::join!(bindings, self.hold_subscriptions(live.clone()));
+    }
+
+    /// Asks the app on `live` for its subscriptions and holds them.
+    async fn hold_subscriptions(self, live: Arc<Live>) {
         let mut pause = FIRST_PAUSE;
         let mut subs = loop {
             match self.list(&live).await {
