@@ -117,6 +117,18 @@ async fn app_events(sc: &dialback_e2e::Sidecar) -> Vec<serde_json::Value> {
     r.json().as_array().cloned().unwrap_or_default()
 }
 
+/// Waits until daprd holds the app's subscription to `orders`, then
+/// publishes `{"order":9}` there through dialbackd's API.
+async fn publish_order_9(daprd: &Daprd, sc: &dialback_e2e::Sidecar) {
+    eventually("daprd to hold the app's subscription", PATIENCE, || async {
+        daprd.subscribed_topics().await.contains(&"pubsub/orders".to_string()).then_some(())
+    })
+    .await;
+    let url = format!("{}/v1.0/publish/pubsub/orders", sc.http_base());
+    let r = http_call("POST", &url, &[("content-type", "application/json")], r#"{"order":9}"#).await.unwrap();
+    assert_eq!(r.status, 204, "publish: {}", r.text());
+}
+
 /// Test 1 (gRPC app): verb, query, content type, body and headers arrive
 /// intact through daprd's HTTP API and its gRPC API.
 async fn invocation_arrives_intact(transport: &str) {
@@ -176,13 +188,7 @@ async fn http_app_protocol(transport: &str) {
     let seen = inspect_through_daprd_http(&daprd, &[("content-type", "text/plain"), ("x-custom", "yes")]).await;
     assert_intact(&seen, "PUT", "a=1&b=two", "text/plain", "the body", "yes");
 
-    eventually("daprd to hold the app's subscription", PATIENCE, || async {
-        daprd.subscribed_topics().await.contains(&"pubsub/orders".to_string()).then_some(())
-    })
-    .await;
-    let url = format!("{}/v1.0/publish/pubsub/orders", sc.http_base());
-    let r = http_call("POST", &url, &[("content-type", "application/json")], r#"{"order":9}"#).await.unwrap();
-    assert_eq!(r.status, 204, "publish: {}", r.text());
+    publish_order_9(&daprd, &sc).await;
     let ev = eventually("the order to reach the HTTP app", PATIENCE, || async {
         app_events(&sc).await.into_iter().find(|e| e["kind"] == "topic" && e["data"]["order"] == 9)
     })
@@ -241,13 +247,7 @@ async fn the_bridge_port_refuses_strangers_and_garbage() {
     };
     let cron = eventually("a cron binding event", PATIENCE, find(|e| e["kind"] == "binding")).await;
     assert_eq!(cron["token"], TOKEN, "the binding event came with the token: {cron}");
-    eventually("daprd to hold the app's subscription", PATIENCE, || async {
-        daprd.subscribed_topics().await.contains(&"pubsub/orders".to_string()).then_some(())
-    })
-    .await;
-    let url = format!("{}/v1.0/publish/pubsub/orders", sc.http_base());
-    let r = http_call("POST", &url, &[("content-type", "application/json")], r#"{"order":9}"#).await.unwrap();
-    assert_eq!(r.status, 204, "publish: {}", r.text());
+    publish_order_9(&daprd, &sc).await;
     let ev = eventually("the order to reach the app", PATIENCE, find(|e| e["kind"] == "topic")).await;
     assert_eq!(ev["token"], TOKEN, "the topic event came with the token: {ev}");
 
