@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-use crate::{PATIENCE, http_call};
+use crate::{PATIENCE, Sidecar, http_call};
 
 /// The directory holding `daprd` (and `placement`), built on first use.
 /// Panics with what is missing when Go is not installed or the build fails.
@@ -326,6 +326,20 @@ impl Daprd {
             .collect()
     }
 
+    /// Waits until daprd delivers `topic` of component `pubsub` to the app
+    /// behind `sc`: daprd lists the subscription and `sc`'s relay has seen
+    /// more than `before` streams for it subscribed ([`relayed`]). daprd's
+    /// list alone is not enough: daprd lists a streaming subscription before
+    /// it subscribes at the component, and its in-memory pub/sub drops a
+    /// message published in between; it answers the stream once subscribed.
+    pub async fn wait_relayed(&self, sc: &Sidecar, topic: &str, before: usize) {
+        let want = format!("pubsub/{topic}");
+        crate::eventually(&format!("daprd to hold the relay's subscription to {want}"), PATIENCE, || async {
+            (relayed(sc, topic) > before && self.subscribed_topics().await.contains(&want)).then_some(())
+        })
+        .await;
+    }
+
     /// The end of its log, for failure messages.
     pub fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
@@ -339,6 +353,16 @@ impl Drop for Daprd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How many streams to daprd for `topic` the relay of `sc` has seen
+/// subscribed (daprd's first answer on a stream, logged "subscribed through daprd").
+pub fn relayed(sc: &Sidecar, topic: &str) -> usize {
+    let field = format!("topic={topic}");
+    sc.log()
+        .lines()
+        .filter(|l| l.contains("subscribed through daprd") && l.split_whitespace().any(|w| w == field))
+        .count()
 }
 
 /// A Redis server (Debian's `redis-server`) on a free loopback port, with

@@ -26,7 +26,16 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// Polls `check` until it yields `Some`, failing with `what` after `limit`.
 /// For conditions with no readiness signal of their own (e.g. metadata).
-pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, limit: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_or(what, limit, check, String::new).await
+}
+
+/// [`eventually`], with what `explain` says (logs, say) in the failure.
+pub async fn eventually_or<T, F, Fut>(what: &str, limit: Duration, mut check: F, explain: impl FnOnce() -> String) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -38,7 +47,7 @@ where
             return v;
         }
         if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {limit:?} waiting for: {what}");
+            panic!("timed out after {limit:?} waiting for: {what}\n{}", explain());
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(100));

@@ -120,10 +120,7 @@ async fn app_events(sc: &dialback_e2e::Sidecar) -> Vec<serde_json::Value> {
 /// Waits until daprd holds the app's subscription to `orders`, then
 /// publishes `{"order":9}` there through dialbackd's API.
 async fn publish_order_9(daprd: &Daprd, sc: &dialback_e2e::Sidecar) {
-    eventually("daprd to hold the app's subscription", PATIENCE, || async {
-        daprd.subscribed_topics().await.contains(&"pubsub/orders".to_string()).then_some(())
-    })
-    .await;
+    daprd.wait_relayed(sc, "orders", 0).await;
     let url = format!("{}/v1.0/publish/pubsub/orders", sc.http_base());
     let r = http_call("POST", &url, &[("content-type", "application/json")], r#"{"order":9}"#).await.unwrap();
     assert_eq!(r.status, 204, "publish: {}", r.text());
