@@ -21,6 +21,7 @@
 //! `--app-protocol grpc`; `--protocol http` serves the same as an axum
 //! `Router` for daprd's `--app-protocol http` (`/dapr/subscribe`, a route
 //! per topic, `OPTIONS`/`POST /<binding>`, `/<method>` for invocations).
+//! `--actor-type T` (with `--protocol http`) hosts Dapr actors of type `T`.
 //! `--retry-first N` answers RETRY to the first N deliveries of each event,
 //! to show that a message asked for again comes again.
 //!
@@ -71,6 +72,12 @@ struct Args {
     /// Which of daprd's app protocols to serve.
     #[arg(long, value_enum, default_value = "grpc")]
     protocol: Protocol,
+    /// With `--protocol http`: host Dapr actors of this type (daprd asks
+    /// `GET /dapr/config`, then calls `PUT /actors/<type>/<id>/method/<m>`;
+    /// each call answers how many calls that actor has had). daprd needs
+    /// the placement service and an actor state store for it.
+    #[arg(long)]
+    actor_type: Option<String>,
     /// Answer RETRY to the first N deliveries of each event.
     #[arg(long, default_value_t = 0)]
     retry_first: u32,
@@ -93,6 +100,8 @@ struct Recorder {
     events: Arc<Mutex<Vec<Value>>>,
     attempts: Arc<Mutex<HashMap<String, u32>>>,
     bindings_seen: Arc<Mutex<HashSet<String>>>,
+    /// Calls per actor id.
+    actor_calls: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl Recorder {
@@ -102,6 +111,7 @@ impl Recorder {
             events: Arc::default(),
             attempts: Arc::default(),
             bindings_seen: Arc::default(),
+            actor_calls: Arc::default(),
         }
     }
 
@@ -258,13 +268,45 @@ fn api_token(value: Option<&[u8]>) -> Option<String> {
 
 /// The same app for daprd's `--app-protocol http`.
 fn http_app(rec: Recorder) -> axum::Router {
-    axum::Router::new()
+    let router = axum::Router::new();
+    let router = match rec.args.actor_type {
+        Some(_) => router
+            .route("/dapr/config", get(actor_config))
+            .route("/actors/{ty}/{id}/method/{method}", axum::routing::put(actor_call))
+            .route("/actors/{ty}/{id}", axum::routing::delete(|| async { StatusCode::OK })),
+        None => router,
+    };
+    router
         .route("/dapr/subscribe", get(subscribe_list))
         .route("/topic/{topic}", post(http_topic_event))
         .route("/events", get(http_events).post(http_events))
         .route("/inspect", axum::routing::any(http_inspect))
         .fallback(http_binding_or_echo)
         .with_state(rec)
+}
+
+/// `GET /dapr/config`: the actor type this app hosts.
+async fn actor_config(State(rec): State<Recorder>) -> Json<Value> {
+    Json(json!({"entities": [rec.args.actor_type]}))
+}
+
+/// `PUT /actors/<type>/<id>/method/<method>`: counts the actor's calls.
+async fn actor_call(
+    State(rec): State<Recorder>,
+    Path((ty, id, method)): Path<(String, String, String)>,
+    body: axum::body::Bytes,
+) -> Response {
+    if rec.args.actor_type.as_deref() != Some(ty.as_str()) {
+        return (StatusCode::NOT_FOUND, "no such actor type").into_response();
+    }
+    let calls = {
+        let mut calls = rec.actor_calls.lock().unwrap_or_else(|e| e.into_inner());
+        let n = calls.entry(id.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let data = String::from_utf8_lossy(&body);
+    Json(json!({"type": ty, "id": id, "method": method, "calls": calls, "data": data})).into_response()
 }
 
 async fn subscribe_list(State(rec): State<Recorder>) -> Json<Value> {

@@ -1,0 +1,282 @@
+//! The rest of daprd's API through dialbackd's forwarding, each with a
+//! real component behind a real daprd: secrets (`secretstores.local.env`),
+//! configuration (`configuration.redis` on a real Redis) and actors (Dapr's
+//! placement service, an actor state store, actors hosted by the app behind
+//! the channel), over dialbackd's HTTP API and, with the official `dapr`
+//! crate's generated client, its gRPC API, `SubscribeConfiguration` (a
+//! server-streaming RPC that stays open while the store changes) included.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
+use dapr::dapr::proto::runtime::v1::{
+    GetBulkSecretRequest, GetConfigurationRequest, GetSecretRequest, InvokeActorRequest, SubscribeConfigurationRequest,
+    SubscribeConfigurationResponse, UnsubscribeConfigurationRequest,
+};
+use dialback_e2e::dapr::components::ACTOR_STATE_STORE;
+use dialback_e2e::dapr::{Daprd, Placement, Redis};
+use dialback_e2e::{AppBuilder, PATIENCE, Sidecar, SidecarBuilder, eventually, eventually_or, http_call};
+use serde_json::{Value, json};
+
+/// The secret daprd's environment holds, and its value.
+const SECRET: (&str, &str) = ("DIALBACK_TEST_SECRET", "s3cr3t-9c1f");
+
+/// `secretstore`: daprd's environment as a secret store.
+const SECRET_STORE: &str = "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: secretstore
+spec:
+  type: secretstores.local.env
+  version: v1
+  metadata: []
+";
+
+/// `configstore` on the Redis at `port`.
+fn config_store(port: u16) -> String {
+    format!(
+        "apiVersion: dapr.io/v1alpha1
+kind: Component
+metadata:
+  name: configstore
+spec:
+  type: configuration.redis
+  version: v1
+  metadata:
+  - name: redisHost
+    value: 127.0.0.1:{port}
+"
+    )
+}
+
+/// dialbackd in bridge mode, daprd behind it with both stores, the echo
+/// app on its channel (the app whose calls these stand for), and Redis.
+struct Setup {
+    sc: Sidecar,
+    daprd: Daprd,
+    redis: Redis,
+    _app: dialback_e2e::App,
+}
+
+impl Setup {
+    async fn start() -> Setup {
+        let redis = Redis::start().await;
+        let ports = Daprd::ports();
+        let up = |p: u16| format!("127.0.0.1:{p}");
+        let sc = SidecarBuilder::callback("echo")
+            .args([
+                "--bridge-app-port",
+                "0",
+                "--dapr-upstream-http",
+                &up(ports.0),
+                "--dapr-upstream-grpc",
+                &up(ports.1),
+            ])
+            .spawn()
+            .await;
+        let bridge = sc.bridge.expect("bridge port").port();
+        let daprd = Daprd::builder("echo", ports, bridge)
+            .resource("secrets.yaml", SECRET_STORE)
+            .resource("config.yaml", &config_store(redis.port))
+            .env(SECRET.0, SECRET.1)
+            .spawn()
+            .await;
+        let mut app = AppBuilder::echo(sc.grpc).transport("quic").spawn();
+        app.wait_connected().await;
+        Setup { sc, daprd, redis, _app: app }
+    }
+
+    fn logs(&self) -> String {
+        format!("dialbackd log:\n{}\ndaprd log:\n{}", self.sc.log_tail(), self.daprd.log_tail())
+    }
+
+    /// GET on dialbackd's HTTP API: the answer as JSON, which must be a 200.
+    async fn get_json(&self, path: &str) -> Value {
+        let url = format!("{}{path}", self.sc.http_base());
+        let r = http_call("GET", &url, &[], "").await.unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert_eq!(r.status, 200, "GET {path}: {}\n{}", r.text(), self.logs());
+        serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("GET {path} is not JSON ({e}): {}", r.text()))
+    }
+
+    /// The `dapr` crate's generated client on dialbackd's gRPC API.
+    async fn grpc(&self) -> DaprClient<tonic::transport::Channel> {
+        let url = format!("http://127.0.0.1:{}", self.sc.grpc);
+        let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.expect("connect");
+        DaprClient::new(channel)
+    }
+}
+
+/// The next message on a configuration subscription, bounded by [`PATIENCE`].
+async fn next(
+    updates: &mut tonic::Streaming<SubscribeConfigurationResponse>,
+) -> Result<Option<SubscribeConfigurationResponse>, tonic::Status> {
+    tokio::time::timeout(PATIENCE, updates.message()).await.expect("a message on the subscription within PATIENCE")
+}
+
+/// Secrets: one and all, over HTTP and gRPC; an unknown store gets
+/// daprd's own error, passed on as daprd gave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_through_dialbackd() {
+    let s = Setup::start().await;
+    let got = s.get_json(&format!("/v1.0/secrets/secretstore/{}", SECRET.0)).await;
+    assert_eq!(got, json!({ SECRET.0: SECRET.1 }));
+    let bulk = s.get_json("/v1.0/secrets/secretstore/bulk").await;
+    assert_eq!(bulk[SECRET.0], json!({ SECRET.0: SECRET.1 }), "bulk holds the secret");
+
+    let mut client = s.grpc().await;
+    let req = GetSecretRequest { store_name: "secretstore".into(), key: SECRET.0.into(), ..Default::default() };
+    let got = client.get_secret(req).await.unwrap_or_else(|e| panic!("GetSecret: {e:?}\n{}", s.logs())).into_inner();
+    assert_eq!(got.data.get(SECRET.0).map(String::as_str), Some(SECRET.1));
+    let req = GetBulkSecretRequest { store_name: "secretstore".into(), ..Default::default() };
+    let bulk = client.get_bulk_secret(req).await.expect("GetBulkSecret").into_inner();
+    assert_eq!(bulk.data.get(SECRET.0).and_then(|m| m.secrets.get(SECRET.0)).map(String::as_str), Some(SECRET.1));
+
+    // An error is daprd's, as daprd gives it (its status is 401 here).
+    let path = "/v1.0/secrets/nosuchstore/x";
+    let ours = http_call("GET", &format!("{}{path}", s.sc.http_base()), &[], "").await.unwrap();
+    let daprds = http_call("GET", &format!("http://127.0.0.1:{}{path}", s.daprd.http), &[], "").await.unwrap();
+    assert!(ours.text().contains("ERR_SECRET_STORE_NOT_FOUND"), "daprd's error code: {}", ours.text());
+    assert_eq!((ours.status, ours.text()), (daprds.status, daprds.text()), "dialbackd passes daprd's error on");
+    let req = GetSecretRequest { store_name: "nosuchstore".into(), key: "x".into(), ..Default::default() };
+    let err = client.get_secret(req).await.expect_err("an unknown store");
+    let url = format!("http://127.0.0.1:{}", s.daprd.grpc);
+    let mut direct = DaprClient::new(tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.unwrap());
+    let req = GetSecretRequest { store_name: "nosuchstore".into(), key: "x".into(), ..Default::default() };
+    let want = direct.get_secret(req).await.expect_err("an unknown store, asked of daprd");
+    assert_eq!((err.code(), err.message()), (want.code(), want.message()), "dialbackd passes daprd's status on");
+}
+
+/// Configuration: read over HTTP and gRPC, and a subscription over gRPC
+/// (a stream through dialbackd) that sees the store change, then ends
+/// when unsubscribed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configuration_through_dialbackd() {
+    let s = Setup::start().await;
+    s.redis.set("color", "blue||1").await;
+    let got = s.get_json("/v1.0/configuration/configstore?key=color").await;
+    assert_eq!(got["color"]["value"], "blue", "{got}");
+    assert_eq!(got["color"]["version"], "1", "{got}");
+
+    let mut client = s.grpc().await;
+    let req =
+        GetConfigurationRequest { store_name: "configstore".into(), keys: vec!["color".into()], ..Default::default() };
+    let got = client.get_configuration(req).await.unwrap_or_else(|e| panic!("GetConfiguration: {e:?}\n{}", s.logs()));
+    let item = got.into_inner().items.remove("color").expect("color");
+    assert_eq!((item.value.as_str(), item.version.as_str()), ("blue", "1"));
+
+    let req = SubscribeConfigurationRequest {
+        store_name: "configstore".into(),
+        keys: vec!["color".into()],
+        ..Default::default()
+    };
+    let mut updates = client.subscribe_configuration(req).await.expect("SubscribeConfiguration").into_inner();
+    // daprd's first message names the subscription.
+    let first = next(&mut updates).await.expect("the subscription's first message").expect("a first message");
+    assert!(!first.id.is_empty(), "the subscription's id: {first:?}");
+    // daprd names the subscription before its store listens to Redis's
+    // keyspace events, which Redis sends only to those listening then.
+    eventually("daprd's store to listen for changes of color", PATIENCE, || async {
+        (s.redis.subscribers("__keyspace@0__:color").await > 0).then_some(())
+    })
+    .await;
+    s.redis.set("color", "green||2").await;
+    let changed = loop {
+        let m = next(&mut updates).await.expect("an update").expect("the stream is still open");
+        if let Some(item) = m.items.get("color") {
+            break item.clone();
+        }
+    };
+    assert_eq!((changed.value.as_str(), changed.version.as_str()), ("green", "2"));
+
+    let req = UnsubscribeConfigurationRequest { store_name: "configstore".into(), id: first.id.clone() };
+    let done = client.unsubscribe_configuration(req).await.expect("UnsubscribeConfiguration").into_inner();
+    assert!(done.ok, "unsubscribed: {done:?}");
+    // daprd ends the stream; dialbackd passes the end on.
+    while let Ok(Some(_)) = next(&mut updates).await {}
+}
+
+/// Actors: daprd, with the placement service and an actor state store,
+/// places actors of type `Counter` on the app behind the channel (an HTTP
+/// app, daprd's `--app-protocol http`, declaring them in `GET /dapr/config`
+/// through the bridge). Calls through dialbackd's HTTP and gRPC APIs reach
+/// the same actor instance; its state is saved and read through dialbackd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actors_live_in_the_app_behind_the_channel() {
+    const APP: &str = "subscriber";
+    let placement = Placement::start().await;
+    let ports = Daprd::ports();
+    let up = |p: u16| format!("127.0.0.1:{p}");
+    let sc = SidecarBuilder::callback(APP)
+        .args(["--bridge-app-port", "0", "--dapr-upstream-http", &up(ports.0), "--dapr-upstream-grpc", &up(ports.1)])
+        .args(["--bridge-app-protocol", "http"])
+        .spawn()
+        .await;
+    let mut daprd = Daprd::builder(APP, ports, sc.bridge.expect("bridge port").port())
+        .protocol("http")
+        .resource("actorstate.yaml", ACTOR_STATE_STORE)
+        .args(["--placement-host-address".to_string(), up(placement.port)])
+        .start();
+    // The app comes after daprd: daprd asks an app for its actor types
+    // when its health check first sees it healthy, which the bridge says
+    // only while a channel is up (docs/dapr.md); daprd's healthz waits for
+    // that too.
+    let mut app = AppBuilder::subscriber(sc.grpc)
+        .transport("quic")
+        .args(["--protocol", "http", "--actor-type", "Counter"])
+        .spawn();
+    app.wait_connected().await;
+    daprd.wait_ready().await;
+    let logs = || {
+        format!(
+            "dialbackd log:\n{}\ndaprd log:\n{}\nplacement log:\n{}",
+            sc.log_tail(),
+            daprd.log_tail(),
+            placement.log_tail()
+        )
+    };
+    let ready = || async {
+        let md = daprd.metadata().await;
+        let actors = &md["actorRuntime"];
+        let hosted = actors["activeActors"].as_array()?.iter().any(|a| a["type"] == "Counter");
+        (hosted && actors["hostReady"] == true && actors["placement"] == "placement: connected").then_some(())
+    };
+    eventually_or("daprd to host Counter actors, placed by the placement service", PATIENCE, ready, logs).await;
+
+    let call = |id: &'static str, body: &'static str| {
+        let url = format!("{}/v1.0/actors/Counter/{id}/method/bump", sc.http_base());
+        async move {
+            let r = http_call("POST", &url, &[("content-type", "text/plain")], body).await.expect("actor call");
+            assert_eq!(r.status, 200, "actor {id}: {}\n{}", r.text(), logs());
+            r.json()
+        }
+    };
+    let first = call("a1", "hello").await;
+    assert_eq!((first["type"].as_str(), first["id"].as_str()), (Some("Counter"), Some("a1")), "{first}");
+    assert_eq!((first["method"].as_str(), first["data"].as_str()), (Some("bump"), Some("hello")), "{first}");
+    assert_eq!(first["calls"], 1, "{first}");
+    assert_eq!(call("a1", "again").await["calls"], 2, "the same actor, called again");
+    assert_eq!(call("b2", "other").await["calls"], 1, "another actor");
+
+    let url = format!("http://127.0.0.1:{}", sc.grpc);
+    let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.expect("connect");
+    let req = InvokeActorRequest {
+        actor_type: "Counter".into(),
+        actor_id: "a1".into(),
+        method: "bump".into(),
+        data: b"over grpc".to_vec(),
+        ..Default::default()
+    };
+    let got = DaprClient::new(channel)
+        .invoke_actor(req)
+        .await
+        .unwrap_or_else(|e| panic!("InvokeActor: {e:?}\n{}", logs()))
+        .into_inner();
+    let got: Value = serde_json::from_slice(&got.data).expect("the actor's JSON answer");
+    assert_eq!((got["calls"].as_i64(), got["data"].as_str()), (Some(3), Some("over grpc")), "{got}");
+
+    let base = format!("{}/v1.0/actors/Counter/a1/state", sc.http_base());
+    let ops = r#"[{"operation":"upsert","request":{"key":"k","value":"v1"}}]"#;
+    let r = http_call("POST", &base, &[("content-type", "application/json")], ops).await.expect("actor state");
+    assert_eq!(r.status, 204, "save the actor's state: {}\n{}", r.text(), logs());
+    let r = http_call("GET", &format!("{base}/k"), &[], "").await.expect("actor state");
+    assert_eq!((r.status, r.text()), (200, r#""v1""#.to_string()), "the actor's state, read back");
+}
