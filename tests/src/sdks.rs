@@ -1,8 +1,9 @@
-//! Dapr's official SDKs in tests: the JavaScript (`@dapr/dapr`) and Python
-//! (`dapr`) SDKs, pinned and installed by `scripts/sdks.sh` (cached under
-//! `~/.cache/dialback/sdks`), run unchanged by the small programs in
-//! `tests/sdk/`, which find their sidecar as any Dapr app does: from
-//! `DAPR_GRPC_PORT`, `DAPR_HTTP_PORT` and `DAPR_API_TOKEN`.
+//! Dapr's official SDKs in tests: the JavaScript (`@dapr/dapr`), Python
+//! (`dapr`), Go (`go-sdk`) and Java (`dapr-sdk`) SDKs, pinned and installed
+//! by `scripts/sdks.sh` (cached under `~/.cache/dialback/sdks`), run
+//! unchanged by the small programs in `tests/sdk/`, which find their
+//! sidecar as any Dapr app does: from `DAPR_GRPC_PORT`, `DAPR_HTTP_PORT`
+//! and `DAPR_API_TOKEN`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,6 +18,11 @@ pub enum Sdk {
     Js,
     /// The Python SDK, PyPI's `dapr`, run with its venv's `python`.
     Py,
+    /// The Go SDK, `github.com/dapr/go-sdk`: `tests/sdk/go`, built.
+    Go,
+    /// The Java SDK, Maven's `io.dapr:dapr-sdk`: `tests/sdk/java/*.java`,
+    /// run by `java` in source-file mode on the resolved classpath.
+    Java,
 }
 
 impl Sdk {
@@ -25,6 +31,8 @@ impl Sdk {
         match self {
             Sdk::Js => "js",
             Sdk::Py => "py",
+            Sdk::Go => "go",
+            Sdk::Java => "java",
         }
     }
 }
@@ -41,9 +49,13 @@ fn workspace_root() -> PathBuf {
 pub fn sdk_dir(sdk: Sdk) -> &'static Path {
     static JS: OnceLock<PathBuf> = OnceLock::new();
     static PY: OnceLock<PathBuf> = OnceLock::new();
+    static GO: OnceLock<PathBuf> = OnceLock::new();
+    static JAVA: OnceLock<PathBuf> = OnceLock::new();
     let cell = match sdk {
         Sdk::Js => &JS,
         Sdk::Py => &PY,
+        Sdk::Go => &GO,
+        Sdk::Java => &JAVA,
     };
     cell.get_or_init(|| match install(sdk) {
         Ok(dir) => dir,
@@ -92,7 +104,8 @@ pub struct SidecarEnv {
 }
 
 /// Runs the program `tests/sdk/<program>` with `sdk` (node with
-/// `DIALBACK_SDK_JS` naming the SDK, or the venv's python) and `args`,
+/// `DIALBACK_SDK_JS` naming the SDK, the venv's python, Go's build of
+/// `tests/sdk/go` named `program`, or `java` on the SDK's classpath) and `args`,
 /// pointed at `sidecar` only through the environment variables Dapr's SDKs
 /// read, bounded by [`PATIENCE`]. Returns the JSON of the last line it
 /// printed, or an error with its exit status, stderr and stdout.
@@ -107,7 +120,7 @@ pub async fn run_program(
     let mut cmd = match sdk {
         Sdk::Js => {
             let mut c = tokio::process::Command::new("node");
-            c.env("DIALBACK_SDK_JS", dir);
+            c.env("DIALBACK_SDK_JS", dir).arg(&path);
             c
         }
         // The SDK waits for /v1.0/healthz/outbound in its constructor (60 s
@@ -115,11 +128,24 @@ pub async fn run_program(
         Sdk::Py => {
             let mut c = tokio::process::Command::new(dir.join("bin/python"));
             c.env("DAPR_HEALTH_TIMEOUT", (PATIENCE / 2).as_secs().to_string());
+            c.arg(&path);
+            c
+        }
+        // NewClient's blocking dial: 5 s by default.
+        Sdk::Go => {
+            let mut c = tokio::process::Command::new(dir.join(program));
+            c.env("DAPR_CLIENT_TIMEOUT_SECONDS", (PATIENCE / 2).as_secs().to_string());
+            c
+        }
+        Sdk::Java => {
+            let classpath = std::fs::read_to_string(dir.join("classpath"))
+                .map_err(|e| format!("the Java SDK's classpath in {}: {e}", dir.display()))?;
+            let mut c = tokio::process::Command::new("java");
+            c.arg("-cp").arg(classpath.trim()).arg(&path);
             c
         }
     };
-    cmd.arg(&path)
-        .args(args)
+    cmd.args(args)
         .env("DAPR_HTTP_PORT", sidecar.http.to_string())
         .env("DAPR_GRPC_PORT", sidecar.grpc.to_string())
         // Anything in the test's own environment that would point the SDK

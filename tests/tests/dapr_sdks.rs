@@ -1,6 +1,7 @@
 //! Dapr's official SDKs, unchanged, against dialbackd: the `dapr` crate
-//! (Rust), PyPI's `dapr` (Python) and npm's `@dapr/dapr` (JavaScript),
-//! the last two pinned and installed by `scripts/sdks.sh` and run as
+//! (Rust), PyPI's `dapr` (Python), npm's `@dapr/dapr` (JavaScript),
+//! `github.com/dapr/go-sdk` (Go) and Maven's `io.dapr:dapr-sdk` (Java),
+//! the last four pinned and installed by `scripts/sdks.sh` and run as
 //! separate processes (`tests/sdk/`) that find dialbackd only through
 //! `DAPR_GRPC_PORT`, `DAPR_HTTP_PORT` and `DAPR_API_TOKEN`.
 //!
@@ -202,23 +203,51 @@ async fn the_apps_own_state_calls_ride_its_quic_channel_to_daprd() {
     handle.shutdown().await;
 }
 
+/// Runs an SDK's state program (`tests/sdk/`) against `b` and checks what
+/// it read back and what the store holds after it. Each writes keys
+/// `t-<who>-k1..k3`.
+async fn state_program(b: &Bridged, sdk: Sdk, program: &[&str], who: &str) {
+    let (program, first) = program.split_first().expect("a program");
+    let args: Vec<&str> = first.iter().copied().chain([STORE, "t"]).collect();
+    let out = run_program(sdk, program, &args, &b.env()).await.unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
+    assert_eq!(out["k1"], "v1", "{out}");
+    assert_eq!(json_text(&out["k2"]), json!({"n": 2, "by": who}), "{out}");
+    assert_eq!(out["k1_after_delete"], Value::Null, "{out}");
+    assert_eq!(out["k2_after_tx"], Value::Null, "{out}");
+    assert_eq!(json_text(&out["k3_after_tx"]), json!({"tx": who}), "{out}");
+
+    b.assert_stored(&format!("t-{who}-k1"), None).await;
+    b.assert_stored(&format!("t-{who}-k2"), None).await;
+    b.assert_stored(&format!("t-{who}-k3"), Some(json!({"tx": who}))).await;
+}
+
 /// The Python SDK's gRPC client (`DaprClient`) saves, reads, deletes and
 /// transacts state through dialbackd to daprd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_sdk_state_through_dialbackd_to_daprd() {
     sdk_dir(Sdk::Py); // installed (or its absence reported) before anything starts
     let b = Bridged::start().await;
-    let out =
-        run_program(Sdk::Py, "state.py", &[STORE, "t"], &b.env()).await.unwrap_or_else(|e| panic!("{e}\n{}", b.logs()));
-    assert_eq!(out["k1"], "v1", "{out}");
-    assert_eq!(json_text(&out["k2"]), json!({"n": 2, "by": "py"}), "{out}");
-    assert_eq!(out["k1_after_delete"], Value::Null, "{out}");
-    assert_eq!(out["k2_after_tx"], Value::Null, "{out}");
-    assert_eq!(json_text(&out["k3_after_tx"]), json!({"tx": "py"}), "{out}");
+    state_program(&b, Sdk::Py, &["state.py"], "py").await;
+}
 
-    b.assert_stored("t-py-k1", None).await;
-    b.assert_stored("t-py-k2", None).await;
-    b.assert_stored("t-py-k3", Some(json!({"tx": "py"}))).await;
+/// The Go SDK's client (`NewClient`: a blocking gRPC dial, its only
+/// start-up check) saves, reads, deletes and transacts state through
+/// dialbackd to daprd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_sdk_state_through_dialbackd_to_daprd() {
+    sdk_dir(Sdk::Go); // built (or its absence reported) before anything starts
+    let b = Bridged::start().await;
+    state_program(&b, Sdk::Go, &["sdkcheck", "state"], "go").await;
+}
+
+/// The Java SDK's client waits for the sidecar (`waitForSidecar`: `GET
+/// /v1.0/healthz/outbound`), then saves, reads, deletes and transacts
+/// state through dialbackd to daprd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn java_sdk_state_through_dialbackd_to_daprd() {
+    sdk_dir(Sdk::Java); // resolved (or its absence reported) before anything starts
+    let b = Bridged::start().await;
+    state_program(&b, Sdk::Java, &["java/SdkCheck.java", "state"], "java").await;
 }
 
 /// The JavaScript SDK's gRPC and HTTP clients save, read, delete and
@@ -278,4 +307,39 @@ async fn js_sdk_invokes_the_app_on_standalone_dialbackd_over_quic_with_a_token()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn js_sdk_invokes_the_app_on_standalone_dialbackd_over_tcp() {
     js_sdk_invokes_the_app("tcp", None).await;
+}
+
+/// The Go or Java SDK's client starts against a standalone dialbackd (Go:
+/// its blocking dial; Java: `waitForSidecar`) and invokes the echo app
+/// over its `transport` channel, bringing its answer back.
+async fn sdk_invokes_the_app(sdk: Sdk, program: &str, who: &str, transport: &str, token: Option<&str>) {
+    sdk_dir(sdk); // installed (or its absence reported) before anything starts
+    let sc = match token {
+        Some(t) => SidecarBuilder::callback("echo").args(["--dapr-api-token", t]),
+        None => SidecarBuilder::callback("echo"),
+    };
+    let sc = sc.spawn().await;
+    let app = AppBuilder::echo(sc.grpc).transport(transport);
+    let mut app = match token {
+        Some(t) => app.env("DAPR_API_TOKEN", t),
+        None => app,
+    }
+    .spawn();
+    assert_eq!(app.wait_connected().await, transport, "the echo app's channel; sidecar log:\n{}", sc.log_tail());
+
+    let env = SidecarEnv { http: sc.http, grpc: sc.grpc, token: token.map(str::to_string) };
+    let out = run_program(sdk, program, &["invoke", "echo", "orders/7"], &env)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\ndialbackd log:\n{}\necho app log:\n{}", sc.log_tail(), app.log_tail()));
+    assert_eq!(out, json!({ who: {"from": who, "n": 42} }));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn go_sdk_invokes_the_app_on_standalone_dialbackd_over_quic_with_a_token() {
+    sdk_invokes_the_app(Sdk::Go, "sdkcheck", "go", "quic", Some(TOKEN)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn java_sdk_invokes_the_app_on_standalone_dialbackd_over_tcp() {
+    sdk_invokes_the_app(Sdk::Java, "java/SdkCheck.java", "java", "tcp", None).await;
 }
