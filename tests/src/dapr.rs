@@ -318,6 +318,13 @@ impl Daprd {
         self.wait_ready().await;
     }
 
+    /// SIGHUP: daprd restarts its runtime in place (same process), which
+    /// asks the app again for what it asked once (bindings, actor types).
+    pub fn reload(&self) {
+        let ok = Command::new("kill").args(["-HUP", &self.pid().to_string()]).status().is_ok_and(|s| s.success());
+        assert!(ok, "SIGHUP to daprd");
+    }
+
     /// Its pid.
     pub fn pid(&self) -> u32 {
         self.child.id()

@@ -138,6 +138,41 @@ async fn subscriptions_follow_the_app_whatever_the_start_order() {
     wait_cron(&sc, "a cron binding event for the restarted app").await;
 }
 
+/// The way out that dialbackd's warning names: an app that comes back
+/// declaring an input binding daprd was not told of (daprd asks a gRPC app
+/// once per run) gets its events once daprd's runtime restarts in place on
+/// SIGHUP, daprd's process and ports staying as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_binding_reaches_the_app_once_daprd_reloads() {
+    let ports = Daprd::ports();
+    let sc = bridged(ports, 0).spawn().await;
+    let mut app = AppBuilder::subscriber(sc.grpc).transport("tcp").spawn();
+    app.wait_connected().await;
+    let queue = CRON.replace("name: cron", "name: queue");
+    let bridge = sc.bridge.expect("bridge port").port();
+    let daprd =
+        Daprd::builder(APP, ports, bridge).resource("cron.yaml", CRON).resource("queue.yaml", &queue).spawn().await;
+    wait_cron(&sc, "cron's events, the binding the first app declares").await;
+
+    app.kill().await;
+    let mut app = AppBuilder::subscriber(sc.grpc).transport("tcp").args(["--binding", "queue"]).spawn();
+    app.wait_connected().await;
+    eventually("dialbackd to name the binding daprd was not told of", PATIENCE, || async {
+        sc.log().lines().any(|l| l.contains("daprd was not told of") && l.contains(r#"["queue"]"#)).then_some(())
+    })
+    .await;
+    daprd.reload();
+    let is_queue = |e: &Value| e["kind"] == "binding" && e["name"] == "queue";
+    let explain = || format!("dialbackd log:\n{}\ndaprd log:\n{}", sc.log_tail(), daprd.log_tail());
+    eventually_or(
+        "queue's events once daprd reloaded",
+        PATIENCE,
+        || async { events(&sc).await.into_iter().find(is_queue) },
+        explain,
+    )
+    .await;
+}
+
 /// dialbackd and the app first, daprd last: the relay waits for daprd and
 /// subscribes as soon as it is there, and the cron binding reaches the app.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -178,7 +178,8 @@ impl Relay {
                 count,
                 bindings = ?missing,
                 "the app declares input bindings daprd was not told of, so daprd will not deliver their events: \
-                 daprd asks a gRPC app once per run (restart daprd, or give the binding component `direction: input`)"
+                 daprd asks a gRPC app once per run (send daprd SIGHUP, which restarts its runtime in place, or restart it; \
+                 or give the binding component `direction: input`)"
             );
         }
     }
