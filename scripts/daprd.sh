@@ -13,19 +13,28 @@
 # downloads Dapr's dependencies and compiles for a while (about 13 minutes
 # of CPU on 2 cores); later calls print the path at once.
 #
-# Dapr's scheduler (jobs, actor reminders) is tried too, but v1.18.1 needs
-# github.com/diagridio/go-etcd-cron v0.12.5, which the module proxy refuses
-# (403); where it cannot be built, `scheduler.unavailable` says why and the
-# script goes on without it.
+# Dapr's scheduler (jobs, actor reminders, workflows) is built too. v1.18.1
+# needs github.com/diagridio/go-etcd-cron v0.12.5, which the module proxy
+# refuses (403, "not available"); when that is why the build failed, the
+# script builds it again with the nearest version the proxy serves
+# ($cron_fallback) put in its place through a copy of Dapr's go.mod
+# (`go build -modfile`; Dapr's module itself is untouched) and says so in
+# `scheduler.note`. Where even that fails, `scheduler.failed` says why, the
+# tests that need the scheduler fail naming it, and daprd and placement
+# are there for the rest.
 set -euo pipefail
 
 version="${DAPR_VERSION:-v1.18.1}"
 cache="${DIALBACK_CACHE:-$HOME/.cache/dialback}/dapr/$version"
+cron_fallback="v0.12.3"
 required=(daprd placement)
 
-ready=1
-for b in "${required[@]}"; do [ -x "$cache/$b" ] || ready=0; done
-if [ "$ready" = 1 ]; then
+# daprd and placement built, and the scheduler built or known not to build.
+ready() {
+  for b in "${required[@]}"; do [ -x "$cache/$b" ] || return 1; done
+  [ -x "$cache/scheduler" ] || [ -e "$cache/scheduler.failed" ]
+}
+if ready; then
   echo "$cache"
   exit 0
 fi
@@ -39,9 +48,7 @@ fi
 mkdir -p "$(dirname "$cache")"
 exec 9>"$cache.lock"
 if command -v flock >/dev/null 2>&1; then flock 9; fi
-ready=1
-for b in "${required[@]}"; do [ -x "$cache/$b" ] || ready=0; done
-if [ "$ready" = 1 ]; then
+if ready; then
   echo "$cache"
   exit 0
 fi
@@ -60,16 +67,39 @@ build() {
   local b=$1 tags=$2
   (cd "$dir" && CGO_ENABLED=0 go build -trimpath $tags -ldflags "$ldflags" -o "$cache/$b.tmp" "./cmd/$b") >&2
 }
-build daprd -tags=stablecomponents
-mv "$cache/daprd.tmp" "$cache/daprd"
-build placement ""
-mv "$cache/placement.tmp" "$cache/placement"
-if [ ! -e "$cache/scheduler" ] && [ ! -e "$cache/scheduler.unavailable" ]; then
+# The scheduler with go-etcd-cron $1 in place of the version Dapr's go.mod names.
+build_scheduler_with_cron() {
+  local mod
+  mod=$(mktemp -d)
+  cp "$dir/go.mod" "$dir/go.sum" "$mod/"
+  chmod u+w "$mod/go.mod" "$mod/go.sum"
+  echo "replace github.com/diagridio/go-etcd-cron => github.com/diagridio/go-etcd-cron $1" >>"$mod/go.mod"
+  (cd "$dir" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -modfile="$mod/go.mod" -trimpath -ldflags "$ldflags" \
+    -o "$cache/scheduler.tmp" ./cmd/scheduler) >&2
+  local status=$?
+  rm -rf "$mod"
+  return $status
+}
+if [ ! -x "$cache/daprd" ]; then
+  build daprd -tags=stablecomponents
+  mv "$cache/daprd.tmp" "$cache/daprd"
+fi
+if [ ! -x "$cache/placement" ]; then
+  build placement ""
+  mv "$cache/placement.tmp" "$cache/placement"
+fi
+if [ ! -x "$cache/scheduler" ]; then
+  rm -f "$cache/scheduler.failed" "$cache/scheduler.unavailable" "$cache/scheduler.note"
   if build scheduler "" 2>"$cache/scheduler.log"; then
     mv "$cache/scheduler.tmp" "$cache/scheduler"
+  elif grep -q "go-etcd-cron.*\(403\|not available\)" "$cache/scheduler.log" &&
+    build_scheduler_with_cron "$cron_fallback" 2>>"$cache/scheduler.log"; then
+    mv "$cache/scheduler.tmp" "$cache/scheduler"
+    echo "built with github.com/diagridio/go-etcd-cron $cron_fallback: the module proxy refuses the version Dapr $version names" >"$cache/scheduler.note"
+    echo "scripts/daprd.sh: $(cat "$cache/scheduler.note")" >&2
   else
-    tail -n 3 "$cache/scheduler.log" >"$cache/scheduler.unavailable"
-    echo "scripts/daprd.sh: Dapr's scheduler could not be built (see $cache/scheduler.unavailable); going on without it" >&2
+    tail -n 3 "$cache/scheduler.log" >"$cache/scheduler.failed"
+    echo "scripts/daprd.sh: Dapr's scheduler could not be built (see $cache/scheduler.failed); going on without it" >&2
   fi
 fi
 echo "$cache"

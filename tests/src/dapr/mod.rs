@@ -8,7 +8,13 @@ use std::sync::OnceLock;
 
 use crate::{PATIENCE, Sidecar, http_call};
 
-/// The directory holding `daprd` (and `placement`), built on first use.
+mod control;
+mod redis;
+
+pub use control::{Placement, Scheduler};
+pub use redis::Redis;
+
+/// The directory holding `daprd`, `placement` and `scheduler`, built on first use.
 /// Panics with what is missing when Go is not installed or the build fails.
 pub fn dapr_dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -380,60 +386,6 @@ impl Drop for Daprd {
     }
 }
 
-/// Dapr's placement service (built beside daprd), on free loopback ports,
-/// its Raft log in memory; killed when dropped. daprd finds it with
-/// `--placement-host-address 127.0.0.1:<port>`.
-pub struct Placement {
-    child: Child,
-    /// Its gRPC port.
-    pub port: u16,
-    log: PathBuf,
-    _tmp: tempfile::TempDir,
-}
-
-impl Placement {
-    /// Starts one and waits until its healthz answers.
-    pub async fn start() -> Placement {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let (port, healthz, metrics, raft) = (free_port(), free_port(), free_port(), free_port());
-        let log = tmp.path().join("placement.log");
-        let file = std::fs::File::create(&log).expect("placement log");
-        let child = Command::new(dapr_dir().join("placement"))
-            .args(["--port", &port.to_string(), "--listen-address", "127.0.0.1"])
-            .args(["--healthz-port", &healthz.to_string(), "--healthz-listen-address", "127.0.0.1"])
-            .args(["--metrics-port", &metrics.to_string(), "--metrics-listen-address", "127.0.0.1"])
-            .args(["--initial-cluster", &format!("dapr-placement-0=127.0.0.1:{raft}")])
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .expect("start placement");
-        let p = Placement { child, port, log, _tmp: tmp };
-        let url = format!("http://127.0.0.1:{healthz}/healthz");
-        crate::eventually_or(
-            "placement's healthz to answer",
-            PATIENCE,
-            || async { http_call("GET", &url, &[], "").await.ok().filter(|r| r.status < 300).map(|_| ()) },
-            || p.log_tail(),
-        )
-        .await;
-        p
-    }
-
-    /// The end of its log, for failure messages.
-    pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Placement {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// How many streams to daprd for `topic` the relay of `sc` has seen
 /// subscribed (daprd's first answer on a stream, logged "subscribed through daprd").
 pub fn relayed(sc: &Sidecar, topic: &str) -> usize {
@@ -442,88 +394,4 @@ pub fn relayed(sc: &Sidecar, topic: &str) -> usize {
         .lines()
         .filter(|l| l.contains("subscribed through daprd") && l.split_whitespace().any(|w| w == field))
         .count()
-}
-
-/// A Redis server (Debian's `redis-server`) on a free loopback port, with
-/// nothing on disk; killed when dropped.
-pub struct Redis {
-    child: Child,
-    /// Its port.
-    pub port: u16,
-    _tmp: tempfile::TempDir,
-}
-
-impl Redis {
-    /// Starts one and waits until it answers PING. Panics with what to
-    /// install when `redis-server` is missing (`.ci/run` installs it).
-    pub async fn start() -> Redis {
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(tmp.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("redis-server could not start ({e}): install Debian's redis-server (.ci/run does)")
-            });
-        let r = Redis { child, port, _tmp: tmp };
-        crate::eventually("redis-server to answer PING", PATIENCE, || async {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-            s.write_all(b"PING\r\n").await.ok()?;
-            let mut buf = [0u8; 7];
-            s.read_exact(&mut buf).await.ok()?;
-            (&buf == b"+PONG\r\n").then_some(())
-        })
-        .await;
-        r
-    }
-
-    /// `SET key value`; panics unless Redis answers OK.
-    pub async fn set(&self, key: &str, value: &str) {
-        let got = self.command(&["SET", key, value], 1).await;
-        assert_eq!(got, ["+OK"], "Redis SET {key}");
-    }
-
-    /// How many clients are subscribed to `channel` (`PUBSUB NUMSUB`).
-    pub async fn subscribers(&self, channel: &str) -> u64 {
-        // *2, $len, the channel, :count
-        let got = self.command(&["PUBSUB", "NUMSUB", channel], 4).await;
-        got[3].strip_prefix(':').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("PUBSUB NUMSUB: {got:?}"))
-    }
-
-    /// One command in RESP; its answer's first `lines` lines.
-    async fn command(&self, args: &[&str], lines: usize) -> Vec<String> {
-        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-        let mut cmd = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            cmd.extend_from_slice(format!("${}\r\n{arg}\r\n", arg.len()).as_bytes());
-        }
-        let talk = async {
-            let mut s = tokio::io::BufReader::new(tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await?);
-            s.get_mut().write_all(&cmd).await?;
-            let mut got = Vec::new();
-            for _ in 0..lines {
-                let mut line = String::new();
-                s.read_line(&mut line).await?;
-                got.push(line.trim_end().to_string());
-            }
-            Ok::<_, std::io::Error>(got)
-        };
-        let what = args.first().copied().unwrap_or_default();
-        tokio::time::timeout(PATIENCE, talk)
-            .await
-            .unwrap_or_else(|_| panic!("Redis {what} timed out"))
-            .unwrap_or_else(|e| panic!("Redis {what}: {e}"))
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
