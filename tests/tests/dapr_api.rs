@@ -1,10 +1,12 @@
 //! The rest of daprd's API through dialbackd's forwarding, each with a
 //! real component behind a real daprd: secrets (`secretstores.local.env`),
-//! configuration (`configuration.redis` on a real Redis) and actors (Dapr's
+//! configuration (`configuration.redis` on a real Redis), actors (Dapr's
 //! placement service, an actor state store, actors hosted by the app behind
-//! the channel), over dialbackd's HTTP API and, with the official `dapr`
-//! crate's generated client, its gRPC API, `SubscribeConfiguration` (a
-//! server-streaming RPC that stays open while the store changes) included.
+//! the channel) and workflows (placement and Dapr's scheduler, a worker
+//! written with Dapr's Go SDK), over dialbackd's HTTP API and, with the
+//! official `dapr` crate's generated client, its gRPC API,
+//! `SubscribeConfiguration` (a server-streaming RPC that stays open while
+//! the store changes) and the workflow engine's work-item stream included.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
@@ -13,7 +15,8 @@ use dapr::dapr::proto::runtime::v1::{
     SubscribeConfigurationResponse, UnsubscribeConfigurationRequest,
 };
 use dialback_e2e::dapr::components::ACTOR_STATE_STORE;
-use dialback_e2e::dapr::{Daprd, Placement, Redis};
+use dialback_e2e::dapr::{Daprd, Placement, Redis, Scheduler};
+use dialback_e2e::sdks::{Sdk, SidecarEnv, run_program, sdk_dir};
 use dialback_e2e::{AppBuilder, PATIENCE, Sidecar, SidecarBuilder, eventually, eventually_or, http_call};
 use serde_json::{Value, json};
 
@@ -279,4 +282,44 @@ async fn actors_live_in_the_app_behind_the_channel() {
     assert_eq!(r.status, 204, "save the actor's state: {}\n{}", r.text(), logs());
     let r = http_call("GET", &format!("{base}/k"), &[], "").await.expect("actor state");
     assert_eq!((r.status, r.text()), (200, r#""v1""#.to_string()), "the actor's state, read back");
+}
+
+/// Workflows: a worker written with Dapr's Go SDK, pointed at dialbackd's
+/// gRPC API only, hosts workflow `Greet` (an activity, a durable timer,
+/// another activity) and runs it to completion. Its work items come over
+/// the workflow engine's stream, forwarded by dialbackd to daprd, whose
+/// workflow actors are placed by the placement service and whose timer is
+/// a reminder kept by the scheduler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_runs_through_dialbackd() {
+    sdk_dir(Sdk::Go); // built (or its absence reported) before anything starts
+    const APP: &str = "echo";
+    let (placement, scheduler) = (Placement::start().await, Scheduler::start().await);
+    let ports = Daprd::ports();
+    let up = |p: u16| format!("127.0.0.1:{p}");
+    let sc = SidecarBuilder::callback(APP)
+        .args(["--bridge-app-port", "0", "--dapr-upstream-http", &up(ports.0), "--dapr-upstream-grpc", &up(ports.1)])
+        .spawn()
+        .await;
+    let mut daprd = Daprd::builder(APP, ports, sc.bridge.expect("bridge port").port())
+        .resource("actorstate.yaml", ACTOR_STATE_STORE)
+        .args(["--placement-host-address".to_string(), up(placement.port)])
+        .args(["--scheduler-host-address".to_string(), up(scheduler.port)])
+        .start();
+    // daprd's runtime waits for its app to be healthy: the echo app's channel.
+    let mut app = AppBuilder::echo(sc.grpc).transport("quic").spawn();
+    app.wait_connected().await;
+    daprd.wait_ready().await;
+
+    let env = SidecarEnv { http: sc.http, grpc: sc.grpc, token: None };
+    let out = run_program(Sdk::Go, "sdkcheck", &["workflow", "dialback", "-"], &env).await.unwrap_or_else(|e| {
+        panic!(
+            "{e}\ndialbackd log:\n{}\ndaprd log:\n{}\nscheduler log:\n{}",
+            sc.log_tail(),
+            daprd.log_tail(),
+            scheduler.log_tail()
+        )
+    });
+    assert_eq!(out["status"], "COMPLETED", "{out}");
+    assert_eq!(out["output"], r#""hello hello dialback""#, "{out}");
 }

@@ -4,9 +4,12 @@
 //
 //	sdkcheck state STORE KEY_PREFIX   saves, reads, deletes and transacts state
 //	sdkcheck invoke APP_ID METHOD     POSTs {"from":"go","n":42} to the app's method
+//	sdkcheck workflow INPUT -         hosts workflow Greet (two activities and a
+//	                                  timer between them) and runs it to the end
 //
 // Prints one JSON line as its last line: what it read back (values as
-// text, a missing key as null), or {"go": <the app's answer>}. Exits 1
+// text, a missing key as null), {"go": <the app's answer>}, or the
+// workflow's {"status", "output", "failure"}. Exits 1
 // with the error on stderr when a call fails. NewClient first dials the
 // sidecar and blocks until the gRPC connection is ready
 // (DAPR_CLIENT_TIMEOUT_SECONDS): the SDK's only start-up check.
@@ -17,8 +20,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"time"
 
 	dapr "github.com/dapr/go-sdk/client"
+	"github.com/dapr/go-sdk/workflow"
 )
 
 func fail(what string, err error) {
@@ -27,8 +32,8 @@ func fail(what string, err error) {
 }
 
 func main() {
-	if len(os.Args) != 4 || (os.Args[1] != "state" && os.Args[1] != "invoke") {
-		fmt.Fprintln(os.Stderr, "usage: sdkcheck state STORE KEY_PREFIX | sdkcheck invoke APP_ID METHOD")
+	if len(os.Args) != 4 || (os.Args[1] != "state" && os.Args[1] != "invoke" && os.Args[1] != "workflow") {
+		fmt.Fprintln(os.Stderr, "usage: sdkcheck state STORE KEY_PREFIX | sdkcheck invoke APP_ID METHOD | sdkcheck workflow INPUT -")
 		os.Exit(2)
 	}
 	ctx := context.Background()
@@ -38,10 +43,13 @@ func main() {
 	}
 	defer c.Close()
 	var out any
-	if os.Args[1] == "state" {
+	switch os.Args[1] {
+	case "state":
 		out = state(ctx, c, os.Args[2], os.Args[3])
-	} else {
+	case "invoke":
 		out = invoke(ctx, c, os.Args[2], os.Args[3])
+	default:
+		out = runWorkflow(ctx, c, os.Args[2])
 	}
 	line, _ := json.Marshal(out)
 	fmt.Println(string(line))
@@ -96,4 +104,69 @@ func state(ctx context.Context, c dapr.Client, store, prefix string) any {
 	out["k2_after_tx"] = read(k("k2"))
 	out["k3_after_tx"] = read(k("k3"))
 	return out
+}
+
+// Greet says hello twice, with a durable timer between: activities and the
+// timer are the workflow engine's work items and reminders, all through
+// the sidecar.
+func Greet(ctx *workflow.WorkflowContext) (any, error) {
+	var name, once, twice string
+	if err := ctx.GetInput(&name); err != nil {
+		return nil, err
+	}
+	if err := ctx.CallActivity(Hello, workflow.ActivityInput(name)).Await(&once); err != nil {
+		return nil, err
+	}
+	if err := ctx.CreateTimer(time.Second).Await(nil); err != nil {
+		return nil, err
+	}
+	if err := ctx.CallActivity(Hello, workflow.ActivityInput(once)).Await(&twice); err != nil {
+		return nil, err
+	}
+	return twice, nil
+}
+
+// Hello is Greet's activity.
+func Hello(ctx workflow.ActivityContext) (any, error) {
+	var s string
+	if err := ctx.GetInput(&s); err != nil {
+		return nil, err
+	}
+	return "hello " + s, nil
+}
+
+func runWorkflow(ctx context.Context, c dapr.Client, input string) any {
+	w, err := workflow.NewWorker(workflow.WorkerWithDaprClient(c))
+	if err != nil {
+		fail("NewWorker", err)
+	}
+	if err := w.RegisterWorkflow(Greet); err != nil {
+		fail("RegisterWorkflow", err)
+	}
+	if err := w.RegisterActivity(Hello); err != nil {
+		fail("RegisterActivity", err)
+	}
+	if err := w.Start(); err != nil {
+		fail("worker Start", err)
+	}
+	defer w.Shutdown()
+	wc, err := workflow.NewClient(workflow.WithDaprClient(c))
+	if err != nil {
+		fail("workflow NewClient", err)
+	}
+	id, err := wc.ScheduleNewWorkflow(ctx, "Greet", workflow.WithInput(input))
+	if err != nil {
+		fail("ScheduleNewWorkflow", err)
+	}
+	wait, cancel := context.WithTimeout(ctx, 40*time.Second)
+	defer cancel()
+	md, err := wc.WaitForWorkflowCompletion(wait, id)
+	if err != nil {
+		fail("WaitForWorkflowCompletion "+id, err)
+	}
+	failure := ""
+	if md.FailureDetails != nil {
+		failure = md.FailureDetails.Type + ": " + md.FailureDetails.Message
+	}
+	return map[string]any{"status": md.RuntimeStatus.String(), "output": md.SerializedOutput, "failure": failure}
 }
