@@ -74,8 +74,9 @@ struct Args {
     protocol: Protocol,
     /// With `--protocol http`: host Dapr actors of this type (daprd asks
     /// `GET /dapr/config`, then calls `PUT /actors/<type>/<id>/method/<m>`;
-    /// each call answers how many calls that actor has had). daprd needs
-    /// the placement service and an actor state store for it.
+    /// each call answers how many calls that actor has had; a reminder's
+    /// call is recorded as an event). daprd needs the placement service
+    /// and an actor state store for it, and the scheduler for reminders.
     #[arg(long)]
     actor_type: Option<String>,
     /// Answer RETRY to the first N deliveries of each event.
@@ -273,6 +274,7 @@ fn http_app(rec: Recorder) -> axum::Router {
         Some(_) => router
             .route("/dapr/config", get(actor_config))
             .route("/actors/{ty}/{id}/method/{method}", axum::routing::put(actor_call))
+            .route("/actors/{ty}/{id}/method/remind/{name}", axum::routing::put(actor_reminder))
             .route("/actors/{ty}/{id}", axum::routing::delete(|| async { StatusCode::OK })),
         None => router,
     };
@@ -288,6 +290,16 @@ fn http_app(rec: Recorder) -> axum::Router {
 /// `GET /dapr/config`: the actor type this app hosts.
 async fn actor_config(State(rec): State<Recorder>) -> Json<Value> {
     Json(json!({"entities": [rec.args.actor_type]}))
+}
+
+/// `PUT /actors/<type>/<id>/method/remind/<name>`: a reminder fired;
+/// recorded as `{"kind":"reminder","actor":..,"name":..}`.
+async fn actor_reminder(
+    State(rec): State<Recorder>,
+    Path((_ty, id, name)): Path<(String, String, String)>,
+) -> StatusCode {
+    rec.events.lock().unwrap_or_else(|e| e.into_inner()).push(json!({"kind": "reminder", "actor": id, "name": name}));
+    StatusCode::OK
 }
 
 /// `PUT /actors/<type>/<id>/method/<method>`: counts the actor's calls.

@@ -201,11 +201,13 @@ async fn configuration_through_dialbackd() {
 /// places actors of type `Counter` on the app behind the channel (an HTTP
 /// app, daprd's `--app-protocol http`, declaring them in `GET /dapr/config`
 /// through the bridge). Calls through dialbackd's HTTP and gRPC APIs reach
-/// the same actor instance; its state is saved and read through dialbackd.
+/// the same actor instance; its state is saved and read through dialbackd;
+/// a reminder registered through dialbackd (kept by Dapr's scheduler)
+/// calls the actor back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actors_live_in_the_app_behind_the_channel() {
     const APP: &str = "subscriber";
-    let placement = Placement::start().await;
+    let (placement, scheduler) = (Placement::start().await, Scheduler::start().await);
     let ports = Daprd::ports();
     let up = |p: u16| format!("127.0.0.1:{p}");
     let sc = SidecarBuilder::callback(APP)
@@ -217,6 +219,7 @@ async fn actors_live_in_the_app_behind_the_channel() {
         .protocol("http")
         .resource("actorstate.yaml", ACTOR_STATE_STORE)
         .args(["--placement-host-address".to_string(), up(placement.port)])
+        .args(["--scheduler-host-address".to_string(), up(scheduler.port)])
         .start();
     // The app comes after daprd: daprd asks an app for its actor types
     // when its health check first sees it healthy, which the bridge says
@@ -282,6 +285,23 @@ async fn actors_live_in_the_app_behind_the_channel() {
     assert_eq!(r.status, 204, "save the actor's state: {}\n{}", r.text(), logs());
     let r = http_call("GET", &format!("{base}/k"), &[], "").await.expect("actor state");
     assert_eq!((r.status, r.text()), (200, r#""v1""#.to_string()), "the actor's state, read back");
+
+    // A reminder, kept by the scheduler, calls the actor back in the app.
+    let url = format!("{}/v1.0/actors/Counter/a1/reminders/wake", sc.http_base());
+    let r = http_call("POST", &url, &[("content-type", "application/json")], r#"{"dueTime":"1s","data":"up"}"#)
+        .await
+        .expect("register a reminder");
+    assert_eq!(r.status, 204, "register the reminder: {}\n{}", r.text(), logs());
+    let events = format!("{}/v1.0/invoke/{APP}/method/events", sc.http_base());
+    let fired = || async {
+        let r = http_call("POST", &events, &[], "").await.ok().filter(|r| r.status == 200)?;
+        let evs = r.json();
+        evs.as_array()?
+            .iter()
+            .any(|e| e["kind"] == "reminder" && e["actor"] == "a1" && e["name"] == "wake")
+            .then_some(())
+    };
+    eventually_or("the reminder to call the actor back", PATIENCE, fired, logs).await;
 }
 
 /// Workflows: a worker written with Dapr's Go SDK, pointed at dialbackd's
