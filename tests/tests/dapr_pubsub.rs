@@ -138,30 +138,41 @@ async fn subscriptions_follow_the_app_whatever_the_start_order() {
     wait_cron(&sc, "a cron binding event for the restarted app").await;
 }
 
-/// The way out that dialbackd's warning names: an app that comes back
-/// declaring an input binding daprd was not told of (daprd asks a gRPC app
-/// once per run) gets its events once daprd's runtime restarts in place on
-/// SIGHUP, daprd's process and ports staying as they were.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_binding_reaches_the_app_once_daprd_reloads() {
+/// An app that comes back declaring an input binding daprd was not told
+/// of (daprd asks a gRPC app once per run) gets its events once daprd's
+/// runtime restarts in place on SIGHUP, daprd's process and ports staying
+/// as they were: sent by hand after dialbackd's warning names the binding
+/// (`by_dialbackd` false), or by dialbackd itself, given daprd's pid file.
+async fn a_new_binding_reaches_the_app_once_daprd_reloads(by_dialbackd: bool) {
     let ports = Daprd::ports();
-    let sc = bridged(ports, 0).spawn().await;
+    let pid_dir = tempfile::tempdir().expect("temp dir");
+    let pid_file = pid_dir.path().join("daprd.pid");
+    let sc = match by_dialbackd {
+        true => bridged(ports, 0).args(["--bridge-reload-daprd-pid-file".to_string(), pid_file.display().to_string()]),
+        false => bridged(ports, 0),
+    }
+    .spawn()
+    .await;
     let mut app = AppBuilder::subscriber(sc.grpc).transport("tcp").spawn();
     app.wait_connected().await;
     let queue = CRON.replace("name: cron", "name: queue");
     let bridge = sc.bridge.expect("bridge port").port();
     let daprd =
         Daprd::builder(APP, ports, bridge).resource("cron.yaml", CRON).resource("queue.yaml", &queue).spawn().await;
+    std::fs::write(&pid_file, format!("{}\n", daprd.pid())).expect("write daprd's pid file");
     wait_cron(&sc, "cron's events, the binding the first app declares").await;
 
     app.kill().await;
     let mut app = AppBuilder::subscriber(sc.grpc).transport("tcp").args(["--binding", "queue"]).spawn();
     app.wait_connected().await;
-    eventually("dialbackd to name the binding daprd was not told of", PATIENCE, || async {
-        sc.log().lines().any(|l| l.contains("daprd was not told of") && l.contains(r#"["queue"]"#)).then_some(())
+    let said = if by_dialbackd { "sent daprd SIGHUP" } else { "daprd was not told of" };
+    eventually(&format!("dialbackd to log {said:?}, naming the binding"), PATIENCE, || async {
+        sc.log().lines().any(|l| l.contains(said) && l.contains(r#"["queue"]"#)).then_some(())
     })
     .await;
-    daprd.reload();
+    if !by_dialbackd {
+        daprd.reload();
+    }
     let is_queue = |e: &Value| e["kind"] == "binding" && e["name"] == "queue";
     let explain = || format!("dialbackd log:\n{}\ndaprd log:\n{}", sc.log_tail(), daprd.log_tail());
     eventually_or(
@@ -171,6 +182,16 @@ async fn a_new_binding_reaches_the_app_once_daprd_reloads() {
         explain,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_binding_reaches_the_app_once_daprd_is_sent_sighup() {
+    a_new_binding_reaches_the_app_once_daprd_reloads(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_binding_reaches_the_app_when_dialbackd_reloads_daprd() {
+    a_new_binding_reaches_the_app_once_daprd_reloads(true).await;
 }
 
 /// dialbackd and the app first, daprd last: the relay waits for daprd and

@@ -7,7 +7,9 @@
 //! not answer for the app (the question crosses as it is), but it keeps a
 //! copy of the answer on the way back ([`Watched`]); the relay asks each
 //! new channel's app the same question and warns when it declares a
-//! binding daprd was not told of, naming the ways out.
+//! binding daprd was not told of, naming the ways out, or, with
+//! `--bridge-reload-daprd-pid-file`, sends daprd SIGHUP ([`reload_daprd`]):
+//! daprd restarts its runtime in place and asks the app again.
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
@@ -39,6 +41,40 @@ impl Told {
             Some(told) => app.iter().filter(|b| !told.contains(*b)).cloned().collect(),
             None => Vec::new(),
         }
+    }
+}
+
+/// The longest pid file read.
+const MAX_PID_FILE: u64 = 64;
+
+/// Sends SIGHUP to the daprd whose pid `pid_file` holds (its runtime then
+/// restarts in place and asks the app again); the pid, or why not.
+pub async fn reload_daprd(pid_file: &std::path::Path) -> Result<u32, String> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(pid_file).await.map_err(|e| format!("reading {}: {e}", pid_file.display()))?;
+    let mut text = String::new();
+    file.take(MAX_PID_FILE)
+        .read_to_string(&mut text)
+        .await
+        .map_err(|e| format!("reading {}: {e}", pid_file.display()))?;
+    let pid: u32 =
+        text.trim().parse().map_err(|_| format!("{} holds no pid: {:?}", pid_file.display(), text.trim()))?;
+    // 0 and 1 would be this process group and init: never a daprd.
+    if pid <= 1 {
+        return Err(format!("{} holds pid {pid}, which is not a daprd", pid_file.display()));
+    }
+    let status = tokio::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .map_err(|e| format!("running kill: {e}"))?;
+    if status.success() {
+        Ok(pid)
+    } else {
+        Err(format!("kill -HUP {pid} failed ({status}): no such process, or not ours"))
     }
 }
 
@@ -132,6 +168,28 @@ mod tests {
         told.record(decode(&framed(&["cron"])).unwrap_or_default());
         assert!(told.missing(&["cron".into()]).is_empty());
         assert_eq!(told.missing(&["cron".into(), "queue".into()]), vec!["queue".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn a_pid_file_that_names_no_daprd_is_refused_with_why() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        let file = dir.path().join("daprd.pid");
+        let refused = |r: Result<u32, String>| match r {
+            Ok(pid) => panic!("refused, yet it signalled pid {pid}"),
+            Err(e) => e,
+        };
+        let missing = refused(reload_daprd(&file).await);
+        assert!(missing.contains("reading"), "{missing}");
+        for (text, says) in [("not a pid\n", "holds no pid"), ("1\n", "not a daprd"), ("0", "not a daprd")] {
+            std::fs::write(&file, text).unwrap_or_else(|e| panic!("write: {e}"));
+            let e = refused(reload_daprd(&file).await);
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
+        // A huge file is read no further than a pid could reach.
+        std::fs::write(&file, "7".repeat(1 << 20)).unwrap_or_else(|e| panic!("write: {e}"));
+        let e = refused(reload_daprd(&file).await);
+        assert!(e.contains("holds no pid"), "{}", &e[..e.len().min(200)]);
+        assert!(e.len() < 300, "the error quotes at most what was read");
     }
 
     #[test]

@@ -74,6 +74,9 @@ pub struct Relay {
     pub call_timeout: Duration,
     /// What daprd was told of the app's input bindings.
     pub told: Arc<super::bindings::Told>,
+    /// `--bridge-reload-daprd-pid-file`: daprd to reload when it was not
+    /// told of a binding the app declares.
+    pub reload_daprd: Option<std::path::PathBuf>,
 }
 
 impl Relay {
@@ -173,14 +176,37 @@ impl Relay {
             // A hostile app's list could be megabytes: name a few.
             let count = missing.len();
             missing.truncate(MAX_NAMED);
-            warn!(
-                channel_id = live.info.channel_id,
-                count,
-                bindings = ?missing,
-                "the app declares input bindings daprd was not told of, so daprd will not deliver their events: \
-                 daprd asks a gRPC app once per run (send daprd SIGHUP, which restarts its runtime in place, or restart it; \
-                 or give the binding component `direction: input`)"
-            );
+            let Some(pid_file) = &self.reload_daprd else {
+                warn!(
+                    channel_id = live.info.channel_id,
+                    count,
+                    bindings = ?missing,
+                    "the app declares input bindings daprd was not told of, so daprd will not deliver their events: \
+                     daprd asks a gRPC app once per run (send daprd SIGHUP, which restarts its runtime in place, or \
+                     restart it; or give the binding component `direction: input`; or give dialbackd \
+                     --bridge-reload-daprd-pid-file to do it)"
+                );
+                return;
+            };
+            match super::bindings::reload_daprd(pid_file).await {
+                Ok(pid) => info!(
+                    channel_id = live.info.channel_id,
+                    count,
+                    bindings = ?missing,
+                    daprd_pid = pid,
+                    "the app declares input bindings daprd was not told of: sent daprd SIGHUP, which restarts its \
+                     runtime in place and asks the app again"
+                ),
+                Err(e) => warn!(
+                    channel_id = live.info.channel_id,
+                    count,
+                    bindings = ?missing,
+                    pid_file = %pid_file.display(),
+                    error = %e,
+                    "the app declares input bindings daprd was not told of, and daprd could not be reloaded: \
+                     daprd will not deliver their events until it restarts"
+                ),
+            }
         }
     }
 

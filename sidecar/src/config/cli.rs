@@ -124,6 +124,15 @@ pub struct RunArgs {
     #[arg(long, env = "APP_API_TOKEN", hide_env_values = true)]
     pub bridge_app_token: Option<String>,
 
+    /// Bridge mode, gRPC app protocol: a file holding daprd's pid. daprd
+    /// asks a gRPC app for its input bindings once per run; when the app
+    /// comes back declaring one daprd was not told of, dialbackd sends
+    /// that daprd SIGHUP, which restarts its runtime in place and asks
+    /// again. Without it, dialbackd only warns. daprd must run on this
+    /// host, in this PID namespace; keep the file writable by its owner only.
+    #[arg(long, value_name = "PATH")]
+    pub bridge_reload_daprd_pid_file: Option<std::path::PathBuf>,
+
     /// UDP (QUIC) and TCP port of the callback channel listener; 0 picks a free one.
     #[arg(long, default_value_t = 0)]
     pub callback_channel_port: u16,

@@ -109,6 +109,9 @@ pub struct BridgeSettings {
     pub health_path: String,
     /// daprd's `APP_API_TOKEN`, required on the bridge port when set.
     pub app_token: Option<String>,
+    /// `--bridge-reload-daprd-pid-file`: whom to send SIGHUP when the app
+    /// declares input bindings daprd was not told of.
+    pub reload_daprd_pid_file: Option<std::path::PathBuf>,
 }
 
 /// The bounds on calls and API connections (see the flags of the same names).
@@ -317,6 +320,7 @@ impl Config {
                 protocol: a.bridge_app_protocol,
                 health_path: a.bridge_app_health_path,
                 app_token: a.bridge_app_token.filter(|t| !t.is_empty()),
+                reload_daprd_pid_file: a.bridge_reload_daprd_pid_file,
             }),
             upstream_grpc: a.dapr_upstream_grpc,
             upstream_http: a.dapr_upstream_http,
