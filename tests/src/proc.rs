@@ -230,6 +230,21 @@ impl SidecarBuilder {
         self
     }
 
+    /// A callback-mode sidecar for `app_id` in bridge mode: its bridge port
+    /// `bridge` (0: any) for daprd's `--app-port`, and the daprd on
+    /// `daprd_ports` (HTTP, gRPC; see `Daprd::ports`) behind its API.
+    pub fn bridged(app_id: &str, daprd_ports: (u16, u16), bridge: u16) -> SidecarBuilder {
+        let up = |p: u16| format!("127.0.0.1:{p}");
+        SidecarBuilder::callback(app_id).args([
+            "--bridge-app-port".to_string(),
+            bridge.to_string(),
+            "--dapr-upstream-http".into(),
+            up(daprd_ports.0),
+            "--dapr-upstream-grpc".into(),
+            up(daprd_ports.1),
+        ])
+    }
+
     /// A classic-mode sidecar that dials the app at `app_port`.
     pub fn classic(app_id: &str, app_port: u16) -> SidecarBuilder {
         SidecarBuilder { args: vec!["--app-port".into(), app_port.to_string()], ..SidecarBuilder::callback(app_id) }

@@ -64,18 +64,7 @@ impl Setup {
     async fn start() -> Setup {
         let redis = Redis::start().await;
         let ports = Daprd::ports();
-        let up = |p: u16| format!("127.0.0.1:{p}");
-        let sc = SidecarBuilder::callback("echo")
-            .args([
-                "--bridge-app-port",
-                "0",
-                "--dapr-upstream-http",
-                &up(ports.0),
-                "--dapr-upstream-grpc",
-                &up(ports.1),
-            ])
-            .spawn()
-            .await;
+        let sc = SidecarBuilder::bridged("echo", ports, 0).spawn().await;
         let bridge = sc.bridge.expect("bridge port").port();
         let daprd = Daprd::builder("echo", ports, bridge)
             .resource("secrets.yaml", SECRET_STORE)
@@ -210,11 +199,7 @@ async fn actors_live_in_the_app_behind_the_channel() {
     let (placement, scheduler) = (Placement::start().await, Scheduler::start().await);
     let ports = Daprd::ports();
     let up = |p: u16| format!("127.0.0.1:{p}");
-    let sc = SidecarBuilder::callback(APP)
-        .args(["--bridge-app-port", "0", "--dapr-upstream-http", &up(ports.0), "--dapr-upstream-grpc", &up(ports.1)])
-        .args(["--bridge-app-protocol", "http"])
-        .spawn()
-        .await;
+    let sc = SidecarBuilder::bridged(APP, ports, 0).args(["--bridge-app-protocol", "http"]).spawn().await;
     let mut daprd = Daprd::builder(APP, ports, sc.bridge.expect("bridge port").port())
         .protocol("http")
         .resource("actorstate.yaml", ACTOR_STATE_STORE)
@@ -317,10 +302,7 @@ async fn a_workflow_runs_through_dialbackd() {
     let (placement, scheduler) = (Placement::start().await, Scheduler::start().await);
     let ports = Daprd::ports();
     let up = |p: u16| format!("127.0.0.1:{p}");
-    let sc = SidecarBuilder::callback(APP)
-        .args(["--bridge-app-port", "0", "--dapr-upstream-http", &up(ports.0), "--dapr-upstream-grpc", &up(ports.1)])
-        .spawn()
-        .await;
+    let sc = SidecarBuilder::bridged(APP, ports, 0).spawn().await;
     let mut daprd = Daprd::builder(APP, ports, sc.bridge.expect("bridge port").port())
         .resource("actorstate.yaml", ACTOR_STATE_STORE)
         .args(["--placement-host-address".to_string(), up(placement.port)])

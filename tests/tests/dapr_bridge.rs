@@ -13,11 +13,7 @@ use dialback_e2e::{AppBuilder, PATIENCE, SidecarBuilder, eventually, http_call};
 /// daprd's state store (through the upstream).
 async fn daprd_reaches_the_app_and_the_app_reaches_daprd(transport: &str) {
     let ports = Daprd::ports();
-    let up = |p: u16| format!("127.0.0.1:{p}");
-    let sc = SidecarBuilder::callback("echo")
-        .args(["--bridge-app-port", "0", "--dapr-upstream-http", &up(ports.0), "--dapr-upstream-grpc", &up(ports.1)])
-        .spawn()
-        .await;
+    let sc = SidecarBuilder::bridged("echo", ports, 0).spawn().await;
     let bridge = sc.bridge.expect("bridge port").port();
     let daprd = Daprd::spawn("echo", ports, bridge, "grpc", &[("state.yaml", STATE_STORE)], &[]).await;
     let mut app = AppBuilder::echo(sc.grpc).transport(transport).spawn();
@@ -81,12 +77,7 @@ const SUB_APP: &str = "subscriber";
 
 /// dialbackd in bridge mode in front of daprd's `ports`, with more flags.
 async fn bridged(ports: (u16, u16), extra: &[&str]) -> dialback_e2e::Sidecar {
-    let up = |p: u16| format!("127.0.0.1:{p}");
-    SidecarBuilder::callback(SUB_APP)
-        .args(["--bridge-app-port", "0", "--dapr-upstream-http", &up(ports.0), "--dapr-upstream-grpc", &up(ports.1)])
-        .args(extra.iter().copied())
-        .spawn()
-        .await
+    SidecarBuilder::bridged(SUB_APP, ports, 0).args(extra.iter().copied()).spawn().await
 }
 
 /// Invokes `inspect` through daprd's HTTP API (retried until daprd's health
@@ -216,12 +207,7 @@ async fn http_app_protocol_tcp() {
 async fn the_bridge_port_refuses_strangers_and_garbage() {
     const TOKEN: &str = "app-secret-7";
     let ports = Daprd::ports();
-    let up = |p: u16| format!("127.0.0.1:{p}");
-    let sc = SidecarBuilder::callback(SUB_APP)
-        .args(["--bridge-app-port", "0", "--dapr-upstream-http", &up(ports.0), "--dapr-upstream-grpc", &up(ports.1)])
-        .env("APP_API_TOKEN", TOKEN)
-        .spawn()
-        .await;
+    let sc = SidecarBuilder::bridged(SUB_APP, ports, 0).env("APP_API_TOKEN", TOKEN).spawn().await;
     let bridge = sc.bridge.unwrap();
     let daprd = Daprd::builder(SUB_APP, ports, bridge.port())
         .resource("pubsub.yaml", PUBSUB)

@@ -122,11 +122,7 @@ fn json_of(v: &prost_types::Value) -> Value {
 
 /// dialbackd in bridge mode for app `app`, on `ports` of a daprd to come.
 async fn bridged(app: &str, ports: (u16, u16)) -> dialback_e2e::Sidecar {
-    let up = |p: u16| format!("127.0.0.1:{p}");
-    SidecarBuilder::callback(app)
-        .args(["--bridge-app-port", "0", "--dapr-upstream-http", &up(ports.0), "--dapr-upstream-grpc", &up(ports.1)])
-        .spawn()
-        .await
+    SidecarBuilder::bridged(app, ports, 0).spawn().await
 }
 
 /// The app, served over its channel to `sc`, connected.

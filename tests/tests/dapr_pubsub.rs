@@ -14,15 +14,7 @@ const APP: &str = "subscriber";
 
 /// dialbackd in bridge mode in front of daprd's `ports`, its bridge on `bridge` (0: any).
 fn bridged(ports: (u16, u16), bridge: u16) -> SidecarBuilder {
-    let up = |p: u16| format!("127.0.0.1:{p}");
-    SidecarBuilder::callback(APP).args([
-        "--bridge-app-port".to_string(),
-        bridge.to_string(),
-        "--dapr-upstream-http".into(),
-        up(ports.0),
-        "--dapr-upstream-grpc".into(),
-        up(ports.1),
-    ])
+    SidecarBuilder::bridged(APP, ports, bridge)
 }
 
 /// The events the app recorded (its method `events`, invoked through dialbackd).

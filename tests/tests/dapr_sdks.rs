@@ -44,19 +44,7 @@ struct Bridged {
 impl Bridged {
     async fn start() -> Bridged {
         let ports = Daprd::ports();
-        let up = |p: u16| format!("127.0.0.1:{p}");
-        let sc = SidecarBuilder::callback("echo")
-            .args([
-                "--bridge-app-port",
-                "0",
-                "--dapr-upstream-http",
-                &up(ports.0),
-                "--dapr-upstream-grpc",
-                &up(ports.1),
-            ])
-            .args(["--dapr-api-token", TOKEN])
-            .spawn()
-            .await;
+        let sc = SidecarBuilder::bridged("echo", ports, 0).args(["--dapr-api-token", TOKEN]).spawn().await;
         let bridge = sc.bridge.expect("bridge port").port();
         // daprd wants the same token: dialbackd sends its own upstream.
         let daprd = Daprd::builder("echo", ports, bridge)
@@ -273,46 +261,19 @@ async fn js_sdk_state_through_dialbackd_to_daprd() {
     }
 }
 
-/// The JavaScript SDK's gRPC client (which first waits for
-/// `Dapr/GetMetadata`) and HTTP client (`GET /v1.0/metadata`) start
-/// against a standalone dialbackd, and `client.invoker.invoke` reaches the
-/// echo app over its `transport` channel and brings its answer back.
-async fn js_sdk_invokes_the_app(transport: &str, token: Option<&str>) {
-    sdk_dir(Sdk::Js); // installed (or its absence reported) before anything starts
-    let sc = match token {
-        Some(t) => SidecarBuilder::callback("echo").args(["--dapr-api-token", t]),
-        None => SidecarBuilder::callback("echo"),
-    };
-    let sc = sc.spawn().await;
-    let app = AppBuilder::echo(sc.grpc).transport(transport);
-    let mut app = match token {
-        Some(t) => app.env("DAPR_API_TOKEN", t),
-        None => app,
-    }
-    .spawn();
-    assert_eq!(app.wait_connected().await, transport, "the echo app's channel; sidecar log:\n{}", sc.log_tail());
-
-    let env = SidecarEnv { http: sc.http, grpc: sc.grpc, token: token.map(str::to_string) };
-    let out = run_program(Sdk::Js, "invoke.mjs", &["echo", "orders/7", "grpc,http"], &env)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\ndialbackd log:\n{}\necho app log:\n{}", sc.log_tail(), app.log_tail()));
-    assert_eq!(out, json!({"grpc": {"from": "grpc", "n": 42}, "http": {"from": "http", "n": 42}}));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn js_sdk_invokes_the_app_on_standalone_dialbackd_over_quic_with_a_token() {
-    js_sdk_invokes_the_app("quic", Some(TOKEN)).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn js_sdk_invokes_the_app_on_standalone_dialbackd_over_tcp() {
-    js_sdk_invokes_the_app("tcp", None).await;
-}
-
-/// The Go or Java SDK's client starts against a standalone dialbackd (Go:
-/// its blocking dial; Java: `waitForSidecar`) and invokes the echo app
-/// over its `transport` channel, bringing its answer back.
-async fn sdk_invokes_the_app(sdk: Sdk, program: &str, who: &str, transport: &str, token: Option<&str>) {
+/// An SDK's client starts against a standalone dialbackd (JavaScript:
+/// `Dapr/GetMetadata` over gRPC, `GET /v1.0/metadata` over HTTP; Go: its
+/// blocking dial; Java: `waitForSidecar`), and the program `program` with
+/// `args` invokes the echo app over its `transport` channel and prints its
+/// answers, which must be `want`.
+async fn sdk_invokes_the_app(
+    sdk: Sdk,
+    program: &str,
+    args: &[&str],
+    want: Value,
+    transport: &str,
+    token: Option<&str>,
+) {
     sdk_dir(sdk); // installed (or its absence reported) before anything starts
     let sc = match token {
         Some(t) => SidecarBuilder::callback("echo").args(["--dapr-api-token", t]),
@@ -328,18 +289,36 @@ async fn sdk_invokes_the_app(sdk: Sdk, program: &str, who: &str, transport: &str
     assert_eq!(app.wait_connected().await, transport, "the echo app's channel; sidecar log:\n{}", sc.log_tail());
 
     let env = SidecarEnv { http: sc.http, grpc: sc.grpc, token: token.map(str::to_string) };
-    let out = run_program(sdk, program, &["invoke", "echo", "orders/7"], &env)
+    let out = run_program(sdk, program, args, &env)
         .await
         .unwrap_or_else(|e| panic!("{e}\ndialbackd log:\n{}\necho app log:\n{}", sc.log_tail(), app.log_tail()));
-    assert_eq!(out, json!({ who: {"from": who, "n": 42} }));
+    assert_eq!(out, want);
+}
+
+/// `client.invoker.invoke`, with the gRPC and the HTTP client.
+async fn js_sdk_invokes_the_app(transport: &str, token: Option<&str>) {
+    let want = json!({"grpc": {"from": "grpc", "n": 42}, "http": {"from": "http", "n": 42}});
+    sdk_invokes_the_app(Sdk::Js, "invoke.mjs", &["echo", "orders/7", "grpc,http"], want, transport, token).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_sdk_invokes_the_app_on_standalone_dialbackd_over_quic_with_a_token() {
+    js_sdk_invokes_the_app("quic", Some(TOKEN)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_sdk_invokes_the_app_on_standalone_dialbackd_over_tcp() {
+    js_sdk_invokes_the_app("tcp", None).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn go_sdk_invokes_the_app_on_standalone_dialbackd_over_quic_with_a_token() {
-    sdk_invokes_the_app(Sdk::Go, "sdkcheck", "go", "quic", Some(TOKEN)).await;
+    let want = json!({"go": {"from": "go", "n": 42}});
+    sdk_invokes_the_app(Sdk::Go, "sdkcheck", &["invoke", "echo", "orders/7"], want, "quic", Some(TOKEN)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn java_sdk_invokes_the_app_on_standalone_dialbackd_over_tcp() {
-    sdk_invokes_the_app(Sdk::Java, "java/SdkCheck.java", "java", "tcp", None).await;
+    let want = json!({"java": {"from": "java", "n": 42}});
+    sdk_invokes_the_app(Sdk::Java, "java/SdkCheck.java", &["invoke", "echo", "orders/7"], want, "tcp", None).await;
 }

@@ -2,63 +2,90 @@
 //! (actors) and the scheduler (jobs, reminders, workflows), built beside
 //! daprd by `scripts/daprd.sh` and run on free loopback ports.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
 use super::{dapr_dir, free_port};
 use crate::{PATIENCE, http_call};
 
-/// Dapr's placement service (built beside daprd), on free loopback ports,
-/// its Raft log in memory; killed when dropped. daprd finds it with
-/// `--placement-host-address 127.0.0.1:<port>`.
-pub struct Placement {
+/// One running control-plane process: its log and temp dir, killed when dropped.
+struct Service {
     child: Child,
-    /// Its gRPC port.
-    pub port: u16,
     log: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
-impl Placement {
-    /// Starts one and waits until its healthz answers.
-    pub async fn start() -> Placement {
+impl Service {
+    /// Starts `bin` (`name` in messages) with the flags `args` makes of its
+    /// temp dir, its healthz on `healthz`, and waits until that answers.
+    async fn start(name: &str, bin: PathBuf, args: impl FnOnce(&Path) -> Vec<String>, healthz: u16) -> Service {
         let tmp = tempfile::tempdir().expect("temp dir");
-        let (port, healthz, metrics, raft) = (free_port(), free_port(), free_port(), free_port());
-        let log = tmp.path().join("placement.log");
-        let file = std::fs::File::create(&log).expect("placement log");
-        let child = Command::new(dapr_dir().join("placement"))
-            .args(["--port", &port.to_string(), "--listen-address", "127.0.0.1"])
+        let log = tmp.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).unwrap_or_else(|e| panic!("{name} log: {e}"));
+        let child = Command::new(bin)
+            .args(args(tmp.path()))
             .args(["--healthz-port", &healthz.to_string(), "--healthz-listen-address", "127.0.0.1"])
-            .args(["--metrics-port", &metrics.to_string(), "--metrics-listen-address", "127.0.0.1"])
-            .args(["--initial-cluster", &format!("dapr-placement-0=127.0.0.1:{raft}")])
+            .args(["--metrics-port", &free_port().to_string(), "--metrics-listen-address", "127.0.0.1"])
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
             .spawn()
-            .expect("start placement");
-        let p = Placement { child, port, log, _tmp: tmp };
+            .unwrap_or_else(|e| panic!("start {name}: {e}"));
+        let s = Service { child, log, _tmp: tmp };
         let url = format!("http://127.0.0.1:{healthz}/healthz");
         crate::eventually_or(
-            "placement's healthz to answer",
+            &format!("{name}'s healthz to answer"),
             PATIENCE,
             || async { http_call("GET", &url, &[], "").await.ok().filter(|r| r.status < 300).map(|_| ()) },
-            || p.log_tail(),
+            || s.log_tail(),
         )
         .await;
-        p
+        s
     }
 
-    /// The end of its log, for failure messages.
-    pub fn log_tail(&self) -> String {
+    fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 }
 
-impl Drop for Placement {
+impl Drop for Service {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Dapr's placement service (built beside daprd), on free loopback ports,
+/// its Raft log in memory; killed when dropped. daprd finds it with
+/// `--placement-host-address 127.0.0.1:<port>`.
+pub struct Placement {
+    /// Its gRPC port.
+    pub port: u16,
+    service: Service,
+}
+
+impl Placement {
+    /// Starts one and waits until its healthz answers.
+    pub async fn start() -> Placement {
+        let (port, raft) = (free_port(), free_port());
+        let args = |_: &Path| {
+            vec![
+                "--port".to_string(),
+                port.to_string(),
+                "--listen-address".into(),
+                "127.0.0.1".into(),
+                "--initial-cluster".into(),
+                format!("dapr-placement-0=127.0.0.1:{raft}"),
+            ]
+        };
+        let service = Service::start("placement", dapr_dir().join("placement"), args, free_port()).await;
+        Placement { port, service }
+    }
+
+    /// The end of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        self.service.log_tail()
     }
 }
 
@@ -68,11 +95,9 @@ impl Drop for Placement {
 /// `--scheduler-host-address 127.0.0.1:<port>`. Jobs, actor reminders and
 /// workflows need it.
 pub struct Scheduler {
-    child: Child,
     /// Its gRPC port.
     pub port: u16,
-    log: PathBuf,
-    _tmp: tempfile::TempDir,
+    service: Service,
 }
 
 impl Scheduler {
@@ -84,45 +109,29 @@ impl Scheduler {
             let why = std::fs::read_to_string(dapr_dir().join("scheduler.failed")).unwrap_or_default();
             panic!("Dapr's scheduler could not be built here (scripts/daprd.sh): {why}");
         }
-        let tmp = tempfile::tempdir().expect("temp dir");
-        let (port, healthz, metrics, client, peer) = (free_port(), free_port(), free_port(), free_port(), free_port());
-        let log = tmp.path().join("scheduler.log");
-        let file = std::fs::File::create(&log).expect("scheduler log");
-        let child = Command::new(bin)
-            .args(["--port", &port.to_string(), "--listen-address", "127.0.0.1"])
-            .args(["--healthz-port", &healthz.to_string(), "--healthz-listen-address", "127.0.0.1"])
-            .args(["--metrics-port", &metrics.to_string(), "--metrics-listen-address", "127.0.0.1"])
-            .args(["--etcd-client-port", &client.to_string(), "--etcd-client-listen-address", "127.0.0.1"])
-            .args(["--etcd-initial-cluster", &format!("dapr-scheduler-server-0=http://127.0.0.1:{peer}")])
-            .arg("--etcd-data-dir")
-            .arg(tmp.path().join("etcd"))
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .expect("start the scheduler");
-        let s = Scheduler { child, port, log, _tmp: tmp };
-        let url = format!("http://127.0.0.1:{healthz}/healthz");
-        crate::eventually_or(
-            "the scheduler's healthz to answer",
-            PATIENCE,
-            || async { http_call("GET", &url, &[], "").await.ok().filter(|r| r.status < 300).map(|_| ()) },
-            || s.log_tail(),
-        )
-        .await;
-        s
+        let (port, client, peer) = (free_port(), free_port(), free_port());
+        let args = |tmp: &Path| {
+            vec![
+                "--port".to_string(),
+                port.to_string(),
+                "--listen-address".into(),
+                "127.0.0.1".into(),
+                "--etcd-client-port".into(),
+                client.to_string(),
+                "--etcd-client-listen-address".into(),
+                "127.0.0.1".into(),
+                "--etcd-initial-cluster".into(),
+                format!("dapr-scheduler-server-0=http://127.0.0.1:{peer}"),
+                "--etcd-data-dir".into(),
+                tmp.join("etcd").display().to_string(),
+            ]
+        };
+        let service = Service::start("scheduler", bin, args, free_port()).await;
+        Scheduler { port, service }
     }
 
     /// The end of its log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-}
-
-impl Drop for Scheduler {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.service.log_tail()
     }
 }
