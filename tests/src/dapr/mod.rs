@@ -373,10 +373,15 @@ impl Daprd {
 
     /// The end of its log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = self.log();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
+        file_tail(&self.log, 40)
     }
+}
+
+/// The last `n` lines of the file at `path` (empty when unreadable).
+fn file_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 impl Drop for Daprd {
