@@ -143,6 +143,7 @@ pub(crate) async fn start(
                 app_token: settings.app_token.as_deref().and_then(|t| ::http::HeaderValue::from_str(t).ok()),
                 call_timeout: limits.app_call_timeout,
                 reload_daprd: settings.reload_daprd_pid_file.clone(),
+                reloads: Arc::default(),
             };
             apis.tasks.push(tokio::spawn(relay.run(stop.clone())));
         }

@@ -47,6 +47,30 @@ impl Told {
 /// The longest pid file read.
 const MAX_PID_FILE: u64 = 64;
 
+/// The least time between two reloads of daprd: an app that comes back
+/// with other bindings on every connection (buggy, or flapping while daprd
+/// is still asking again) must not keep daprd restarting.
+pub const RELOAD_GAP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// When daprd was last reloaded, shared by the relay's channels.
+#[derive(Debug, Default)]
+pub struct Reloads(Mutex<Option<std::time::Instant>>);
+
+impl Reloads {
+    /// Whether a reload may go now (and if so, it counts from `now`); else
+    /// how long ago the last one went.
+    pub fn take(&self, now: std::time::Instant) -> Result<(), std::time::Duration> {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match *last {
+            Some(at) if now.saturating_duration_since(at) < RELOAD_GAP => Err(now.saturating_duration_since(at)),
+            _ => {
+                *last = Some(now);
+                Ok(())
+            }
+        }
+    }
+}
+
 /// Sends SIGHUP to the daprd whose pid `pid_file` holds (its runtime then
 /// restarts in place and asks the app again); the pid, or why not.
 pub async fn reload_daprd(pid_file: &std::path::Path) -> Result<u32, String> {
@@ -168,6 +192,16 @@ mod tests {
         told.record(decode(&framed(&["cron"])).unwrap_or_default());
         assert!(told.missing(&["cron".into()]).is_empty());
         assert_eq!(told.missing(&["cron".into(), "queue".into()]), vec!["queue".to_string()]);
+    }
+
+    #[test]
+    fn daprd_is_reloaded_at_most_once_a_gap() {
+        let reloads = Reloads::default();
+        let t0 = std::time::Instant::now();
+        assert!(reloads.take(t0).is_ok(), "the first");
+        let soon = t0 + RELOAD_GAP / 2;
+        assert_eq!(reloads.take(soon), Err(RELOAD_GAP / 2), "not again so soon");
+        assert!(reloads.take(t0 + RELOAD_GAP).is_ok(), "again once the gap is over");
     }
 
     #[tokio::test]

@@ -77,6 +77,8 @@ pub struct Relay {
     /// `--bridge-reload-daprd-pid-file`: daprd to reload when it was not
     /// told of a binding the app declares.
     pub reload_daprd: Option<std::path::PathBuf>,
+    /// When it was last reloaded.
+    pub reloads: Arc<super::bindings::Reloads>,
 }
 
 impl Relay {
@@ -188,6 +190,19 @@ impl Relay {
                 );
                 return;
             };
+            if let Err(ago) = self.reloads.take(std::time::Instant::now()) {
+                warn!(
+                    channel_id = live.info.channel_id,
+                    count,
+                    bindings = ?missing,
+                    reloaded_secs_ago = ago.as_secs(),
+                    "the app declares input bindings daprd was not told of, but daprd was reloaded moments ago: \
+                     not again within {}s (an app whose bindings change at every connection would keep daprd \
+                     restarting)",
+                    super::bindings::RELOAD_GAP.as_secs()
+                );
+                return;
+            }
             match super::bindings::reload_daprd(pid_file).await {
                 Ok(pid) => info!(
                     channel_id = live.info.channel_id,
