@@ -1,9 +1,8 @@
 //! The rest of daprd's API through dialbackd's forwarding, each with a
 //! real component behind a real daprd: secrets (`secretstores.local.env`),
-//! configuration (`configuration.redis` on a real Redis), actors (Dapr's
-//! placement service, an actor state store, actors hosted by the app behind
-//! the channel) and workflows (placement and Dapr's scheduler, a worker
-//! written with Dapr's Go SDK), over dialbackd's HTTP API and, with the
+//! configuration (`configuration.redis` on a real Redis) and workflows
+//! (placement and Dapr's scheduler, a worker written with Dapr's Go SDK;
+//! actors are in `dapr_actors.rs`), over dialbackd's HTTP API and, with the
 //! official `dapr` crate's generated client, its gRPC API,
 //! `SubscribeConfiguration` (a server-streaming RPC that stays open while
 //! the store changes) and the workflow engine's work-item stream included.
@@ -11,13 +10,13 @@
 
 use dapr::dapr::proto::runtime::v1::dapr_client::DaprClient;
 use dapr::dapr::proto::runtime::v1::{
-    GetBulkSecretRequest, GetConfigurationRequest, GetSecretRequest, InvokeActorRequest, SubscribeConfigurationRequest,
+    GetBulkSecretRequest, GetConfigurationRequest, GetSecretRequest, SubscribeConfigurationRequest,
     SubscribeConfigurationResponse, UnsubscribeConfigurationRequest,
 };
 use dialback_e2e::dapr::components::ACTOR_STATE_STORE;
 use dialback_e2e::dapr::{Daprd, Placement, Redis, Scheduler};
 use dialback_e2e::sdks::{Sdk, SidecarEnv, run_program, sdk_dir};
-use dialback_e2e::{AppBuilder, PATIENCE, Sidecar, SidecarBuilder, eventually, eventually_or, http_call};
+use dialback_e2e::{AppBuilder, PATIENCE, Sidecar, SidecarBuilder, eventually, http_call};
 use serde_json::{Value, json};
 
 /// The secret daprd's environment holds, and its value.
@@ -184,109 +183,6 @@ async fn configuration_through_dialbackd() {
     assert!(done.ok, "unsubscribed: {done:?}");
     // daprd ends the stream; dialbackd passes the end on.
     while let Ok(Some(_)) = next(&mut updates).await {}
-}
-
-/// Actors: daprd, with the placement service and an actor state store,
-/// places actors of type `Counter` on the app behind the channel (an HTTP
-/// app, daprd's `--app-protocol http`, declaring them in `GET /dapr/config`
-/// through the bridge). Calls through dialbackd's HTTP and gRPC APIs reach
-/// the same actor instance; its state is saved and read through dialbackd;
-/// a reminder registered through dialbackd (kept by Dapr's scheduler)
-/// calls the actor back.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn actors_live_in_the_app_behind_the_channel() {
-    const APP: &str = "subscriber";
-    let (placement, scheduler) = (Placement::start().await, Scheduler::start().await);
-    let ports = Daprd::ports();
-    let up = |p: u16| format!("127.0.0.1:{p}");
-    let sc = SidecarBuilder::bridged(APP, ports, 0).args(["--bridge-app-protocol", "http"]).spawn().await;
-    let mut daprd = Daprd::builder(APP, ports, sc.bridge.expect("bridge port").port())
-        .protocol("http")
-        .resource("actorstate.yaml", ACTOR_STATE_STORE)
-        .args(["--placement-host-address".to_string(), up(placement.port)])
-        .args(["--scheduler-host-address".to_string(), up(scheduler.port)])
-        .start();
-    // The app comes after daprd: daprd asks an app for its actor types
-    // when its health check first sees it healthy, which the bridge says
-    // only while a channel is up (docs/dapr.md); daprd's healthz waits for
-    // that too.
-    let mut app = AppBuilder::subscriber(sc.grpc)
-        .transport("quic")
-        .args(["--protocol", "http", "--actor-type", "Counter"])
-        .spawn();
-    app.wait_connected().await;
-    daprd.wait_ready().await;
-    let logs = || {
-        format!(
-            "dialbackd log:\n{}\ndaprd log:\n{}\nplacement log:\n{}",
-            sc.log_tail(),
-            daprd.log_tail(),
-            placement.log_tail()
-        )
-    };
-    let ready = || async {
-        let md = daprd.metadata().await;
-        let actors = &md["actorRuntime"];
-        let hosted = actors["activeActors"].as_array()?.iter().any(|a| a["type"] == "Counter");
-        (hosted && actors["hostReady"] == true && actors["placement"] == "placement: connected").then_some(())
-    };
-    eventually_or("daprd to host Counter actors, placed by the placement service", PATIENCE, ready, logs).await;
-
-    let call = |id: &'static str, body: &'static str| {
-        let url = format!("{}/v1.0/actors/Counter/{id}/method/bump", sc.http_base());
-        async move {
-            let r = http_call("POST", &url, &[("content-type", "text/plain")], body).await.expect("actor call");
-            assert_eq!(r.status, 200, "actor {id}: {}\n{}", r.text(), logs());
-            r.json()
-        }
-    };
-    let first = call("a1", "hello").await;
-    assert_eq!((first["type"].as_str(), first["id"].as_str()), (Some("Counter"), Some("a1")), "{first}");
-    assert_eq!((first["method"].as_str(), first["data"].as_str()), (Some("bump"), Some("hello")), "{first}");
-    assert_eq!(first["calls"], 1, "{first}");
-    assert_eq!(call("a1", "again").await["calls"], 2, "the same actor, called again");
-    assert_eq!(call("b2", "other").await["calls"], 1, "another actor");
-
-    let url = format!("http://127.0.0.1:{}", sc.grpc);
-    let channel = tonic::transport::Endpoint::from_shared(url).unwrap().connect().await.expect("connect");
-    let req = InvokeActorRequest {
-        actor_type: "Counter".into(),
-        actor_id: "a1".into(),
-        method: "bump".into(),
-        data: b"over grpc".to_vec(),
-        ..Default::default()
-    };
-    let got = DaprClient::new(channel)
-        .invoke_actor(req)
-        .await
-        .unwrap_or_else(|e| panic!("InvokeActor: {e:?}\n{}", logs()))
-        .into_inner();
-    let got: Value = serde_json::from_slice(&got.data).expect("the actor's JSON answer");
-    assert_eq!((got["calls"].as_i64(), got["data"].as_str()), (Some(3), Some("over grpc")), "{got}");
-
-    let base = format!("{}/v1.0/actors/Counter/a1/state", sc.http_base());
-    let ops = r#"[{"operation":"upsert","request":{"key":"k","value":"v1"}}]"#;
-    let r = http_call("POST", &base, &[("content-type", "application/json")], ops).await.expect("actor state");
-    assert_eq!(r.status, 204, "save the actor's state: {}\n{}", r.text(), logs());
-    let r = http_call("GET", &format!("{base}/k"), &[], "").await.expect("actor state");
-    assert_eq!((r.status, r.text()), (200, r#""v1""#.to_string()), "the actor's state, read back");
-
-    // A reminder, kept by the scheduler, calls the actor back in the app.
-    let url = format!("{}/v1.0/actors/Counter/a1/reminders/wake", sc.http_base());
-    let r = http_call("POST", &url, &[("content-type", "application/json")], r#"{"dueTime":"1s","data":"up"}"#)
-        .await
-        .expect("register a reminder");
-    assert_eq!(r.status, 204, "register the reminder: {}\n{}", r.text(), logs());
-    let events = format!("{}/v1.0/invoke/{APP}/method/events", sc.http_base());
-    let fired = || async {
-        let r = http_call("POST", &events, &[], "").await.ok().filter(|r| r.status == 200)?;
-        let evs = r.json();
-        evs.as_array()?
-            .iter()
-            .any(|e| e["kind"] == "reminder" && e["actor"] == "a1" && e["name"] == "wake")
-            .then_some(())
-    };
-    eventually_or("the reminder to call the actor back", PATIENCE, fired, logs).await;
 }
 
 /// Workflows: a worker written with Dapr's Go SDK, pointed at dialbackd's

@@ -1,13 +1,16 @@
-//! What daprd was told of a gRPC app's input bindings, and a warning when
-//! the app declares one it was not told of.
+//! What daprd was told of a gRPC app's input bindings and an HTTP app's
+//! actor types, and a warning (or a reload of daprd) when the app declares
+//! one it was not told of.
 //!
-//! daprd asks a gRPC app `ListInputBindings` once per run and keeps the
-//! answer (docs/dapr.md): an app that comes back declaring another binding
-//! would never get its events, and nothing would say why. The bridge does
+//! daprd asks a gRPC app `ListInputBindings`, and an HTTP app `GET
+//! /dapr/config`, once per run and keeps the answer (docs/dapr.md): an app
+//! that comes back declaring another binding would never get its events,
+//! one hosting another actor type would never get its calls, and nothing
+//! would say why. The bridge does
 //! not answer for the app (the question crosses as it is), but it keeps a
 //! copy of the answer on the way back ([`Watched`]); the relay asks each
-//! new channel's app the same question and warns when it declares a
-//! binding daprd was not told of, naming the ways out, or, with
+//! new channel's app the same question and warns when it declares one
+//! daprd was not told of, naming the ways out, or, with
 //! `--bridge-reload-daprd-pid-file`, sends daprd SIGHUP ([`reload_daprd`]):
 //! daprd restarts its runtime in place and asks the app again.
 
@@ -23,21 +26,50 @@ use prost::Message;
 /// The largest answer copied: a longer one is passed on and not kept.
 const MAX_ANSWER: usize = 64 * 1024;
 
-/// The bindings daprd was last told of, shared by the bridge and the relay.
+/// What daprd asks an app once per run and keeps (docs/dapr.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Asked {
+    /// A gRPC app's input bindings (`ListInputBindings`).
+    Bindings,
+    /// An HTTP app's actor types (`GET /dapr/config`, its `entities`).
+    ActorTypes,
+}
+
+impl Asked {
+    /// What it is, in log lines.
+    pub fn what(self) -> &'static str {
+        match self {
+            Asked::Bindings => "input bindings",
+            Asked::ActorTypes => "actor types",
+        }
+    }
+}
+
+/// What daprd was last told, shared by the bridge and the relay.
 #[derive(Debug, Default)]
-pub struct Told(Mutex<Option<BTreeSet<String>>>);
+pub struct Told {
+    bindings: Mutex<Option<BTreeSet<String>>>,
+    actor_types: Mutex<Option<BTreeSet<String>>>,
+}
 
 impl Told {
-    /// Records the answer daprd got; a later one means daprd asked again,
-    /// which it does only after a restart, so the newest counts.
-    pub fn record(&self, names: impl IntoIterator<Item = String>) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(names.into_iter().collect());
+    fn names(&self, asked: Asked) -> &Mutex<Option<BTreeSet<String>>> {
+        match asked {
+            Asked::Bindings => &self.bindings,
+            Asked::ActorTypes => &self.actor_types,
+        }
     }
 
-    /// Of the bindings `app` declares, those daprd was not told of: empty
-    /// while daprd has not asked yet.
-    pub fn missing(&self, app: &[String]) -> Vec<String> {
-        match &*self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+    /// Records the answer daprd got; a later one means daprd asked again,
+    /// which it does only after a restart, so the newest counts.
+    pub fn record(&self, asked: Asked, names: impl IntoIterator<Item = String>) {
+        *self.names(asked).lock().unwrap_or_else(|e| e.into_inner()) = Some(names.into_iter().collect());
+    }
+
+    /// Of the names the app declares now, those daprd was not told of:
+    /// empty while daprd has not asked yet.
+    pub fn missing(&self, asked: Asked, app: &[String]) -> Vec<String> {
+        match &*self.names(asked).lock().unwrap_or_else(|e| e.into_inner()) {
             Some(told) => app.iter().filter(|b| !told.contains(*b)).cloned().collect(),
             None => Vec::new(),
         }
@@ -102,18 +134,21 @@ pub async fn reload_daprd(pid_file: &std::path::Path) -> Result<u32, String> {
     }
 }
 
-/// The body of the app's answer to daprd's `ListInputBindings`, passed on
-/// unchanged; at its end, the message it carried is recorded in [`Told`].
+/// The body of the app's answer to one of daprd's once-a-run questions
+/// ([`Asked`]), passed on unchanged; at its end, what it said is recorded
+/// in [`Told`]. Wrap only a successful answer (HTTP 200).
 pub struct Watched<B> {
     inner: B,
     seen: BytesMut,
     told: Arc<Told>,
+    asked: Asked,
+    recorded: bool,
 }
 
 impl<B> Watched<B> {
-    /// Watches `inner` for `told`.
-    pub fn new(inner: B, told: Arc<Told>) -> Watched<B> {
-        Watched { inner, seen: BytesMut::new(), told }
+    /// Watches `inner`, the answer to `asked`, for `told`.
+    pub fn new(inner: B, told: Arc<Told>, asked: Asked) -> Watched<B> {
+        Watched { inner, seen: BytesMut::new(), told, asked, recorded: false }
     }
 }
 
@@ -134,12 +169,28 @@ where
                 this.seen.extend_from_slice(d);
             }
             // The trailers end a gRPC answer, and its status says whether it counts.
-            if let Some(t) = f.trailers_ref()
+            if this.asked == Asked::Bindings
+                && let Some(t) = f.trailers_ref()
                 && t.get("grpc-status").is_some_and(|s| s == "0")
                 && let Some(names) = decode(&this.seen)
             {
-                this.told.record(names);
+                this.told.record(Asked::Bindings, names);
             }
+        }
+        // An HTTP answer ends with its body: at its last frame (hyper asks
+        // no further once the body says it is at its end) or at none.
+        let ended = match &frame {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            _ => false,
+        };
+        if this.asked == Asked::ActorTypes
+            && ended
+            && !this.recorded
+            && let Some(names) = actor_types(&this.seen)
+        {
+            this.recorded = true;
+            this.told.record(Asked::ActorTypes, names);
         }
         frame
     }
@@ -151,6 +202,14 @@ where
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+/// The actor types (`entities`) in an app's `/dapr/config` JSON; `None`
+/// when it is not one.
+pub fn actor_types(json: &[u8]) -> Option<Vec<String>> {
+    let config: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let entities = config.get("entities")?.as_array()?;
+    Some(entities.iter().filter_map(|e| e.as_str().map(str::to_string)).collect())
 }
 
 /// The binding names in one gRPC-framed `ListInputBindingsResponse`
@@ -183,15 +242,38 @@ mod tests {
 
     #[test]
     fn nothing_is_missing_before_daprd_asks() {
-        assert!(Told::default().missing(&["cron".into()]).is_empty());
+        assert!(Told::default().missing(Asked::Bindings, &["cron".into()]).is_empty());
     }
 
     #[test]
     fn a_binding_daprd_was_not_told_of_is_named() {
         let told = Told::default();
-        told.record(decode(&framed(&["cron"])).unwrap_or_default());
-        assert!(told.missing(&["cron".into()]).is_empty());
-        assert_eq!(told.missing(&["cron".into(), "queue".into()]), vec!["queue".to_string()]);
+        told.record(Asked::Bindings, decode(&framed(&["cron"])).unwrap_or_default());
+        assert!(told.missing(Asked::Bindings, &["cron".into()]).is_empty());
+        assert_eq!(told.missing(Asked::Bindings, &["cron".into(), "queue".into()]), vec!["queue".to_string()]);
+        assert!(told.missing(Asked::ActorTypes, &["Counter".into()]).is_empty(), "each question apart");
+    }
+
+    #[tokio::test]
+    async fn an_http_answer_is_recorded_at_its_last_frame() {
+        use http_body_util::BodyExt;
+        let told = Arc::new(Told::default());
+        let body = http_body_util::Full::new(Bytes::from_static(br#"{"entities":["Timer"]}"#));
+        let mut watched = Watched::new(body, told.clone(), Asked::ActorTypes);
+        // As hyper does: one frame, then no more polls once at its end.
+        let frame = watched.frame().await;
+        assert!(frame.is_some_and(|f| f.is_ok()), "the body's one frame");
+        assert!(watched.is_end_stream());
+        assert_eq!(told.missing(Asked::ActorTypes, &["Timer".into(), "Counter".into()]), vec!["Counter".to_string()]);
+    }
+
+    #[test]
+    fn actor_types_are_read_from_an_apps_config() {
+        let got = actor_types(br#"{"entities":["Counter","Timer"],"actorIdleTimeout":"1h"}"#);
+        assert_eq!(got, Some(vec!["Counter".to_string(), "Timer".to_string()]));
+        assert_eq!(actor_types(br#"{"actorIdleTimeout":"1h"}"#), None, "no entities");
+        assert_eq!(actor_types(b""), None, "an echoed empty body");
+        assert_eq!(actor_types(b"<html>"), None);
     }
 
     #[test]

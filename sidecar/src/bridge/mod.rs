@@ -66,6 +66,9 @@ pub const LIST_SUBSCRIPTIONS_PATH: &str = "/dapr.proto.runtime.v1.AppCallback/Li
 /// daprd's gRPC question for the app's input bindings.
 pub const LIST_BINDINGS_PATH: &str = "/dapr.proto.runtime.v1.AppCallback/ListInputBindings";
 
+/// Where daprd reads an HTTP app's configuration (its actor types).
+pub const APP_CONFIG_PATH: &str = "/dapr/config";
+
 /// dialbackd's own control service on the channel (Ping, close notices):
 /// between dialbackd and the app only, never carried for anyone else.
 pub const CONTROL_SERVICE_PREFIX: &str = "/dapr.proto.runtime.v1.DaprAppChannelCallback/";
@@ -147,7 +150,7 @@ impl Bridge {
         }
         // HTTP: daprd lists subscriptions, reads the app's config and asks
         // whether a binding route exists without the token.
-        (method == Method::GET && (path == HTTP_SUBSCRIBE_PATH || path == "/dapr/config")) || method == Method::OPTIONS
+        (method == Method::GET && (path == HTTP_SUBSCRIBE_PATH || path == APP_CONFIG_PATH)) || method == Method::OPTIONS
     }
 }
 
@@ -188,19 +191,26 @@ impl tower::Service<Request<Incoming>> for Bridge {
             return Box::pin(async move { Ok(resp) });
         }
         let (registry, wait, metrics) = (self.registry.clone(), self.wait, self.metrics.clone());
-        let watch = (grpc && req.uri().path() == LIST_BINDINGS_PATH).then(|| self.told.clone());
+        let watch = match (grpc, req.uri().path()) {
+            (true, LIST_BINDINGS_PATH) => Some((self.told.clone(), bindings::Asked::Bindings)),
+            (false, APP_CONFIG_PATH) if req.method() == Method::GET => {
+                Some((self.told.clone(), bindings::Asked::ActorTypes))
+            }
+            _ => None,
+        };
         Box::pin(async move { Ok(forward(&registry, wait, grpc, req, watch, &metrics).await) })
     }
 }
 
 /// Carries one request over the app channel and its answer back; with
-/// `watch`, the answer (to `ListInputBindings`) is noted there on the way.
+/// `watch`, a successful answer to that question (`ListInputBindings`,
+/// `GET /dapr/config`) is noted there on the way.
 async fn forward(
     registry: &Registry,
     wait: Duration,
     grpc: bool,
     req: Request<Incoming>,
-    watch: Option<Arc<bindings::Told>>,
+    watch: Option<(Arc<bindings::Told>, bindings::Asked)>,
     metrics: &crate::metrics::Metrics,
 ) -> Response<Body> {
     let Some(live) = metrics.waiting_for_channel(registry.wait(wait)).await else {
@@ -214,10 +224,15 @@ async fn forward(
     match live.client.clone().oneshot(req).await {
         // Counted as a call in flight on its channel until the answer is
         // done, so a retiring channel drains it.
-        Ok(resp) => resp.map(|body| match watch {
-            Some(told) => Body::new(crate::guarded::Guarded::new(bindings::Watched::new(body, told), guard)),
-            None => Body::new(crate::guarded::Guarded::new(body, guard)),
-        }),
+        Ok(resp) => {
+            let watch = watch.filter(|_| resp.status() == StatusCode::OK);
+            resp.map(|body| match watch {
+                Some((told, asked)) => {
+                    Body::new(crate::guarded::Guarded::new(bindings::Watched::new(body, told, asked), guard))
+                }
+                None => Body::new(crate::guarded::Guarded::new(body, guard)),
+            })
+        }
         Err(e) => unavailable(grpc, &format!("the app channel failed during the call: {e}")),
     }
 }

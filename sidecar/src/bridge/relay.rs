@@ -36,6 +36,7 @@ use tokio::task::JoinSet;
 use tower::ServiceExt;
 use tracing::{debug, info, warn};
 
+use super::bindings::Asked;
 use super::cloudevent::{self, Subscription};
 use crate::api::token::API_TOKEN_HEADER;
 use crate::api::upstream::GrpcUpstream;
@@ -113,15 +114,10 @@ impl Relay {
     }
 
     /// Asks the app on `live` for its subscriptions and holds them; beside
-    /// that, for a gRPC app, checks its input bindings against daprd's.
+    /// that, checks what daprd asked it once against what it says now.
     async fn hold_all(self, live: Arc<Live>) {
         let check = self.clone();
-        let bindings = async {
-            if check.protocol == BridgeProtocol::Grpc {
-                check.check_bindings(&live).await;
-            }
-        };
-        tokio::join!(bindings, self.hold_subscriptions(live.clone()));
+        tokio::join!(check.check_told(&live), self.hold_subscriptions(live.clone()));
     }
 
     /// Asks the app on `live` for its subscriptions and holds them.
@@ -163,65 +159,74 @@ impl Relay {
         while held.join_next().await.is_some() {}
     }
 
-    /// Warns when the app on `live` declares an input binding daprd was
-    /// not told of: daprd asks a gRPC app once per run, so it would never
-    /// deliver that binding's events (docs/dapr.md).
-    async fn check_bindings(&self, live: &Arc<Live>) {
-        let asked = {
-            let _call = live.begin_call();
-            let mut client = AppCallbackClient::new(live.client.clone());
-            tokio::time::timeout(self.call_timeout, client.list_input_bindings(())).await
+    /// Asks the app on `live` what daprd asks an app once per run (a gRPC
+    /// app's input bindings, an HTTP app's actor types) and, when it names
+    /// any daprd was not told of, warns or reloads daprd
+    /// ([`Relay::not_told`]): daprd would never deliver to them
+    /// (docs/dapr.md).
+    async fn check_told(&self, live: &Arc<Live>) {
+        let (asked, declared) = match self.protocol {
+            BridgeProtocol::Grpc => {
+                let answer = {
+                    let _call = live.begin_call();
+                    let mut client = AppCallbackClient::new(live.client.clone());
+                    tokio::time::timeout(self.call_timeout, client.list_input_bindings(())).await
+                };
+                let Ok(Ok(answer)) = answer else { return };
+                (Asked::Bindings, answer.into_inner().bindings)
+            }
+            BridgeProtocol::Http => {
+                let Ok(req) = http::Request::get(super::APP_CONFIG_PATH).body(tonic::body::Body::empty()) else {
+                    return;
+                };
+                let Ok((200, body)) = self.http_call(live, req).await else { return };
+                let Some(types) = super::bindings::actor_types(&body) else { return };
+                (Asked::ActorTypes, types)
+            }
         };
-        let Ok(Ok(answer)) = asked else { return };
-        let mut missing = self.told.missing(&answer.into_inner().bindings);
+        let mut missing = self.told.missing(asked, &declared);
         if !missing.is_empty() {
             // A hostile app's list could be megabytes: name a few.
             let count = missing.len();
             missing.truncate(MAX_NAMED);
-            let Some(pid_file) = &self.reload_daprd else {
-                warn!(
-                    channel_id = live.info.channel_id,
-                    count,
-                    bindings = ?missing,
-                    "the app declares input bindings daprd was not told of, so daprd will not deliver their events: \
-                     daprd asks a gRPC app once per run (send daprd SIGHUP, which restarts its runtime in place, or \
-                     restart it; or give the binding component `direction: input`; or give dialbackd \
-                     --bridge-reload-daprd-pid-file to do it)"
-                );
-                return;
-            };
-            if let Err(ago) = self.reloads.take(std::time::Instant::now()) {
-                warn!(
-                    channel_id = live.info.channel_id,
-                    count,
-                    bindings = ?missing,
-                    reloaded_secs_ago = ago.as_secs(),
-                    "the app declares input bindings daprd was not told of, but daprd was reloaded moments ago: \
-                     not again within {}s (an app whose bindings change at every connection would keep daprd \
-                     restarting)",
-                    super::bindings::RELOAD_GAP.as_secs()
-                );
-                return;
-            }
-            match super::bindings::reload_daprd(pid_file).await {
-                Ok(pid) => info!(
-                    channel_id = live.info.channel_id,
-                    count,
-                    bindings = ?missing,
-                    daprd_pid = pid,
-                    "the app declares input bindings daprd was not told of: sent daprd SIGHUP, which restarts its \
-                     runtime in place and asks the app again"
-                ),
-                Err(e) => warn!(
-                    channel_id = live.info.channel_id,
-                    count,
-                    bindings = ?missing,
-                    pid_file = %pid_file.display(),
-                    error = %e,
-                    "the app declares input bindings daprd was not told of, and daprd could not be reloaded: \
-                     daprd will not deliver their events until it restarts"
-                ),
-            }
+            self.not_told(live, asked, count, &missing).await;
+        }
+    }
+
+    /// The app declares `count` `asked` daprd was not told of (`names`, the
+    /// first few): a warning naming the ways out, or daprd sent SIGHUP.
+    async fn not_told(&self, live: &Arc<Live>, asked: Asked, count: usize, names: &[String]) {
+        let (channel_id, what) = (live.info.channel_id, asked.what());
+        let Some(pid_file) = &self.reload_daprd else {
+            let also = if asked == Asked::Bindings { "; or give the binding component `direction: input`" } else { "" };
+            warn!(
+                channel_id, count, names = ?names,
+                "the app declares {what} daprd was not told of, so daprd will not deliver to them: daprd asks an app \
+                 once per run (send daprd SIGHUP, which restarts its runtime in place, or restart it{also}; or give \
+                 dialbackd --bridge-reload-daprd-pid-file to do it)"
+            );
+            return;
+        };
+        if let Err(ago) = self.reloads.take(std::time::Instant::now()) {
+            warn!(
+                channel_id, count, names = ?names, reloaded_secs_ago = ago.as_secs(),
+                "the app declares {what} daprd was not told of, but daprd was reloaded moments ago: not again \
+                 within {}s (an app that changes them at every connection would keep daprd restarting)",
+                super::bindings::RELOAD_GAP.as_secs()
+            );
+            return;
+        }
+        match super::bindings::reload_daprd(pid_file).await {
+            Ok(pid) => info!(
+                channel_id, count, names = ?names, daprd_pid = pid,
+                "the app declares {what} daprd was not told of: sent daprd SIGHUP, which restarts its runtime in \
+                 place and asks the app again"
+            ),
+            Err(e) => warn!(
+                channel_id, count, names = ?names, pid_file = %pid_file.display(), error = %e,
+                "the app declares {what} daprd was not told of, and daprd could not be reloaded: daprd will not \
+                 deliver to them until it restarts"
+            ),
         }
     }
 

@@ -343,6 +343,14 @@ impl Daprd {
         serde_json::from_slice(&r.body).expect("daprd metadata is JSON")
     }
 
+    /// [`Daprd::metadata`], or `None` while daprd does not answer (as
+    /// while its runtime restarts on SIGHUP).
+    pub async fn try_metadata(&self) -> Option<serde_json::Value> {
+        let url = format!("http://127.0.0.1:{}/v1.0/metadata", self.http);
+        let r = http_call("GET", &url, &[], "").await.ok().filter(|r| r.status == 200)?;
+        serde_json::from_slice(&r.body).ok()
+    }
+
     /// The topics daprd delivers to its app, as `pubsub/topic`.
     pub async fn subscribed_topics(&self) -> Vec<String> {
         let md = self.metadata().await;
