@@ -179,7 +179,11 @@ impl Relay {
                 let Ok(req) = http::Request::get(super::APP_CONFIG_PATH).body(tonic::body::Body::empty()) else {
                     return;
                 };
-                let Ok((200, body)) = self.http_call(live, req).await else { return };
+                let answer = {
+                    let _call = live.begin_call();
+                    self.http_call(live, req).await
+                };
+                let Ok((200, body)) = answer else { return };
                 let Some(types) = super::bindings::actor_types(&body) else { return };
                 (Asked::ActorTypes, types)
             }
