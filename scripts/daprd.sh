@@ -69,14 +69,12 @@ build() {
 }
 # The scheduler with go-etcd-cron $1 in place of the version Dapr's go.mod names.
 build_scheduler_with_cron() {
-  local mod
+  local mod status=0
   mod=$(mktemp -d)
   cp "$dir/go.mod" "$dir/go.sum" "$mod/"
   chmod u+w "$mod/go.mod" "$mod/go.sum"
   echo "replace github.com/diagridio/go-etcd-cron => github.com/diagridio/go-etcd-cron $1" >>"$mod/go.mod"
-  (cd "$dir" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -modfile="$mod/go.mod" -trimpath -ldflags "$ldflags" \
-    -o "$cache/scheduler.tmp" ./cmd/scheduler) >&2
-  local status=$?
+  GOFLAGS=-mod=mod build scheduler "-modfile=$mod/go.mod" || status=$?
   rm -rf "$mod"
   return $status
 }

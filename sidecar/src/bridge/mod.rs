@@ -26,9 +26,10 @@
 //! - dialbackd's own control stream with the app (`DaprAppChannelCallback`,
 //!   the Ping and close notices) is never carried: PERMISSION_DENIED.
 //!
-//! One answer is read on its way back, unchanged: the app's answer to
-//! daprd's `ListInputBindings`, which daprd keeps for its whole run, so
-//! that a later channel whose app declares another binding is warned about
+//! Two answers are read on their way back, unchanged: a gRPC app's answer
+//! to daprd's `ListInputBindings` and an HTTP app's to `GET /dapr/config`
+//! (its actor types), which daprd keeps for its whole run, so that a later
+//! channel whose app declares others is warned about, or daprd reloaded
 //! ([`bindings`]).
 
 use std::convert::Infallible;
@@ -87,7 +88,7 @@ pub struct Bridge {
     token_sha: Option<[u8; 32]>,
     /// Whether [`relay`] holds the app's subscriptions (daprd is told none).
     relaying: bool,
-    /// What daprd was told of the app's input bindings (see [`bindings`]).
+    /// What daprd was told of the app's input bindings or actor types (see [`bindings`]).
     told: Arc<bindings::Told>,
     /// Where calls waiting for the channel are counted.
     metrics: Arc<crate::metrics::Metrics>,
@@ -96,8 +97,8 @@ pub struct Bridge {
 impl Bridge {
     /// Carries requests to the app channel in `registry`, waiting up to
     /// `wait` for one while none is up; `relaying` when [`relay`] holds the
-    /// app's subscriptions; the app's answer to daprd's `ListInputBindings`
-    /// is noted in `told`; waits are counted in `metrics`.
+    /// app's subscriptions; the app's answers to daprd's once-a-run
+    /// questions are noted in `told`; waits are counted in `metrics`.
     pub fn new(
         registry: Arc<Registry>,
         wait: Duration,

@@ -33,12 +33,7 @@ impl Redis {
             });
         let r = Redis { child, port, _tmp: tmp };
         crate::eventually("redis-server to answer PING", PATIENCE, || async {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-            s.write_all(b"PING\r\n").await.ok()?;
-            let mut buf = [0u8; 7];
-            s.read_exact(&mut buf).await.ok()?;
-            (&buf == b"+PONG\r\n").then_some(())
+            r.try_command(&["PING"], 1).await.ok().filter(|got| got == &["+PONG"]).map(|_| ())
         })
         .await;
         r
@@ -57,8 +52,15 @@ impl Redis {
         got[3].strip_prefix(':').and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("PUBSUB NUMSUB: {got:?}"))
     }
 
-    /// One command in RESP; its answer's first `lines` lines.
+    /// One command in RESP; its answer's first `lines` lines. Panics when
+    /// Redis does not answer.
     async fn command(&self, args: &[&str], lines: usize) -> Vec<String> {
+        let what = args.first().copied().unwrap_or_default();
+        self.try_command(args, lines).await.unwrap_or_else(|e| panic!("Redis {what}: {e}"))
+    }
+
+    /// [`Redis::command`], or why Redis did not answer within [`PATIENCE`].
+    async fn try_command(&self, args: &[&str], lines: usize) -> std::io::Result<Vec<String>> {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let mut cmd = format!("*{}\r\n", args.len()).into_bytes();
         for arg in args {
@@ -75,11 +77,7 @@ impl Redis {
             }
             Ok::<_, std::io::Error>(got)
         };
-        let what = args.first().copied().unwrap_or_default();
-        tokio::time::timeout(PATIENCE, talk)
-            .await
-            .unwrap_or_else(|_| panic!("Redis {what} timed out"))
-            .unwrap_or_else(|e| panic!("Redis {what}: {e}"))
+        tokio::time::timeout(PATIENCE, talk).await.map_err(|_| std::io::ErrorKind::TimedOut)?
     }
 }
 
